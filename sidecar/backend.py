@@ -1,0 +1,96 @@
+"""The store as the cache sees it: one read operation, one value type, and the error kinds.
+
+Every failure the store can produce is one of four kinds, and the kind decides the incident:
+``SecretNotFound``/``SecretForbidden`` mean the secret is invalid (the store answered, and
+the answer is no), ``StoreUnavailable`` means nobody could ask, ``InvalidRequest`` is the
+caller's fault.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Secret:
+    path: str  # the store path as the application names it, e.g. "secret/app/db"
+    data: Mapping[str, Any]
+    version: int | None  # KV v2 version; None on KV v1, which has no versions
+    created_time: str | None = None
+    kv_version: int = 2
+
+    @property
+    def kid(self) -> str:
+        """Stable key identifier: ``<path>#<version>``; plain ``<path>`` on unversioned KV v1."""
+        return self.path if self.version is None else f"{self.path}#{self.version}"
+
+
+class ErrorKind(enum.StrEnum):
+    """Bounded set, used as a metric label."""
+
+    NOT_FOUND = "not_found"
+    FORBIDDEN = "forbidden"
+    TIMEOUT = "timeout"
+    CONNECTION = "connection"
+    SEALED = "sealed"
+    RATE_LIMITED = "rate_limited"
+    SERVER_ERROR = "server_error"
+    AUTH_FAILED = "auth_failed"
+    BAD_RESPONSE = "bad_response"
+    INVALID_REQUEST = "invalid_request"
+    STALE_READ = "stale_read"  # a standby answered an older version than we already serve
+
+
+class StoreError(Exception):
+    """``reason`` is what callers see: a short code for outages, a sentence otherwise."""
+
+    kind: ErrorKind
+
+    def __init__(
+        self, reason: str, *, kind: ErrorKind | None = None, detail: str | None = None
+    ) -> None:
+        super().__init__(reason if detail is None else f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+        if kind is not None:
+            self.kind = kind
+
+
+class SecretNotFound(StoreError):
+    kind = ErrorKind.NOT_FOUND
+
+
+class SecretForbidden(StoreError):
+    kind = ErrorKind.FORBIDDEN
+
+
+class InvalidRequest(StoreError):
+    kind = ErrorKind.INVALID_REQUEST
+
+
+class StoreUnavailable(StoreError):
+    kind = ErrorKind.CONNECTION
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        kind: ErrorKind | None = None,
+        detail: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(reason, kind=kind, detail=detail)
+        self.retry_after = retry_after
+
+
+class Backend(Protocol):
+    async def start(self) -> None:
+        """Authenticate and start background upkeep (token renewal). Must not raise on outage."""
+
+    async def read(self, path: str, version: int | None) -> Secret:
+        """The secret at ``path`` (latest when ``version`` is None). Raises StoreError kinds."""
+
+    async def close(self) -> None: ...

@@ -1,0 +1,368 @@
+"""The secret cache: entries, freshness by class, coalesced fetches, refresh-ahead, expiry.
+
+It reports facts (``Lookup``: which entry, how it was obtained, how old it is); the HTTP layer
+turns them into headers, and the observer into metrics. It never imports aiohttp or hvac, and
+takes its clocks as arguments so its behaviour can be driven by a fake clock in tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import heapq
+import itertools
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from sidecar.backend import (
+    Backend,
+    ErrorKind,
+    Secret,
+    SecretForbidden,
+    SecretNotFound,
+    StoreError,
+    StoreUnavailable,
+)
+from sidecar.coalesce import Coalescer
+from sidecar.policy import Freshness, Policy, SecretClass
+
+log = logging.getLogger("sidecar.cache")
+
+MAX_TOMBSTONES = 10_000  # keys remembered as "aged out", to say why a read fails (no values)
+
+CacheKey = tuple[str, int | None]  # (path, version); version None is "the latest"
+
+
+class Outcome(enum.StrEnum):
+    HIT = "hit"  # fresh value from memory
+    MISS = "miss"  # this request fetched from the store
+    COALESCED = "coalesced"  # this request waited for a fetch already under way
+    STALE = "stale"  # the store could not confirm; an older value within limits was served
+
+
+@dataclass(slots=True, eq=False)
+class Entry:
+    secret: Secret
+    secret_class: SecretClass
+    confirmed_at: float  # monotonic time the store last confirmed this value
+    fetched_at: float  # the same moment on the wall clock, for people
+    last_read: float
+    view: object | None = field(default=None)  # presentation memo, owned by the HTTP layer
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    entry: Entry
+    outcome: Outcome
+    age: float  # seconds since the store last confirmed the value
+
+    @property
+    def stale(self) -> bool:
+        return self.outcome is Outcome.STALE
+
+
+class PathNotAllowed(Exception):
+    """No rule in the configuration classifies this path, so the sidecar does not serve it."""
+
+
+class CacheObserver(Protocol):
+    def fetch_finished(
+        self, path: str, secret_class: SecretClass, seconds: float, error: StoreError | None
+    ) -> None: ...
+
+    def lookup(self, secret_class: SecretClass, outcome: Outcome) -> None: ...
+
+    def entries_changed(self, count: int) -> None: ...
+
+
+class NullObserver:
+    def fetch_finished(
+        self, path: str, secret_class: SecretClass, seconds: float, error: StoreError | None
+    ) -> None:
+        pass
+
+    def lookup(self, secret_class: SecretClass, outcome: Outcome) -> None:
+        pass
+
+    def entries_changed(self, count: int) -> None:
+        pass
+
+
+class _Due(enum.Enum):
+    REFRESH = "refresh"
+    EXPIRE = "expire"
+
+
+class SecretCache:
+    def __init__(
+        self,
+        backend: Backend,
+        policy: Policy,
+        *,
+        observer: CacheObserver | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        rng: Callable[[], float] = random.random,
+        refresh_ahead: tuple[float, float] = (0.75, 0.9),
+    ) -> None:
+        """``refresh_ahead``: a read secret is refreshed at this fraction of its refresh
+        interval, drawn uniformly in the range, so a fleet does not refresh in lockstep."""
+        self._backend = backend
+        self._policy = policy
+        self._observer: CacheObserver = observer or NullObserver()
+        self._clock = clock
+        self._wall = wall
+        self._rng = rng
+        self._ahead = refresh_ahead
+        self._entries: dict[CacheKey, Entry] = {}
+        self._expired: dict[CacheKey, None] = {}  # tombstones: keys dropped for age, no values
+        self._coalescer: Coalescer[CacheKey, Entry] = Coalescer()
+        self._schedule: list[tuple[float, int, _Due, CacheKey, Entry]] = []
+        self._seq = itertools.count()
+        self._wakeup = asyncio.Event()
+        self._background: set[asyncio.Task[Entry]] = set()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def entries(self) -> Iterator[tuple[CacheKey, Entry]]:
+        return iter(list(self._entries.items()))
+
+    def classify(self, path: str) -> SecretClass:
+        secret_class = self._policy.classify(path)
+        if secret_class is None:
+            raise PathNotAllowed(path)
+        return secret_class
+
+    async def get(self, path: str, version: int | None = None) -> Lookup:
+        secret_class = self.classify(path)
+        key = (path, version)
+        now = self._clock()
+        entry = self._entries.get(key)
+        if entry is not None:
+            entry.last_read = now
+            age = now - entry.confirmed_at
+            freshness = entry.secret_class.freshness(age)
+            if freshness is Freshness.FRESH:
+                self._observer.lookup(secret_class, Outcome.HIT)
+                return Lookup(entry, Outcome.HIT, age)
+            if freshness is Freshness.EXPIRED:
+                self._expire(key, entry)
+                entry = None
+        task, coalesced = self._coalescer.start(key, lambda: self._fetch(key))
+        outcome = Outcome.COALESCED if coalesced else Outcome.MISS
+        try:
+            # shielded: this caller giving up must not cancel a fetch others wait for
+            fresh = await asyncio.shield(task)
+        except StoreUnavailable as exc:
+            return self._on_unavailable(key, entry, secret_class, exc, outcome)
+        except StoreError:
+            self._observer.lookup(secret_class, outcome)
+            raise
+        fresh.last_read = self._clock()
+        self._observer.lookup(secret_class, outcome)
+        return Lookup(fresh, outcome, max(0.0, self._clock() - fresh.confirmed_at))
+
+    def _on_unavailable(
+        self,
+        key: CacheKey,
+        entry: Entry | None,
+        secret_class: SecretClass,
+        exc: StoreUnavailable,
+        outcome: Outcome,
+    ) -> Lookup:
+        """The store could not answer. Serve what the class allows, or say why not."""
+        try:
+            lookup = self._serve_without_store(key, entry, secret_class, exc)
+        except StoreUnavailable:
+            self._observer.lookup(secret_class, outcome)
+            raise
+        self._observer.lookup(secret_class, lookup.outcome)
+        return lookup
+
+    def _serve_without_store(
+        self, key: CacheKey, entry: Entry | None, secret_class: SecretClass, exc: StoreUnavailable
+    ) -> Lookup:
+        if entry is None:
+            entry = self._entries.get(key)  # may have arrived while we waited
+        if entry is not None:
+            age = self._clock() - entry.confirmed_at
+            if entry.secret_class.freshness(age) is Freshness.FRESH:
+                return Lookup(entry, Outcome.HIT, age)
+            if entry.secret_class.may_serve_stale(age):
+                return Lookup(entry, Outcome.STALE, age)
+            if age < entry.secret_class.max_cache_age:
+                raise StoreUnavailable(
+                    "fail_closed",
+                    kind=exc.kind,
+                    detail=f"class {secret_class.name!r} never serves unconfirmed values "
+                    f"({exc.reason})",
+                    retry_after=exc.retry_after,
+                ) from exc
+            self._expire(key, entry)
+        if key in self._expired:
+            raise StoreUnavailable(
+                "max_cache_age_exceeded",
+                kind=exc.kind,
+                detail=f"cached value is older than max_cache_age "
+                f"({secret_class.max_cache_age:g}s) and the store cannot confirm it ({exc.reason})",
+                retry_after=exc.retry_after,
+            ) from exc
+        raise exc
+
+    async def _fetch(self, key: CacheKey) -> Entry:
+        path, version = key
+        secret_class = self.classify(path)
+        started = self._clock()
+        try:
+            secret = await self._backend.read(path, version)
+        except StoreError as exc:
+            elapsed = self._clock() - started
+            self._observer.fetch_finished(path, secret_class, elapsed, exc)
+            log.warning(
+                "store fetch failed",
+                extra={
+                    "path": path,
+                    "class": secret_class.name,
+                    "version": version,
+                    "kind": exc.kind.value,
+                    "reason": exc.reason,
+                    "detail": exc.detail,
+                    "duration_ms": round(elapsed * 1000, 1),
+                },
+            )
+            if isinstance(exc, SecretNotFound | SecretForbidden):
+                # The store says the secret is gone or no longer ours: stop serving it at once.
+                self._drop(key)
+            raise
+        now = self._clock()
+        held = self._entries.get(key)
+        if (
+            held is not None
+            and version is None
+            and held.secret.version is not None
+            and secret.version is not None
+            and secret.version < held.secret.version
+        ):
+            stale_read = StoreUnavailable(
+                "stale_read",
+                kind=ErrorKind.STALE_READ,
+                detail=f"store answered version {secret.version}, "
+                f"older than version {held.secret.version} already served",
+            )
+            self._observer.fetch_finished(path, secret_class, now - started, stale_read)
+            log.warning(
+                "store answered an older version; keeping ours",
+                extra={"path": path, "class": secret_class.name, "version": secret.version},
+            )
+            raise stale_read
+        self._observer.fetch_finished(path, secret_class, now - started, None)
+        log.info(
+            "store fetch",
+            extra={
+                "path": path,
+                "class": secret_class.name,
+                "version": secret.version,
+                "duration_ms": round((now - started) * 1000, 1),
+            },
+        )
+        entry = Entry(
+            secret=secret,
+            secret_class=secret_class,
+            confirmed_at=now,
+            fetched_at=self._wall(),
+            last_read=held.last_read if held is not None else now,
+        )
+        self._store(key, entry)
+        return entry
+
+    def _store(self, key: CacheKey, entry: Entry) -> None:
+        self._entries[key] = entry
+        self._expired.pop(key, None)
+        cls = entry.secret_class
+        low, high = self._ahead
+        due = entry.confirmed_at + cls.refresh_interval * (low + (high - low) * self._rng())
+        self._push(due, _Due.REFRESH, key, entry)
+        self._push(entry.confirmed_at + cls.max_cache_age, _Due.EXPIRE, key, entry)
+        self._observer.entries_changed(len(self._entries))
+
+    def _drop(self, key: CacheKey) -> None:
+        if self._entries.pop(key, None) is not None:
+            self._observer.entries_changed(len(self._entries))
+
+    def _expire(self, key: CacheKey, entry: Entry) -> None:
+        if self._entries.get(key) is entry:
+            del self._entries[key]
+            self._expired[key] = None
+            if len(self._expired) > MAX_TOMBSTONES:
+                del self._expired[next(iter(self._expired))]  # the oldest; bounded memory
+            log.info(
+                "dropped value past max_cache_age",
+                extra={"path": key[0], "class": entry.secret_class.name},
+            )
+            self._observer.entries_changed(len(self._entries))
+
+    # -- background upkeep -------------------------------------------------------------
+
+    def _push(self, due: float, what: _Due, key: CacheKey, entry: Entry) -> None:
+        item = (due, next(self._seq), what, key, entry)
+        heapq.heappush(self._schedule, item)
+        if self._schedule[0] is item:
+            self._wakeup.set()
+
+    def run_due(self) -> float | None:
+        """Act on everything due by now; return seconds until the next item (None: nothing)."""
+        now = self._clock()
+        while self._schedule and self._schedule[0][0] <= now:
+            _, _, what, key, entry = heapq.heappop(self._schedule)
+            if self._entries.get(key) is not entry:
+                continue  # replaced or dropped since this was scheduled
+            if what is _Due.EXPIRE:
+                self._expire(key, entry)
+            elif now - entry.last_read <= entry.secret_class.refresh_interval:
+                self._refresh_in_background(key)
+        if not self._schedule:
+            return None
+        return max(0.0, self._schedule[0][0] - now)
+
+    def _refresh_in_background(self, key: CacheKey) -> None:
+        task, coalesced = self._coalescer.start(key, lambda: self._fetch(key))
+        if coalesced:
+            return
+        self._background.add(task)
+        task.add_done_callback(self._refresh_done)
+
+    def _refresh_done(self, task: asyncio.Task[Entry]) -> None:
+        self._background.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            # The entry stays; reads decide by class whether it may still be served.
+            log.warning(
+                "background refresh failed",
+                extra={"error": type(exc).__name__, "reason": str(exc)},
+            )
+
+    async def run_refresher(self, idle: float = 60.0) -> None:
+        """Forever: wake when something is due, refresh what was read recently, expire the old."""
+        while True:
+            self._wakeup.clear()
+            delay = self.run_due()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._wakeup.wait(), timeout=idle if delay is None else delay
+                )
+
+    async def settle(self) -> None:
+        """Wait for background refreshes under way (tests, shutdown)."""
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+
+    async def close(self) -> None:
+        await self._coalescer.drain()

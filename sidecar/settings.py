@@ -1,0 +1,418 @@
+"""The one settings object: YAML file, ``SIDECAR_*`` environment, Vault's own variables.
+
+Precedence, highest first: ``SIDECAR_<NAME>`` (nested with ``__``, as in
+``SIDECAR_BACKEND__TIMEOUT``), then the YAML file, then Vault's conventions (``BAO_ADDR``/
+``VAULT_ADDR``, ``BAO_TOKEN``/``VAULT_TOKEN``, ``VAULT_NAMESPACE``, ``VAULT_CACERT``...), then
+defaults. Every error names the key and the valid range.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from sidecar.durations import format_duration, parse_duration
+from sidecar.policy import OnOutage, Policy, Rule, SecretClass
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Text = Annotated[str, Field(min_length=1)]
+
+
+def _positive(value: float) -> float:
+    if value <= 0:
+        raise ValueError("must be greater than 0 (e.g. 500ms, 30s, 15m)")
+    return value
+
+
+PositiveDuration = Annotated[Duration, AfterValidator(_positive)]
+
+
+class ConfigError(Exception):
+    """Invalid configuration. ``problems`` are lines of the form ``key.path: what is wrong``."""
+
+    def __init__(self, problems: list[str], source: str | None = None) -> None:
+        self.problems = problems
+        self.source = source
+        where = f" in {source}" if source else ""
+        super().__init__(f"invalid configuration{where}:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def split_hostport(value: str) -> tuple[str, int]:
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"expected HOST:PORT such as 127.0.0.1:8100, got {value!r}")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"port must be a number from 0 to 65535, got {port_text!r}")
+    return host, int(port_text)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _hostport(value: str) -> str:
+    split_hostport(value)
+    return value
+
+
+HostPort = Annotated[str, AfterValidator(_hostport)]
+
+
+class SecretClassSettings(Strict):
+    """A class of secrets by failure mode: who owns it, how long it may be cached, what to do
+    when the store is down. Every field but ``preload`` is required: intent must be written down."""
+
+    business_function: Text
+    owner: Text
+    refresh_interval: PositiveDuration
+    max_cache_age: PositiveDuration
+    on_outage: OnOutage
+    rotation_method: Text
+    revocation_steps: Text
+    preload: bool = False
+
+    @field_validator("max_cache_age")
+    @classmethod
+    def _at_least_refresh(cls, value: float, info: ValidationInfo) -> float:
+        refresh = info.data.get("refresh_interval")
+        if refresh is not None and value < refresh:
+            raise ValueError(
+                f"must be at least refresh_interval ({format_duration(refresh)}), "
+                f"got {format_duration(value)}"
+            )
+        return value
+
+
+class RuleSettings(Strict):
+    match: Text = Field(description="glob over the store path; ** spans segments")
+    class_: Text = Field(alias="class")
+
+
+class TokenAuth(Strict):
+    method: Literal["token"] = "token"
+    token_file: Path | None = None
+    _env_token: SecretStr | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _token_source(self) -> TokenAuth:
+        if self.token_file is None:
+            token = os.environ.get("BAO_TOKEN") or os.environ.get("VAULT_TOKEN")
+            if not token:
+                raise ValueError(
+                    "token auth needs backend.auth.token_file, or BAO_TOKEN/VAULT_TOKEN "
+                    "in the environment"
+                )
+            self._env_token = SecretStr(token)
+        return self
+
+    @property
+    def env_token(self) -> SecretStr | None:
+        return self._env_token
+
+
+class AppRoleAuth(Strict):
+    method: Literal["approle"]
+    role_id: Text | None = None
+    role_id_file: Path | None = None
+    secret_id_file: Path | None = None
+    mount: Text = "approle"
+
+    @model_validator(mode="after")
+    def _one_role_id(self) -> AppRoleAuth:
+        if (self.role_id is None) == (self.role_id_file is None):
+            raise ValueError("approle auth needs exactly one of role_id or role_id_file")
+        return self
+
+
+class KubernetesAuth(Strict):
+    method: Literal["kubernetes"]
+    role: Text
+    jwt_file: Path = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+    mount: Text = "kubernetes"
+
+
+AuthSettings = Annotated[TokenAuth | AppRoleAuth | KubernetesAuth, Field(discriminator="method")]
+
+
+class TLSSettings(Strict):
+    ca_cert: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    skip_verify: bool = False
+
+
+class BackendSettings(Strict):
+    address: Text = "http://127.0.0.1:8200"
+    namespace: str | None = None
+    # Defaults are validated like written values, so a missing token is reported as
+    # backend.auth alongside every other problem instead of aborting validation from a factory.
+    auth: AuthSettings = Field(default_factory=lambda: {"method": "token"}, validate_default=True)
+    timeout: Duration = 2.0
+    max_concurrency: int = Field(default=8, ge=1, le=256)
+    tls: TLSSettings = TLSSettings()
+
+    @field_validator("address")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"must start with http:// or https://, got {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout_range(cls, value: float) -> float:
+        if not 0.05 <= value <= 300:
+            raise ValueError(f"must be from 50ms to 5m, got {format_duration(value)}")
+        return value
+
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SIDECAR_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        populate_by_name=True,
+    )
+
+    listen: HostPort = "127.0.0.1:8100"
+    metrics_listen: HostPort = "0.0.0.0:9102"
+    allow_remote_callers: bool = False
+    caller_token_file: Path = Path("/run/secrets-sidecar/token")
+    log_level: LogLevel = "info"
+    access_log: bool = False
+    shutdown_timeout: Duration = 10.0
+    backend: BackendSettings = Field(default_factory=dict, validate_default=True)
+    classes: dict[str, SecretClassSettings] = Field(min_length=1)
+    secrets: list[RuleSettings] = Field(min_length=1)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The YAML document arrives as init kwargs; SIDECAR_* beats it, Vault's variables don't.
+        return env_settings, init_settings, VaultEnvironment(settings_cls)
+
+    def policy(self) -> Policy:
+        classes = {
+            name: SecretClass(name=name, **spec.model_dump()) for name, spec in self.classes.items()
+        }
+        return Policy(Rule(rule.match, classes[rule.class_]) for rule in self.secrets)
+
+
+class VaultEnvironment(PydanticBaseSettingsSource):
+    """Vault's (and OpenBao's) environment conventions, as the CLI and SDKs read them."""
+
+    _MAP: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
+        (("BAO_ADDR", "VAULT_ADDR"), ("address",)),
+        (("BAO_NAMESPACE", "VAULT_NAMESPACE"), ("namespace",)),
+        (("BAO_CACERT", "VAULT_CACERT"), ("tls", "ca_cert")),
+        (("BAO_CLIENT_CERT", "VAULT_CLIENT_CERT"), ("tls", "client_cert")),
+        (("BAO_CLIENT_KEY", "VAULT_CLIENT_KEY"), ("tls", "client_key")),
+        (("BAO_SKIP_VERIFY", "VAULT_SKIP_VERIFY"), ("tls", "skip_verify")),
+    )
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        backend: dict[str, Any] = {}
+        for names, key in self._MAP:
+            value = next((os.environ[n] for n in names if os.environ.get(n)), None)
+            if value is None:
+                continue
+            target = backend
+            for part in key[:-1]:
+                target = target.setdefault(part, {})
+            target[key[-1]] = value
+        return {"backend": backend} if backend else {}
+
+
+def load_settings(path: Path | str | None) -> Settings:
+    """Read, merge and check the configuration; raise ConfigError naming every bad key."""
+    source = str(path) if path is not None else None
+    document: dict[str, Any] = {}
+    if path is not None:
+        document = _read_yaml(Path(path))
+    return settings_from(document, source)
+
+
+def settings_from(document: Mapping[str, Any], source: str | None = None) -> Settings:
+    """Settings from an already parsed document (plus the environment), fully checked."""
+    try:
+        settings = Settings(**document)
+    except ValidationError as exc:
+        raise ConfigError(format_errors(exc), source) from None
+    problems = _cross_checks(settings)
+    if problems:
+        raise ConfigError(problems, source)
+    return settings
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"cannot read config file: {exc.strerror}"], str(path)) from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"YAML syntax error{where}: {problem}"], str(path)) from None
+    if document is None:
+        return {}
+    if not isinstance(document, dict):
+        raise ConfigError(
+            [f"the top level must be a mapping of keys, got {type(document).__name__}"], str(path)
+        )
+    odd = [key for key in document if not isinstance(key, str)]
+    if odd:
+        # Settings(**document) would fail with a bare TypeError ("keywords must be strings").
+        raise ConfigError([f"{key!r}: unknown key (keys must be text)" for key in odd], str(path))
+    return document
+
+
+def _cross_checks(settings: Settings) -> list[str]:
+    problems = []
+    defined = ", ".join(sorted(settings.classes))
+    for i, rule in enumerate(settings.secrets):
+        if rule.class_ not in settings.classes:
+            problems.append(
+                f"secrets.{i}.class: unknown class {rule.class_!r} (defined classes: {defined})"
+            )
+    host, _ = split_hostport(settings.listen)
+    if not is_loopback(host) and not settings.allow_remote_callers:
+        problems.append(
+            f"listen: {host} is not a loopback address, so any host that reaches it could ask "
+            "for secrets; use 127.0.0.1 or ::1, or set allow_remote_callers: true deliberately"
+        )
+    if settings.listen == settings.metrics_listen:
+        problems.append("metrics_listen: must differ from listen (the two APIs are separate)")
+    return problems
+
+
+_FRIENDLY = {
+    "missing": "required key is missing",
+    "bool_parsing": "must be true or false",
+    "bool_type": "must be true or false",
+    "int_parsing": "must be a whole number",
+    "int_type": "must be a whole number",
+    "string_type": "must be a text value",
+    "dict_type": "must be a mapping of keys",
+    "model_type": "must be a mapping of keys",
+    "list_type": "must be a list",
+}
+
+
+def format_errors(exc: ValidationError) -> list[str]:
+    lines = []
+    for error in exc.errors(include_url=False):
+        loc = _display_loc(error["loc"])
+        kind = error["type"]
+        ctx: Mapping[str, Any] = error.get("ctx") or {}
+        if kind == "extra_forbidden":
+            valid = _valid_keys(error["loc"][:-1])
+            hint = f" (valid keys here: {', '.join(valid)})" if valid else ""
+            message = f"unknown key{hint}"
+        elif kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
+            op = {"greater_than_equal": ">=", "less_than_equal": "<=", "greater_than": ">"}.get(
+                kind, "<"
+            )
+            bound = next(iter(ctx.values()))
+            message = f"must be {op} {bound}, got {error.get('input')!r}"
+        elif kind == "too_short":
+            message = "must not be empty"
+        elif kind in ("literal_error", "enum"):
+            message = f"must be one of {ctx.get('expected')}, got {error.get('input')!r}"
+        elif kind == "union_tag_invalid":
+            message = f"method must be one of {ctx.get('expected_tags')}, got {ctx.get('tag')!r}"
+        elif kind == "union_tag_not_found":
+            message = "method is required (token, approle or kubernetes)"
+        elif kind in ("value_error", "assertion_error"):
+            message = str(ctx.get("error", error["msg"]))
+        else:
+            message = _FRIENDLY.get(kind, error["msg"])
+        lines.append(f"{loc}: {message}" if loc else message)
+    return lines
+
+
+_AUTH_TAGS = {"token", "approle", "kubernetes"}
+
+
+def _display_loc(loc: tuple[int | str, ...]) -> str:
+    parts = [str(p) for p in loc]
+    # A discriminated union adds its tag to the location: backend.auth.approle.role_id.
+    for i in range(1, len(parts)):
+        if parts[i - 1] == "auth" and parts[i] in _AUTH_TAGS:
+            del parts[i]
+            break
+    return ".".join(p if p != "class_" else "class" for p in parts)
+
+
+def _valid_keys(loc: tuple[int | str, ...]) -> list[str]:
+    model: Any = Settings
+    for part in loc:
+        if isinstance(part, int) or model is None:
+            continue
+        if part in _AUTH_TAGS:
+            model = {"token": TokenAuth, "approle": AppRoleAuth, "kubernetes": KubernetesAuth}[part]
+            continue
+        fields = getattr(model, "model_fields", None)
+        if fields is None:
+            return []
+        if part not in fields:
+            # a dict key (a class name): descend into the dict's value model
+            continue
+        annotation = fields[part].annotation
+        model = _inner_model(annotation)
+    fields = getattr(model, "model_fields", None) or {}
+    return [info.alias or name for name, info in fields.items()]
+
+
+def _inner_model(annotation: Any) -> Any:
+    for candidate in (annotation, *getattr(annotation, "__args__", ())):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+        for inner in getattr(candidate, "__args__", ()):
+            if isinstance(inner, type) and issubclass(inner, BaseModel):
+                return inner
+    return None

@@ -1,0 +1,574 @@
+"""The only module that talks to the store (Vault or OpenBao, through hvac).
+
+hvac is synchronous, so every call runs on a bounded thread pool (``max_concurrency``), each
+with the backend timeout, and the event loop never waits on a socket. Responses are mapped to
+the error kinds in ``sidecar.backend`` here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import hvac
+import orjson
+import requests
+from hvac.adapters import RawAdapter
+
+from sidecar.backend import (
+    ErrorKind,
+    InvalidRequest,
+    Secret,
+    SecretForbidden,
+    SecretNotFound,
+    StoreError,
+    StoreUnavailable,
+)
+from sidecar.coalesce import Coalescer
+from sidecar.settings import AppRoleAuth, BackendSettings, KubernetesAuth, TokenAuth
+
+log = logging.getLogger("sidecar.store")
+
+T = TypeVar("T")
+
+MOUNT_TTL = 300.0  # how long a discovered mount (path, KV version) is trusted
+RENEW_AT = 2 / 3  # renew the sidecar's token at this fraction of its TTL, as Vault Agent does
+
+
+@dataclass(frozen=True, slots=True)
+class Mount:
+    path: str  # with trailing slash, e.g. "secret/"
+    kv_version: int
+    discovered_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    status: int
+    body: Mapping[str, Any]
+    headers: Mapping[str, str]
+
+    @property
+    def errors(self) -> str:
+        errors = self.body.get("errors")
+        if isinstance(errors, list) and errors:
+            return "; ".join(str(e).strip() for e in errors)
+        return f"HTTP {self.status}"
+
+
+class AuthObserver(Protocol):
+    def auth_event(self, event: str, ok: bool, expires_at: float | None) -> None: ...
+
+
+class _NoAuthObserver:
+    def auth_event(self, event: str, ok: bool, expires_at: float | None) -> None:
+        pass
+
+
+def _unavailable_for(reply: Reply) -> StoreUnavailable:
+    if reply.status == 429:
+        retry_after = _retry_after(reply.headers.get("Retry-After"))
+        return StoreUnavailable(
+            "rate_limited",
+            kind=ErrorKind.RATE_LIMITED,
+            detail=reply.errors,
+            retry_after=retry_after,
+        )
+    if reply.status == 503:
+        return StoreUnavailable("sealed", kind=ErrorKind.SEALED, detail=reply.errors)
+    if reply.status >= 500 or reply.status == 412:
+        return StoreUnavailable("server_error", kind=ErrorKind.SERVER_ERROR, detail=reply.errors)
+    return StoreUnavailable("bad_response", kind=ErrorKind.BAD_RESPONSE, detail=reply.errors)
+
+
+def _not_found_reason(reply: Reply) -> str:
+    """KV v2 answers 404 with metadata for a deleted or destroyed version: say which."""
+    data = reply.body.get("data")
+    meta = data.get("metadata") if isinstance(data, dict) else None
+    if isinstance(meta, dict) and meta.get("version") is not None:
+        state = "destroyed" if meta.get("destroyed") else "deleted"
+        return f"version {meta['version']} was {state}"
+    return "the store has no secret at this path"
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+class VaultBackend:
+    """Reads KV v1 and v2 secrets; discovers each mount's KV version as the CLI does."""
+
+    def __init__(
+        self,
+        settings: BackendSettings,
+        *,
+        auth_observer: AuthObserver | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._settings = settings
+        self._clock = clock
+        self._executor = ThreadPoolExecutor(
+            max_workers=settings.max_concurrency, thread_name_prefix="store"
+        )
+        self._local = threading.local()
+        self._mounts: dict[str, Mount] = {}
+        self._mount_lookups: Coalescer[str, Mount] = Coalescer()
+        self._auth = _Authenticator(self, settings, auth_observer or _NoAuthObserver())
+
+    @property
+    def authenticated(self) -> bool:
+        return self._auth.token is not None
+
+    async def start(self) -> None:
+        await self._auth.start()
+
+    async def close(self) -> None:
+        await self._auth.stop()
+        await self._mount_lookups.drain()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- reads -------------------------------------------------------------------------
+
+    async def read(self, path: str, version: int | None) -> Secret:
+        mount = await self._mount_for(path)
+        rest = path[len(mount.path) :]
+        if not rest:
+            raise InvalidRequest(f"{path!r} names the mount {mount.path!r}, not a secret in it")
+        if mount.kv_version == 2:
+            params = {"version": str(version)} if version is not None else None
+            reply = await self.call("GET", f"{mount.path}data/{rest}", params=params)
+            return self._kv2_secret(path, version, reply)
+        if version is not None:
+            raise InvalidRequest(
+                f"versions exist only on KV v2 mounts; {mount.path!r} is KV version 1"
+            )
+        reply = await self.call("GET", path)
+        data = reply.body.get("data")
+        if not isinstance(data, dict):
+            raise StoreUnavailable(
+                "bad_response", kind=ErrorKind.BAD_RESPONSE, detail="KV v1 reply without data"
+            )
+        return Secret(path=path, data=data, version=None, kv_version=1)
+
+    def _kv2_secret(self, path: str, version: int | None, reply: Reply) -> Secret:
+        body = reply.body.get("data")
+        if not isinstance(body, dict):
+            raise StoreUnavailable(
+                "bad_response", kind=ErrorKind.BAD_RESPONSE, detail="KV v2 reply without data"
+            )
+        meta = body.get("metadata") or {}
+        data = body.get("data")
+        if data is None:
+            # The version exists but was deleted or destroyed: it is gone for readers.
+            state = "destroyed" if meta.get("destroyed") else "deleted"
+            raise SecretNotFound(f"version {meta.get('version', version)} was {state}")
+        return Secret(
+            path=path,
+            data=data,
+            version=int(meta["version"]) if meta.get("version") is not None else version,
+            created_time=meta.get("created_time"),
+            kv_version=2,
+        )
+
+    async def _mount_for(self, path: str) -> Mount:
+        now = self._clock()
+        best: Mount | None = None
+        for mount in self._mounts.values():
+            if path.startswith(mount.path) and (best is None or len(mount.path) > len(best.path)):
+                best = mount
+        if best is not None and now - best.discovered_at < MOUNT_TTL:
+            return best
+        mount, _ = await self._mount_lookups.run(path, lambda: self._discover(path))
+        return mount
+
+    async def _discover(self, path: str) -> Mount:
+        try:
+            reply = await self.call("GET", f"sys/internal/ui/mounts/{path}")
+        except SecretForbidden as exc:
+            raise SecretForbidden(
+                f"the store refused to say which mount holds {path!r}: no mount exists "
+                "there, or the sidecar's policy grants nothing under it"
+            ) from exc
+        data = reply.body.get("data") or {}
+        mount_path = data.get("path")
+        engine = data.get("type")
+        if not isinstance(mount_path, str) or not mount_path:
+            raise SecretNotFound(f"no secrets engine is mounted at {path!r}")
+        if engine not in ("kv", "generic"):
+            raise InvalidRequest(
+                f"{mount_path!r} is a {engine!r} secrets engine; the sidecar serves KV only"
+            )
+        options = data.get("options") or {}
+        kv_version = 2 if str(options.get("version", "1")) == "2" else 1
+        mount = Mount(path=mount_path, kv_version=kv_version, discovered_at=self._clock())
+        self._mounts[mount_path] = mount
+        log.info("mount discovered", extra={"mount": mount_path, "kv_version": kv_version})
+        return mount
+
+    # -- the store call ----------------------------------------------------------------
+
+    async def call(
+        self,
+        method: str,
+        api_path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        json: Mapping[str, Any] | None = None,
+        authenticated: bool = True,
+        token: str | None = None,
+    ) -> Reply:
+        """One store request with the sidecar's token; a 403 from a dead token logs in again
+        once and retries. Any non-2xx answer raises a StoreError kind."""
+        if authenticated and token is None:
+            token = await self._auth.ensure()
+        reply = await self._send(method, api_path, params, json, token)
+        if reply.status == 403 and authenticated and token is not None:
+            retry_token = await self._auth.recover(token)
+            if retry_token is not None:
+                reply = await self._send(method, api_path, params, json, retry_token)
+        if 200 <= reply.status < 300:
+            return reply
+        if reply.status == 404:
+            raise SecretNotFound(_not_found_reason(reply))
+        if reply.status == 403:
+            raise SecretForbidden(f"the store refused the sidecar: {reply.errors}")
+        if reply.status in (400, 405):
+            raise InvalidRequest(f"the store rejected the request: {reply.errors}")
+        raise _unavailable_for(reply)
+
+    async def _send(
+        self,
+        method: str,
+        api_path: str,
+        params: Mapping[str, str] | None,
+        json: Mapping[str, Any] | None,
+        token: str | None,
+    ) -> Reply:
+        timeout = self._settings.timeout
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(
+            self._executor, self._blocking_send, method, api_path, params, json, token
+        )
+        try:
+            # A small margin lets requests' own timeout (the better message) fire first.
+            return await asyncio.wait_for(future, timeout + 0.25)
+        except TimeoutError:
+            raise StoreUnavailable(
+                "timeout",
+                kind=ErrorKind.TIMEOUT,
+                detail=f"no answer within {timeout:g}s (backend.timeout)",
+            ) from None
+
+    def _blocking_send(
+        self,
+        method: str,
+        api_path: str,
+        params: Mapping[str, str] | None,
+        json: Mapping[str, Any] | None,
+        token: str | None,
+    ) -> Reply:
+        adapter = self._adapter()
+        headers = {"X-Vault-Token": token} if token else {}
+        try:
+            response = adapter.request(
+                method,
+                f"/v1/{api_path}",
+                headers=headers,
+                raise_exception=False,
+                params=params,
+                json=json,
+            )
+        except requests.Timeout:
+            raise StoreUnavailable(
+                "timeout",
+                kind=ErrorKind.TIMEOUT,
+                detail=f"no answer within {self._settings.timeout:g}s (backend.timeout)",
+            ) from None
+        except requests.ConnectionError as exc:
+            raise StoreUnavailable(
+                "connection_failed", kind=ErrorKind.CONNECTION, detail=_root_cause(exc)
+            ) from None
+        except requests.RequestException as exc:
+            raise StoreUnavailable(
+                "connection_failed", kind=ErrorKind.CONNECTION, detail=type(exc).__name__
+            ) from None
+        body: Mapping[str, Any] = {}
+        if response.content:
+            try:
+                parsed = orjson.loads(response.content)
+            except orjson.JSONDecodeError:
+                parsed = None
+            if isinstance(parsed, dict):
+                body = parsed
+            elif 200 <= response.status_code < 300:
+                raise StoreUnavailable(
+                    "bad_response", kind=ErrorKind.BAD_RESPONSE, detail="reply is not JSON"
+                )
+        return Reply(response.status_code, body, response.headers)
+
+    def _adapter(self) -> RawAdapter:
+        """One hvac client per worker thread: requests sessions are not made to be shared."""
+        adapter: RawAdapter | None = getattr(self._local, "adapter", None)
+        if adapter is None:
+            tls = self._settings.tls
+            verify: bool | str = not tls.skip_verify
+            if tls.ca_cert is not None and not tls.skip_verify:
+                verify = str(tls.ca_cert)
+            cert = None
+            if tls.client_cert is not None and tls.client_key is not None:
+                cert = (str(tls.client_cert), str(tls.client_key))
+            client = hvac.Client(
+                url=self._settings.address,
+                # Never the ambient VAULT_TOKEN or ~/.vault-token: hvac would send it on every
+                # request, overriding the token we choose per call.
+                token="",
+                namespace=self._settings.namespace,
+                timeout=self._settings.timeout,
+                verify=verify,
+                cert=cert,
+                adapter=RawAdapter,
+            )
+            adapter = client.adapter
+            self._local.adapter = adapter
+        return adapter
+
+
+def _root_cause(exc: BaseException) -> str:
+    """'connection refused' rather than a page of urllib3 nesting."""
+    text = str(exc)
+    for marker in ("Connection refused", "Connection reset", "Name or service not known"):
+        if marker in text:
+            return marker.lower()
+    return type(exc).__name__
+
+
+class _Authenticator:
+    """The sidecar's own identity in the store: a token, kept valid.
+
+    Token auth uses the given token and renews it if renewable. AppRole and Kubernetes auth log
+    in, renew at 2/3 of the TTL, and log in again when renewal is refused or the token dies.
+    """
+
+    def __init__(
+        self, backend: VaultBackend, settings: BackendSettings, observer: AuthObserver
+    ) -> None:
+        self._backend = backend
+        self._method = settings.auth
+        self._observer = observer
+        self.token: str | None = None
+        self._lock = asyncio.Lock()
+        self._renewal: asyncio.Task[None] | None = None
+        self._ttl_known = asyncio.Event()
+        self._renew_in: float | None = None
+        self._lease = 0.0  # TTL granted at the last login, to notice renewals running short
+
+    async def start(self) -> None:
+        try:
+            await self.ensure()
+            await self._inspect()
+        except StoreError as exc:
+            log.error(
+                "store authentication not confirmed at start; will retry on demand",
+                extra={"method": self._method.method, "reason": str(exc)},
+            )
+        self._renewal = asyncio.create_task(self._renew_forever(), name="token-renewal")
+
+    async def stop(self) -> None:
+        if self._renewal is not None:
+            self._renewal.cancel()
+            await asyncio.gather(self._renewal, return_exceptions=True)
+
+    async def ensure(self) -> str:
+        if self.token is not None:
+            return self.token
+        async with self._lock:
+            if self.token is None:
+                self.token = await self._obtain()
+            return self.token
+
+    async def recover(self, failed: str) -> str | None:
+        """After a 403: a new token to retry with, or None if the token is fine (a real 403)."""
+        async with self._lock:
+            if self.token is not None and self.token != failed:
+                return self.token  # someone else already replaced it
+            try:
+                await self._backend.call(
+                    "GET", "auth/token/lookup-self", authenticated=False, token=failed
+                )
+            except SecretForbidden:
+                pass  # the token itself is dead
+            else:
+                return None
+            log.warning(
+                "the sidecar's store token is expired or revoked; authenticating again",
+                extra={"method": self._method.method},
+            )
+            self.token = None
+            self.token = await self._obtain(failed)
+            return self.token
+
+    async def _obtain(self, failed: str | None = None) -> str:
+        """A token to use: the configured one, or a fresh login. ``failed``: known dead."""
+        method = self._method
+        try:
+            if isinstance(method, TokenAuth):
+                return self._token_from(method, failed)
+            return await self._login(method)
+        except StoreError as exc:
+            self._observer.auth_event("login", False, None)
+            log.error(
+                "store authentication failed", extra={"method": method.method, "reason": str(exc)}
+            )
+            if isinstance(exc, StoreUnavailable):
+                raise
+            raise StoreUnavailable(
+                "auth_failed", kind=ErrorKind.AUTH_FAILED, detail=str(exc)
+            ) from None
+
+    def _token_from(self, method: TokenAuth, failed: str | None) -> str:
+        if method.token_file is not None:
+            token = _read_secret_file(method.token_file, "backend.auth.token_file")
+        else:
+            assert method.env_token is not None  # guaranteed by settings validation
+            token = method.env_token.get_secret_value()
+        if token == failed:
+            raise StoreUnavailable(
+                "auth_failed",
+                kind=ErrorKind.AUTH_FAILED,
+                detail="the configured token is expired or revoked; put a valid one in "
+                "backend.auth.token_file",
+            )
+        return token
+
+    async def _login(self, method: AppRoleAuth | KubernetesAuth) -> str:
+        if isinstance(method, AppRoleAuth):
+            role_id = method.role_id or _read_secret_file(
+                method.role_id_file, "backend.auth.role_id_file"
+            )
+            payload = {"role_id": role_id}
+            if method.secret_id_file is not None:
+                payload["secret_id"] = _read_secret_file(
+                    method.secret_id_file, "backend.auth.secret_id_file"
+                )
+        else:
+            payload = {
+                "role": method.role,
+                "jwt": _read_secret_file(method.jwt_file, "backend.auth.jwt_file"),
+            }
+        reply = await self._backend.call(
+            "POST", f"auth/{method.mount}/login", json=payload, authenticated=False
+        )
+        auth = reply.body.get("auth") or {}
+        token = auth.get("client_token")
+        if not isinstance(token, str) or not token:
+            raise StoreUnavailable(
+                "auth_failed", kind=ErrorKind.AUTH_FAILED, detail="login reply without a token"
+            )
+        ttl = float(auth.get("lease_duration") or 0)
+        self._lease = ttl
+        self._schedule(ttl, renewable=bool(auth.get("renewable")))
+        self._observer.auth_event("login", True, time.time() + ttl if ttl else None)
+        log.info("logged in to the store", extra={"method": method.method, "ttl_seconds": ttl})
+        return token
+
+    async def _inspect(self) -> None:
+        """Learn the token's TTL (token auth) so renewal can be scheduled."""
+        if not isinstance(self._method, TokenAuth) or self.token is None:
+            return
+        reply = await self._backend.call(
+            "GET", "auth/token/lookup-self", authenticated=False, token=self.token
+        )
+        data = reply.body.get("data") or {}
+        ttl = float(data.get("ttl") or 0)
+        self._schedule(ttl, renewable=bool(data.get("renewable")))
+        self._observer.auth_event("login", True, time.time() + ttl if ttl else None)
+
+    def _schedule(self, ttl: float, *, renewable: bool) -> None:
+        if ttl <= 0:
+            self._renew_in = None  # never expires (root or periodic without TTL)
+        elif renewable:
+            self._renew_in = ttl * RENEW_AT
+        else:
+            # Not renewable: log in again before it runs out (token auth can't; it just waits).
+            self._renew_in = ttl * RENEW_AT if not isinstance(self._method, TokenAuth) else None
+        self._ttl_known.set()
+
+    async def _renew_forever(self) -> None:
+        failures = 0
+        while True:
+            await self._ttl_known.wait()
+            self._ttl_known.clear()
+            if self._renew_in is None:
+                continue
+            await asyncio.sleep(self._renew_in)
+            try:
+                await self._renew()
+                failures = 0
+            except StoreError as exc:
+                failures += 1
+                delay = min(60.0, 2.0**failures)
+                log.warning(
+                    "token renewal failed; retrying",
+                    extra={"reason": str(exc), "retry_in_seconds": delay},
+                )
+                self._renew_in = delay
+                self._ttl_known.set()
+
+    async def _renew(self) -> None:
+        token = self.token
+        if token is None:
+            await self.ensure()
+            return
+        try:
+            reply = await self._backend.call(
+                "POST", "auth/token/renew-self", json={}, authenticated=False, token=token
+            )
+        except (SecretForbidden, InvalidRequest):
+            self._observer.auth_event("renew", False, None)
+            if isinstance(self._method, TokenAuth):
+                raise
+            async with self._lock:
+                self.token = None
+                self.token = await self._obtain()
+            return
+        auth = reply.body.get("auth") or {}
+        ttl = float(auth.get("lease_duration") or 0)
+        self._observer.auth_event("renew", True, time.time() + ttl if ttl else None)
+        log.info("store token renewed", extra={"ttl_seconds": ttl})
+        if not isinstance(self._method, TokenAuth) and ttl < self._lease / 3:
+            # The token is near its max TTL and renewals come back short: log in afresh.
+            async with self._lock:
+                self.token = None
+                self.token = await self._obtain()
+            return
+        self._schedule(ttl, renewable=bool(auth.get("renewable", True)))
+
+
+def _read_secret_file(path: Path | None, key: str) -> str:
+    if path is None:
+        raise StoreUnavailable("auth_failed", kind=ErrorKind.AUTH_FAILED, detail=f"{key} not set")
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise StoreUnavailable(
+            "auth_failed",
+            kind=ErrorKind.AUTH_FAILED,
+            detail=f"{key} {path}: cannot read it ({exc.strerror})",
+        ) from None
+    if not value:
+        raise StoreUnavailable(
+            "auth_failed", kind=ErrorKind.AUTH_FAILED, detail=f"{key} {path} is empty"
+        )
+    return value

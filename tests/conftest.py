@@ -1,0 +1,143 @@
+"""Shared fixtures: a real OpenBao dev server for the session, and sidecars in front of it."""
+
+from __future__ import annotations
+
+import copy
+import os
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yarl
+from aiohttp import ClientResponse
+from aiohttp.test_utils import TestClient
+from prometheus_client import CollectorRegistry
+
+from sidecar.app import Sidecar, create_app
+from sidecar.devstore import DevOpenBao
+from sidecar.settings import settings_from
+
+CALLER_TOKEN = "test-caller-token-0123456789abcdef"
+
+CLASSES: dict[str, dict[str, Any]] = {
+    "standard": {
+        "business_function": "test application credentials",
+        "owner": "team-test",
+        "refresh_interval": "60s",
+        "max_cache_age": "15m",
+        "on_outage": "serve_stale",
+        "rotation_method": "new KV v2 version",
+        "revocation_steps": "delete in the store, purge the sidecar",
+    },
+    "payments": {
+        "business_function": "payment signing",
+        "owner": "team-payments",
+        "refresh_interval": "60s",
+        "max_cache_age": "5m",
+        "on_outage": "fail_closed",
+        "rotation_method": "new key version with overlap",
+        "revocation_steps": "destroy the version, page the owner",
+    },
+}
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The developer's shell (VAULT_ADDR, SIDECAR_*...) must not leak into tests."""
+    for name in list(os.environ):
+        if name.startswith(("SIDECAR_", "VAULT_", "BAO_")):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture(scope="session")
+def openbao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevOpenBao]:
+    store = DevOpenBao(tmp_path_factory.mktemp("openbao")).start()
+    store.enable_kv("kv1", 1)
+    yield store
+    store.stop()
+
+
+@pytest.fixture
+def uid() -> str:
+    """A fresh prefix, so tests sharing one store never see each other's secrets."""
+    return "t" + uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def store_token_file(tmp_path: Path, openbao: DevOpenBao) -> Path:
+    path = tmp_path / "store-token"
+    path.write_text(openbao.root_token)
+    path.chmod(0o600)
+    return path
+
+
+def config(
+    address: str,
+    token_file: Path,
+    tmp_path: Path,
+    *,
+    classes: dict[str, dict[str, Any]] | None = None,
+    rules: list[dict[str, str]] | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "listen": "127.0.0.1:0",
+        "metrics_listen": "127.0.0.1:1",
+        "caller_token_file": str(tmp_path / "caller-token"),
+        "backend": {
+            "address": address,
+            "auth": {"method": "token", "token_file": str(token_file)},
+            "timeout": "2s",
+        },
+        "classes": copy.deepcopy(classes or CLASSES),
+        "secrets": rules
+        or [
+            {"match": "secret/*/payments/**", "class": "payments"},
+            {"match": "**", "class": "standard"},
+        ],
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(doc.get(key), dict):
+            doc[key].update(value)
+        else:
+            doc[key] = value
+    return doc
+
+
+SidecarFactory = Callable[..., Awaitable[tuple[TestClient[Any, Any], Sidecar]]]
+
+
+@pytest.fixture
+async def make_sidecar(
+    aiohttp_client: Any, openbao: DevOpenBao, store_token_file: Path, tmp_path: Path
+) -> SidecarFactory:
+    """Build a real sidecar (real VaultBackend) in front of ``address`` (default: the store)."""
+
+    async def factory(
+        address: str | None = None, *, document: dict[str, Any] | None = None, **overrides: Any
+    ) -> tuple[TestClient[Any, Any], Sidecar]:
+        doc = document or config(address or openbao.addr, store_token_file, tmp_path, **overrides)
+        settings = settings_from(doc)
+        sidecar = create_app(settings, registry=CollectorRegistry(), caller_token=CALLER_TOKEN)
+        client = await aiohttp_client(sidecar.api)
+        return client, sidecar
+
+    return factory
+
+
+AUTH = {"X-Sidecar-Token": CALLER_TOKEN}
+
+
+async def raw_get(
+    client: TestClient[Any, Any], raw_path: str, headers: dict[str, str] | None = None
+) -> ClientResponse:
+    """GET exactly this path: no client-side normalisation of '..' or '%2e'."""
+    url = yarl.URL(f"http://{client.host}:{client.port}{raw_path}", encoded=True)
+    return await client.session.get(url, headers=AUTH if headers is None else headers)
+
+
+def metric(sidecar: Sidecar, name: str, labels: dict[str, str] | None = None) -> float:
+    value = sidecar.metrics.registry.get_sample_value(name, labels or {})
+    return 0.0 if value is None else value

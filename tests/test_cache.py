@@ -1,0 +1,615 @@
+"""SecretCache against a fake store and a fake clock: time passes only when a test says so."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from sidecar.backend import (
+    ErrorKind,
+    Secret,
+    SecretForbidden,
+    SecretNotFound,
+    StoreError,
+    StoreUnavailable,
+)
+from sidecar.cache import Outcome, PathNotAllowed, SecretCache
+from sidecar.policy import OnOutage, Policy, Rule, SecretClass
+
+REFRESH = 60.0
+MAX_AGE = 600.0
+START = 1000.0
+WALL_OFFSET = 1_700_000_000.0
+
+APP = "secret/app/db"
+OTHER = "secret/app/api"
+CRITICAL = "secret/critical/signing-key"
+
+
+def make_class(name: str, on_outage: OnOutage) -> SecretClass:
+    return SecretClass(
+        name=name,
+        business_function=f"{name} things",
+        owner=f"team-{name}",
+        refresh_interval=REFRESH,
+        max_cache_age=MAX_AGE,
+        on_outage=on_outage,
+        rotation_method="rotate in the store",
+        revocation_steps="revoke in the store",
+    )
+
+
+STANDARD = make_class("standard", OnOutage.SERVE_STALE)
+STRICT = make_class("strict", OnOutage.FAIL_CLOSED)
+POLICY = Policy([Rule("secret/critical/**", STRICT), Rule("secret/**", STANDARD)])
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = START
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class FakeBackend:
+    """Answers ``latest[path]`` (default 1) or the version asked for; can fail or block."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.calls: list[tuple[str, int | None]] = []
+        self.latest: dict[str, int] = {}
+        self.error: StoreError | None = None
+        self.gate: asyncio.Event | None = None
+        self.latency = 0.0  # fake seconds each read takes
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def read(self, path: str, version: int | None) -> Secret:
+        self.calls.append((path, version))
+        if self.gate is not None:
+            await self.gate.wait()
+        self.clock.advance(self.latency)
+        if self.error is not None:
+            raise self.error
+        answered = self.latest.get(path, 1) if version is None else version
+        return Secret(path=path, data={"value": f"{path}@v{answered}"}, version=answered)
+
+
+@dataclass
+class Recorder:
+    fetches: list[tuple[str, str, float, StoreError | None]] = field(default_factory=list)
+    lookups: list[tuple[str, Outcome]] = field(default_factory=list)
+    counts: list[int] = field(default_factory=list)
+
+    def fetch_finished(
+        self, path: str, secret_class: SecretClass, seconds: float, error: StoreError | None
+    ) -> None:
+        self.fetches.append((path, secret_class.name, seconds, error))
+
+    def lookup(self, secret_class: SecretClass, outcome: Outcome) -> None:
+        self.lookups.append((secret_class.name, outcome))
+
+    def entries_changed(self, count: int) -> None:
+        self.counts.append(count)
+
+
+@dataclass
+class Harness:
+    cache: SecretCache
+    backend: FakeBackend
+    clock: Clock
+    observer: Recorder
+
+
+@pytest.fixture
+async def h() -> AsyncIterator[Harness]:
+    clock = Clock()
+    backend = FakeBackend(clock)
+    observer = Recorder()
+    cache = SecretCache(
+        backend,
+        POLICY,
+        observer=observer,
+        clock=lambda: clock.now,
+        wall=lambda: WALL_OFFSET + clock.now,
+        rng=lambda: 0.5,
+    )
+    yield Harness(cache, backend, clock, observer)
+    if backend.gate is not None:
+        backend.gate.set()
+    await cache.settle()
+    await cache.close()
+
+
+async def spin(times: int = 5) -> None:
+    for _ in range(times):
+        await asyncio.sleep(0)
+
+
+def outage(reason: str = "connection_refused", **kwargs: object) -> StoreUnavailable:
+    return StoreUnavailable(reason, **kwargs)  # type: ignore[arg-type]
+
+
+# -- hits, misses, coalescing --------------------------------------------------------------
+
+
+async def test_first_get_is_a_miss_that_reads_the_store_once(h: Harness) -> None:
+    lookup = await h.cache.get(APP)
+    assert lookup.outcome is Outcome.MISS
+    assert not lookup.stale
+    assert lookup.age == 0.0
+    assert lookup.entry.secret.data == {"value": f"{APP}@v1"}
+    assert lookup.entry.secret_class is STANDARD
+    assert lookup.entry.confirmed_at == START
+    assert lookup.entry.fetched_at == WALL_OFFSET + START
+    assert h.backend.calls == [(APP, None)]
+    assert len(h.cache) == 1
+    assert [key for key, _ in h.cache.entries()] == [(APP, None)]
+
+
+async def test_gets_within_refresh_interval_are_hits(h: Harness) -> None:
+    first = await h.cache.get(APP)
+    for elapsed in (1.0, 30.0, REFRESH - 0.001):
+        h.clock.now = START + elapsed
+        lookup = await h.cache.get(APP)
+        assert lookup.outcome is Outcome.HIT
+        assert lookup.entry is first.entry
+        assert lookup.age == pytest.approx(elapsed)
+    assert h.backend.calls == [(APP, None)]
+
+
+async def test_get_past_refresh_interval_reads_the_store_again(h: Harness) -> None:
+    await h.cache.get(APP)
+    h.backend.latest[APP] = 2
+    h.clock.advance(REFRESH)  # the boundary itself is no longer fresh
+    lookup = await h.cache.get(APP)
+    assert lookup.outcome is Outcome.MISS
+    assert lookup.age == 0.0
+    assert lookup.entry.secret.version == 2
+    assert lookup.entry.secret.data == {"value": f"{APP}@v2"}
+    assert h.backend.calls == [(APP, None), (APP, None)]
+    assert len(h.cache) == 1
+    # and the new value is fresh again
+    h.clock.advance(1)
+    assert (await h.cache.get(APP)).outcome is Outcome.HIT
+    assert len(h.backend.calls) == 2
+
+
+async def test_concurrent_cold_gets_share_one_store_read(h: Harness) -> None:
+    h.backend.gate = asyncio.Event()
+    tasks = [asyncio.create_task(h.cache.get(APP)) for _ in range(20)]
+    await spin()
+    assert h.backend.calls == [(APP, None)]
+    h.backend.gate.set()
+    lookups = await asyncio.gather(*tasks)
+    assert h.backend.calls == [(APP, None)]
+    assert Counter(lookup.outcome for lookup in lookups) == {
+        Outcome.MISS: 1,
+        Outcome.COALESCED: 19,
+    }
+    assert len({id(lookup.entry) for lookup in lookups}) == 1
+    assert Counter(outcome for _, outcome in h.observer.lookups) == {
+        Outcome.MISS: 1,
+        Outcome.COALESCED: 19,
+    }
+    assert len(h.observer.fetches) == 1
+
+
+async def test_distinct_paths_are_read_separately(h: Harness) -> None:
+    await h.cache.get(APP)
+    await h.cache.get(OTHER)
+    assert h.backend.calls == [(APP, None), (OTHER, None)]
+    assert len(h.cache) == 2
+
+
+async def test_caller_giving_up_does_not_cancel_the_read(h: Harness) -> None:
+    h.backend.gate = asyncio.Event()
+    impatient = asyncio.create_task(h.cache.get(APP))
+    await spin()
+    impatient.cancel()
+    await spin()
+    assert impatient.cancelled()
+    h.backend.gate.set()
+    await spin()
+    assert len(h.cache) == 1  # the read finished and was cached for the next caller
+    assert (await h.cache.get(APP)).outcome is Outcome.HIT
+    assert h.backend.calls == [(APP, None)]
+
+
+# -- outages -------------------------------------------------------------------------------
+
+
+async def test_serve_stale_class_serves_old_value_until_max_cache_age(h: Harness) -> None:
+    first = await h.cache.get(APP)
+    h.backend.error = outage(retry_after=5.0)
+
+    h.clock.advance(REFRESH + 1)
+    lookup = await h.cache.get(APP)
+    assert lookup.outcome is Outcome.STALE
+    assert lookup.stale
+    assert lookup.entry is first.entry
+    assert lookup.age == pytest.approx(REFRESH + 1)
+    assert len(h.backend.calls) == 2  # it did ask the store
+
+    h.clock.now = START + MAX_AGE - 0.001
+    assert (await h.cache.get(APP)).outcome is Outcome.STALE
+
+    h.clock.now = START + MAX_AGE
+    with pytest.raises(StoreUnavailable) as info:
+        await h.cache.get(APP)
+    assert info.value.reason == "max_cache_age_exceeded"
+    assert info.value.kind is ErrorKind.CONNECTION
+    assert info.value.retry_after == 5.0
+    assert info.value.__cause__ is h.backend.error
+    assert len(h.cache) == 0
+
+    # the tombstone keeps saying why, not "never heard of it"
+    h.clock.advance(10)
+    with pytest.raises(StoreUnavailable) as again:
+        await h.cache.get(APP)
+    assert again.value.reason == "max_cache_age_exceeded"
+
+    # the store comes back: a normal miss, the tombstone is gone
+    h.backend.error = None
+    assert (await h.cache.get(APP)).outcome is Outcome.MISS
+    h.clock.advance(REFRESH)
+    h.backend.error = outage()
+    assert (await h.cache.get(APP)).outcome is Outcome.STALE
+
+
+async def test_fail_closed_class_refuses_unconfirmed_values(h: Harness) -> None:
+    await h.cache.get(CRITICAL)
+    h.backend.error = outage("timeout", kind=ErrorKind.TIMEOUT, retry_after=2.0)
+
+    h.clock.advance(REFRESH - 1)
+    assert (await h.cache.get(CRITICAL)).outcome is Outcome.HIT  # still fresh: no store call
+    assert len(h.backend.calls) == 1
+
+    h.clock.advance(1)
+    with pytest.raises(StoreUnavailable) as info:
+        await h.cache.get(CRITICAL)
+    assert info.value.reason == "fail_closed"
+    assert info.value.kind is ErrorKind.TIMEOUT
+    assert info.value.retry_after == 2.0
+    assert info.value.__cause__ is h.backend.error
+    assert "strict" in str(info.value)
+    assert len(h.backend.calls) == 2
+    assert len(h.cache) == 1  # kept: the store may confirm it again
+
+    h.backend.error = None
+    lookup = await h.cache.get(CRITICAL)
+    assert lookup.outcome is Outcome.MISS
+    assert lookup.age == 0.0
+
+
+async def test_fail_closed_past_max_cache_age_reports_expiry(h: Harness) -> None:
+    await h.cache.get(CRITICAL)
+    h.backend.error = outage()
+    h.clock.advance(MAX_AGE + 1)
+    with pytest.raises(StoreUnavailable) as info:
+        await h.cache.get(CRITICAL)
+    assert info.value.reason == "max_cache_age_exceeded"
+    assert len(h.cache) == 0
+
+
+@pytest.mark.parametrize("path", [APP, CRITICAL])
+async def test_cold_miss_with_store_down_raises_the_store_error(h: Harness, path: str) -> None:
+    down = outage("sealed", kind=ErrorKind.SEALED)
+    h.backend.error = down
+    with pytest.raises(StoreUnavailable) as info:
+        await h.cache.get(path)
+    assert info.value is down  # the store's own error, not a not-found kind
+    assert not isinstance(info.value, SecretNotFound | SecretForbidden)
+    assert info.value.kind is ErrorKind.SEALED
+    assert len(h.cache) == 0
+    assert h.observer.fetches == [(path, POLICY.classify(path).name, 0.0, down)]  # type: ignore[union-attr]
+
+
+async def test_expired_entry_is_not_served_when_the_store_answers(h: Harness) -> None:
+    await h.cache.get(APP)
+    h.backend.latest[APP] = 7
+    h.clock.advance(MAX_AGE + 100)
+    lookup = await h.cache.get(APP)
+    assert lookup.outcome is Outcome.MISS
+    assert lookup.entry.secret.version == 7
+    assert len(h.backend.calls) == 2
+
+
+async def test_concurrent_stale_reads_during_outage_share_one_attempt(h: Harness) -> None:
+    await h.cache.get(APP)
+    h.backend.error = outage()
+    h.backend.gate = asyncio.Event()
+    h.clock.advance(REFRESH + 5)
+    tasks = [asyncio.create_task(h.cache.get(APP)) for _ in range(5)]
+    await spin()
+    h.backend.gate.set()
+    lookups = await asyncio.gather(*tasks)
+    assert {lookup.outcome for lookup in lookups} == {Outcome.STALE}
+    assert len(h.backend.calls) == 2
+
+
+# -- the store says no ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "error",
+    [SecretNotFound("secret not found"), SecretForbidden("permission denied")],
+    ids=["not_found", "forbidden"],
+)
+@pytest.mark.parametrize("path", [APP, CRITICAL])
+async def test_not_found_or_forbidden_on_refresh_drops_the_entry(
+    h: Harness, error: StoreError, path: str
+) -> None:
+    await h.cache.get(path)
+    await h.cache.get(OTHER)
+    assert len(h.cache) == 2
+    h.backend.error = error
+    h.clock.advance(REFRESH)
+    with pytest.raises(type(error)) as info:
+        await h.cache.get(path)
+    assert info.value is error
+    assert len(h.cache) == 1  # even a serve_stale class stops serving it at once
+    assert [key for key, _ in h.cache.entries()] == [(OTHER, None)]
+    assert h.observer.counts[-1] == 1
+
+    h.backend.error = None
+    assert (await h.cache.get(path)).outcome is Outcome.MISS
+
+
+async def test_not_found_in_background_refresh_drops_the_entry(h: Harness) -> None:
+    await h.cache.get(APP)
+    h.backend.error = SecretNotFound("deleted")
+    h.clock.advance(0.9 * REFRESH)
+    h.cache.run_due()
+    await h.cache.settle()
+    assert len(h.backend.calls) == 2
+    assert len(h.cache) == 0
+
+
+async def test_unclassified_path_is_refused_without_asking_the_store(h: Harness) -> None:
+    with pytest.raises(PathNotAllowed, match="kv/unlisted"):
+        await h.cache.get("kv/unlisted")
+    assert h.backend.calls == []
+    assert len(h.cache) == 0
+    assert h.observer.lookups == []
+    assert h.observer.fetches == []
+
+
+# -- refresh-ahead and expiry --------------------------------------------------------------
+
+
+async def test_recently_read_entry_is_refreshed_ahead_of_time(h: Harness) -> None:
+    await h.cache.get(APP)
+    # with rng 0.5 the refresh is due at (0.75 + 0.15 * 0.5) = 0.825 of the interval
+    assert h.cache.run_due() == pytest.approx(0.825 * REFRESH)
+
+    h.clock.advance(0.8 * REFRESH)
+    h.cache.run_due()
+    await h.cache.settle()
+    assert len(h.backend.calls) == 1  # not due yet
+
+    h.backend.latest[APP] = 2
+    h.clock.now = START + 0.9 * REFRESH
+    h.cache.run_due()
+    await h.cache.settle()
+    assert h.backend.calls == [(APP, None), (APP, None)]
+
+    lookup = await h.cache.get(APP)
+    assert lookup.outcome is Outcome.HIT  # the application never waited for the store
+    assert lookup.entry.secret.version == 2
+    assert lookup.age == 0.0
+    assert len(h.backend.calls) == 2
+
+
+async def test_entry_not_read_recently_is_not_refreshed(h: Harness) -> None:
+    await h.cache.get(APP)
+    h.clock.advance(REFRESH + 10)  # the refresh came due, but nobody read it for a while
+    h.cache.run_due()
+    await h.cache.settle()
+    assert len(h.backend.calls) == 1
+    assert len(h.cache) == 1  # not refreshed, not expired either
+
+
+async def test_refresh_ahead_stops_once_reads_stop(h: Harness) -> None:
+    await h.cache.get(APP)
+    h.clock.now = START + 0.9 * REFRESH
+    h.cache.run_due()
+    await h.cache.settle()
+    assert len(h.backend.calls) == 2
+
+    # the refreshed entry's own refresh comes due, but the last read is over an interval ago
+    h.clock.now = START + 1.8 * REFRESH
+    h.cache.run_due()
+    await h.cache.settle()
+    assert len(h.backend.calls) == 2
+
+    # read it again, and it is kept warm again
+    h.clock.now = START + 2.0 * REFRESH
+    assert (await h.cache.get(APP)).outcome is Outcome.MISS
+    assert len(h.backend.calls) == 3
+    h.clock.advance(0.9 * REFRESH)
+    h.cache.run_due()
+    await h.cache.settle()
+    assert len(h.backend.calls) == 4
+
+
+async def test_failed_background_refresh_keeps_the_entry(h: Harness) -> None:
+    first = await h.cache.get(APP)
+    h.backend.error = outage()
+    h.clock.advance(0.9 * REFRESH)
+    h.cache.run_due()
+    await h.cache.settle()
+    assert len(h.backend.calls) == 2
+    lookup = await h.cache.get(APP)
+    assert lookup.outcome is Outcome.HIT  # still within its refresh interval
+    assert lookup.entry is first.entry
+
+
+async def test_run_due_expires_entries_past_max_cache_age(h: Harness) -> None:
+    await h.cache.get(APP)
+    await h.cache.get(OTHER)
+    h.clock.advance(MAX_AGE - 1)
+    h.cache.run_due()
+    await h.cache.settle()
+    assert len(h.cache) == 2
+
+    h.clock.advance(1)
+    assert h.cache.run_due() is None  # nothing left to do
+    await h.cache.settle()
+    assert len(h.cache) == 0
+    assert h.observer.counts[-2:] == [1, 0]
+    assert len(h.backend.calls) == 2  # expiry does not read the store
+
+    h.backend.error = outage()
+    with pytest.raises(StoreUnavailable) as info:
+        await h.cache.get(APP)
+    assert info.value.reason == "max_cache_age_exceeded"
+
+
+# -- never go backwards --------------------------------------------------------------------
+
+
+async def test_older_version_from_store_does_not_replace_newer_value(h: Harness) -> None:
+    first = await h.cache.get(APP)
+    h.backend.latest[APP] = 5
+    h.clock.advance(REFRESH)
+    newer = await h.cache.get(APP)
+    assert newer.entry.secret.version == 5
+    assert newer.entry is not first.entry
+
+    h.backend.latest[APP] = 4  # e.g. a lagging standby answered
+    h.clock.advance(REFRESH)
+    lookup = await h.cache.get(APP)
+    assert lookup.outcome is Outcome.STALE
+    assert lookup.entry is newer.entry
+    assert lookup.entry.secret.version == 5
+    assert dict(h.cache.entries())[(APP, None)] is newer.entry
+    assert len(h.backend.calls) == 3
+    path, cls, _, error = h.observer.fetches[-1]
+    assert (path, cls) == (APP, "standard")
+    assert isinstance(error, StoreUnavailable)
+    assert error.kind is ErrorKind.STALE_READ
+
+
+async def test_older_version_for_fail_closed_class_is_refused(h: Harness) -> None:
+    h.backend.latest[CRITICAL] = 5
+    first = await h.cache.get(CRITICAL)
+    h.backend.latest[CRITICAL] = 4
+    h.clock.advance(REFRESH)
+    with pytest.raises(StoreUnavailable) as info:
+        await h.cache.get(CRITICAL)
+    assert info.value.reason == "fail_closed"
+    assert info.value.kind is ErrorKind.STALE_READ
+    assert dict(h.cache.entries())[(CRITICAL, None)] is first.entry
+
+
+async def test_background_refresh_answering_older_version_keeps_entry(h: Harness) -> None:
+    h.backend.latest[APP] = 5
+    first = await h.cache.get(APP)
+    h.backend.latest[APP] = 3
+    h.clock.advance(0.9 * REFRESH)
+    h.cache.run_due()
+    await h.cache.settle()
+    assert len(h.backend.calls) == 2
+    lookup = await h.cache.get(APP)
+    assert lookup.outcome is Outcome.HIT
+    assert lookup.entry is first.entry
+    assert lookup.entry.secret.version == 5
+
+
+async def test_same_or_newer_version_replaces_entry(h: Harness) -> None:
+    h.backend.latest[APP] = 5
+    first = await h.cache.get(APP)
+    h.clock.advance(REFRESH)
+    same = await h.cache.get(APP)
+    assert same.outcome is Outcome.MISS
+    assert same.entry is not first.entry
+    assert same.entry.secret.version == 5
+    assert same.entry.confirmed_at == START + REFRESH
+
+
+# -- versions ------------------------------------------------------------------------------
+
+
+async def test_specific_versions_are_cached_separately_from_latest(h: Harness) -> None:
+    h.backend.latest[APP] = 5
+    latest = await h.cache.get(APP)
+    pinned = await h.cache.get(APP, 3)
+    assert latest.entry.secret.version == 5
+    assert pinned.outcome is Outcome.MISS
+    assert pinned.entry.secret.version == 3  # an older pinned version is not a "stale read"
+    assert pinned.entry.secret.data == {"value": f"{APP}@v3"}
+    assert h.backend.calls == [(APP, None), (APP, 3)]
+    assert len(h.cache) == 2
+    assert {key for key, _ in h.cache.entries()} == {(APP, None), (APP, 3)}
+
+    assert (await h.cache.get(APP, 3)).entry is pinned.entry
+    assert (await h.cache.get(APP)).entry is latest.entry
+    assert len(h.backend.calls) == 2
+
+    h.backend.error = SecretNotFound("version 3 destroyed")
+    h.clock.advance(REFRESH)
+    with pytest.raises(SecretNotFound):
+        await h.cache.get(APP, 3)
+    assert {key for key, _ in h.cache.entries()} == {(APP, None)}
+
+
+# -- observer ------------------------------------------------------------------------------
+
+
+async def test_observer_sees_fetches_lookups_and_entry_counts(h: Harness) -> None:
+    h.backend.latency = 0.25
+    await h.cache.get(APP)
+    assert h.observer.fetches == [(APP, "standard", 0.25, None)]
+    assert h.observer.counts == [1]
+    assert h.observer.lookups == [("standard", Outcome.MISS)]
+
+    await h.cache.get(APP)
+    await h.cache.get(CRITICAL)
+    assert h.observer.lookups[1:] == [("standard", Outcome.HIT), ("strict", Outcome.MISS)]
+    assert h.observer.counts == [1, 2]
+
+    down = outage()
+    h.backend.error = down
+    h.clock.advance(REFRESH)
+    await h.cache.get(APP)
+    assert h.observer.fetches[-1] == (APP, "standard", 0.25, down)
+    assert h.observer.lookups[-1] == ("standard", Outcome.STALE)
+    with pytest.raises(StoreUnavailable):
+        await h.cache.get(CRITICAL)
+    assert h.observer.fetches[-1] == (CRITICAL, "strict", 0.25, down)
+    # a refused request is still counted, as the fetch it attempted
+    assert h.observer.lookups[-1] == ("strict", Outcome.MISS)
+    assert len(h.observer.lookups) == 5
+
+    h.backend.error = SecretForbidden("denied")
+    with pytest.raises(SecretForbidden):
+        await h.cache.get(APP)
+    assert h.observer.counts[-1] == 1
+    assert h.observer.fetches[-1][3] is h.backend.error
+    assert h.observer.lookups[-1] == ("standard", Outcome.MISS)
+    assert len(h.observer.lookups) == 6
+
+    h.clock.advance(MAX_AGE)
+    h.cache.run_due()
+    assert h.observer.counts[-1] == 0
+
+
+async def test_close_cancels_reads_in_flight(h: Harness) -> None:
+    h.backend.gate = asyncio.Event()
+    waiter = asyncio.create_task(h.cache.get(APP))
+    await spin()
+    async with asyncio.timeout(2):  # a close that does not cancel would wait forever
+        await h.cache.close()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert len(h.cache) == 0

@@ -1,0 +1,43 @@
+"""Refresh-ahead: secrets in use are refreshed before they go stale; unused ones are not."""
+
+from __future__ import annotations
+
+import asyncio
+
+from sidecar.devstore import DevOpenBao
+from tests.conftest import AUTH, CLASSES, SidecarFactory
+
+FAST = {
+    "quick": {**CLASSES["standard"], "refresh_interval": "1s", "max_cache_age": "30s"},
+}
+
+
+async def test_steady_traffic_only_sees_hits_and_new_versions_arrive(
+    make_sidecar: SidecarFactory, openbao: DevOpenBao, uid: str
+):
+    openbao.kv_put(f"{uid}/busy", {"password": "pw-busy-1"})
+    openbao.kv_put(f"{uid}/idle", {"password": "pw-idle-1"})
+    client, _ = await make_sidecar(classes=FAST, rules=[{"match": "**", "class": "quick"}])
+
+    assert (await client.get(f"/secrets/secret/{uid}/idle", headers=AUTH)).status == 200
+    first = await client.get(f"/secrets/secret/{uid}/busy", headers=AUTH)
+    assert first.headers["X-Sidecar-Cache"] == "MISS"
+
+    outcomes, versions = [], []
+    for tick in range(30):  # 3 s of steady reads, three refresh intervals
+        if tick == 10:
+            openbao.kv_put(f"{uid}/busy", {"password": "pw-busy-2"})
+        response = await client.get(f"/secrets/secret/{uid}/busy", headers=AUTH)
+        outcomes.append(response.headers["X-Sidecar-Cache"])
+        versions.append((await response.json())["version"])
+        await asyncio.sleep(0.1)
+
+    assert set(outcomes) == {"HIT"}, outcomes
+    # refreshed in the background at 75-90% of each interval: about three times in 3 s
+    assert openbao.count_requests(f"secret/data/{uid}/busy") >= 3
+    # the new version written at ~1 s is served within a refresh interval (+ jitter)
+    assert versions[-1] == 2
+    assert versions.index(2) <= 10 + 12
+    # the secret nobody read again: refreshed once (it was read within the interval before
+    # its first refresh point), then left alone
+    assert openbao.count_requests(f"secret/data/{uid}/idle") == 2

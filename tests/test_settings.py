@@ -1,0 +1,510 @@
+"""load_settings: YAML file, SIDECAR_* environment, Vault's variables; `sidecar check-config`."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from sidecar import __version__
+from sidecar.cli import main
+from sidecar.policy import OnOutage
+from sidecar.settings import ConfigError, Settings, TokenAuth, load_settings
+
+BASE: dict[str, Any] = {
+    "listen": "127.0.0.1:8100",
+    "metrics_listen": "127.0.0.1:9102",
+    "log_level": "warning",
+    "backend": {
+        "address": "https://vault.example.com:8200/",
+        "timeout": "3s",
+        "auth": {"method": "token", "token_file": "/run/vault/token"},
+    },
+    "classes": {
+        "standard": {
+            "business_function": "application database credentials",
+            "owner": "team-app",
+            "refresh_interval": "1m",
+            "max_cache_age": "15m",
+            "on_outage": "serve_stale",
+            "rotation_method": "new KV v2 version",
+            "revocation_steps": "delete in the store, restart the app",
+        },
+        "payments": {
+            "business_function": "payment signing keys",
+            "owner": "team-payments",
+            "refresh_interval": "30s",
+            "max_cache_age": "5m",
+            "on_outage": "fail_closed",
+            "rotation_method": "new key version with overlap",
+            "revocation_steps": "destroy the version, page the owner",
+            "preload": True,
+        },
+    },
+    "secrets": [
+        {"match": "secret/payments/**", "class": "payments"},
+        {"match": "secret/**", "class": "standard"},
+    ],
+}
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing from the developer's shell may leak into these tests."""
+    for name in ("VAULT_TOKEN", "BAO_TOKEN", "VAULT_ADDR", "BAO_ADDR"):
+        monkeypatch.delenv(name, raising=False)
+    for name in list(os.environ):
+        if name.startswith(("SIDECAR_", "VAULT_", "BAO_")):
+            monkeypatch.delenv(name)
+
+
+def doc() -> dict[str, Any]:
+    return copy.deepcopy(BASE)
+
+
+def write(tmp_path: Path, document: object, name: str = "sidecar.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def problems_of(tmp_path: Path, document: object) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, document))
+    assert info.value.problems, "a ConfigError must say what is wrong"
+    return info.value.problems
+
+
+def problem_for(problems: list[str], key: str) -> str:
+    found = [p for p in problems if p.startswith(f"{key}: ")]
+    assert found, f"no problem names {key!r}: {problems}"
+    return found[0]
+
+
+# -- a valid file --------------------------------------------------------------------------
+
+
+def test_valid_config_loads(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, doc()))
+    assert settings.listen == "127.0.0.1:8100"
+    assert settings.log_level == "warning"
+    assert settings.backend.address == "https://vault.example.com:8200"  # trailing / dropped
+    assert settings.backend.timeout == 3.0
+    assert isinstance(settings.backend.auth, TokenAuth)
+    assert settings.backend.auth.token_file == Path("/run/vault/token")
+    assert settings.backend.auth.env_token is None
+
+    payments = settings.classes["payments"]
+    assert payments.refresh_interval == 30.0
+    assert payments.max_cache_age == 300.0
+    assert payments.on_outage is OnOutage.FAIL_CLOSED
+    assert payments.preload is True
+    assert settings.classes["standard"].preload is False
+    assert [rule.class_ for rule in settings.secrets] == ["payments", "standard"]
+
+
+def test_policy_classifies_paths_by_the_configured_rules(tmp_path: Path) -> None:
+    policy = load_settings(write(tmp_path, doc())).policy()
+    payments = policy.classify("secret/payments/stripe")
+    assert payments is not None
+    assert payments.name == "payments"
+    assert payments.owner == "team-payments"
+    assert payments.refresh_interval == 30.0
+    assert payments.max_cache_age == 300.0
+    assert payments.on_outage is OnOutage.FAIL_CLOSED
+    assert payments.preload is True
+    standard = policy.classify("secret/app/db")
+    assert standard is not None
+    assert standard.name == "standard"
+    assert standard.on_outage is OnOutage.SERVE_STALE
+    assert policy.classify("kv/elsewhere") is None
+
+
+def test_defaults_fill_what_the_file_leaves_out(tmp_path: Path) -> None:
+    minimal = {"classes": doc()["classes"], "secrets": doc()["secrets"]}
+    minimal["backend"] = {"auth": {"method": "token", "token_file": "/t"}}
+    settings = load_settings(write(tmp_path, minimal))
+    assert settings.listen == "127.0.0.1:8100"
+    assert settings.log_level == "info"
+    assert settings.allow_remote_callers is False
+    assert settings.backend.address == "http://127.0.0.1:8200"
+    assert settings.backend.timeout == 2.0
+
+
+def test_remote_listen_is_allowed_when_deliberate(tmp_path: Path) -> None:
+    document = doc()
+    document["listen"] = "0.0.0.0:8100"
+    document["allow_remote_callers"] = True
+    assert load_settings(write(tmp_path, document)).listen == "0.0.0.0:8100"
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "localhost", "[::1]"])
+def test_loopback_listen_needs_no_opt_in(tmp_path: Path, host: str) -> None:
+    document = doc()
+    document["listen"] = f"{host}:8100"
+    assert load_settings(write(tmp_path, document)).listen == f"{host}:8100"
+
+
+# -- invalid files: every problem names its key ------------------------------------------
+
+
+def _set(path: str, value: object) -> Any:
+    def change(document: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        target: Any = document
+        for part in parents:
+            target = target[int(part)] if isinstance(target, list) else target[part]
+        if isinstance(target, list):
+            target[int(last)] = value
+        else:
+            target[last] = value
+
+    return change
+
+
+def _delete(path: str) -> Any:
+    def change(document: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        target: Any = document
+        for part in parents:
+            target = target[part]
+        del target[last]
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("change", "key", "says"),
+    [
+        (_set("colour", "blue"), "colour", "unknown key (valid keys here: listen"),
+        (_set("backend.bogus", 1), "backend.bogus", "unknown key (valid keys here: address"),
+        (
+            _set("classes.standard.colour", "red"),
+            "classes.standard.colour",
+            "unknown key (valid keys here: business_function",
+        ),
+        (
+            _set("backend.auth.colour", "red"),
+            "backend.auth.colour",
+            "unknown key (valid keys here: method, token_file)",
+        ),
+        (_delete("classes.standard.owner"), "classes.standard.owner", "required key is missing"),
+        (
+            _delete("classes.payments.revocation_steps"),
+            "classes.payments.revocation_steps",
+            "required key is missing",
+        ),
+        (_set("classes.standard.owner", ""), "classes.standard.owner", "at least 1 character"),
+        (
+            _set("classes.standard.refresh_interval", "-5s"),
+            "classes.standard.refresh_interval",
+            "must not be negative",
+        ),
+        (
+            _set("classes.standard.refresh_interval", "0s"),
+            "classes.standard.refresh_interval",
+            "must be greater than 0",
+        ),
+        (
+            _set("classes.standard.refresh_interval", "soon"),
+            "classes.standard.refresh_interval",
+            "expected a duration (e.g. 500ms",
+        ),
+        (
+            _set("classes.standard.max_cache_age", "30s"),
+            "classes.standard.max_cache_age",
+            "must be at least refresh_interval (1m), got 30s",
+        ),
+        (
+            _set("secrets.1.class", "nope"),
+            "secrets.1.class",
+            "unknown class 'nope' (defined classes: payments, standard)",
+        ),
+        (
+            _set("classes.standard.on_outage", "retry"),
+            "classes.standard.on_outage",
+            "must be one of 'serve_stale' or 'fail_closed', got 'retry'",
+        ),
+        (_set("listen", "0.0.0.0:8100"), "listen", "0.0.0.0 is not a loopback address"),
+        (_set("listen", "10.1.2.3:8100"), "listen", "allow_remote_callers"),
+        (_set("listen", "8100"), "listen", "expected HOST:PORT"),
+        (_set("metrics_listen", "127.0.0.1:8100"), "metrics_listen", "must differ from listen"),
+        (_set("log_level", "loud"), "log_level", "must be one of"),
+        (_set("backend.timeout", "10m"), "backend.timeout", "must be from 50ms to 5m, got 10m"),
+        (_set("backend.address", "vault:8200"), "backend.address", "http:// or https://"),
+        (_set("backend.max_concurrency", 0), "backend.max_concurrency", "must be >= 1"),
+        (_set("backend.auth", {"method": "ldap"}), "backend.auth", "method must be one of"),
+        (_set("classes", {}), "classes", "must not be empty"),
+        (_delete("secrets"), "secrets", "required key is missing"),
+        (_set("allow_remote_callers", "perhaps"), "allow_remote_callers", "true or false"),
+    ],
+)
+def test_invalid_config_names_the_key(tmp_path: Path, change: Any, key: str, says: str) -> None:
+    document = doc()
+    change(document)
+    problem = problem_for(problems_of(tmp_path, document), key)
+    assert says in problem
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    document = doc()
+    document["colour"] = "blue"
+    del document["classes"]["standard"]["owner"]
+    document["classes"]["payments"]["refresh_interval"] = "-1s"
+    problems = problems_of(tmp_path, document)
+    for key in ("colour", "classes.standard.owner", "classes.payments.refresh_interval"):
+        problem_for(problems, key)
+
+
+def test_config_error_message_names_the_file(tmp_path: Path) -> None:
+    document = doc()
+    document["colour"] = "blue"
+    path = write(tmp_path, document)
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert info.value.source == str(path)
+    assert str(path) in str(info.value)
+    assert "colour: unknown key" in str(info.value)
+
+
+def test_yaml_syntax_error(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("listen: 127.0.0.1:8100\nclasses: [unclosed\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert len(info.value.problems) == 1
+    assert info.value.problems[0].startswith("YAML syntax error at line ")
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"), [("- a\n- b\n", "list"), ("just a string\n", "str"), ("42\n", "int")]
+)
+def test_top_level_must_be_a_mapping(tmp_path: Path, text: str, kind: str) -> None:
+    path = tmp_path / "odd.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert info.value.problems == [f"the top level must be a mapping of keys, got {kind}"]
+
+
+def test_top_level_keys_must_be_text(tmp_path: Path) -> None:
+    path = tmp_path / "odd.yaml"
+    path.write_text("8100: listen\ntrue: yes\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert info.value.problems == [
+        "8100: unknown key (keys must be text)",
+        "True: unknown key (keys must be text)",
+    ]
+
+
+def test_empty_file_reports_the_required_keys(tmp_path: Path) -> None:
+    path = tmp_path / "empty.yaml"
+    path.write_text("", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    problem_for(info.value.problems, "classes")
+    problem_for(info.value.problems, "secrets")
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nowhere.yaml"
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert info.value.problems == ["cannot read config file: No such file or directory"]
+    assert str(path) in str(info.value)
+
+
+# -- the environment -----------------------------------------------------------------------
+
+
+def test_sidecar_environment_overrides_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SIDECAR_LOG_LEVEL", "debug")
+    monkeypatch.setenv("SIDECAR_BACKEND__TIMEOUT", "7s")
+    settings = load_settings(write(tmp_path, doc()))
+    assert settings.log_level == "debug"
+    assert settings.backend.timeout == 7.0
+    # the rest of the file's backend section still applies
+    assert settings.backend.address == "https://vault.example.com:8200"
+    assert settings.backend.auth.token_file == Path("/run/vault/token")  # type: ignore[union-attr]
+
+
+def test_invalid_environment_value_names_the_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SIDECAR_BACKEND__TIMEOUT", "forever")
+    problems = problems_of(tmp_path, doc())
+    assert "expected a duration" in problem_for(problems, "backend.timeout")
+
+
+@pytest.mark.parametrize("name", ["VAULT_ADDR", "BAO_ADDR"])
+def test_vault_address_variable_fills_a_missing_address(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    document = doc()
+    del document["backend"]["address"]
+    monkeypatch.setenv(name, "https://from-env.example:8200")
+    settings = load_settings(write(tmp_path, document))
+    assert settings.backend.address == "https://from-env.example:8200"
+    assert settings.backend.timeout == 3.0  # merged with, not replacing, the file's backend
+
+
+def test_vault_address_variable_fills_a_missing_backend_section(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    document = doc()
+    del document["backend"]
+    monkeypatch.setenv("VAULT_ADDR", "https://from-env.example:8200")
+    monkeypatch.setenv("VAULT_TOKEN", "hvs.from-env")
+    settings = load_settings(write(tmp_path, document))
+    assert settings.backend.address == "https://from-env.example:8200"
+
+
+def test_bao_addr_is_preferred_over_vault_addr(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    document = doc()
+    del document["backend"]["address"]
+    monkeypatch.setenv("VAULT_ADDR", "https://vault.example:8200")
+    monkeypatch.setenv("BAO_ADDR", "https://bao.example:8200")
+    assert load_settings(write(tmp_path, document)).backend.address == "https://bao.example:8200"
+
+
+@pytest.mark.parametrize("name", ["VAULT_ADDR", "BAO_ADDR"])
+def test_file_address_beats_vault_address_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    monkeypatch.setenv(name, "https://from-env.example:8200")
+    settings = load_settings(write(tmp_path, doc()))
+    assert settings.backend.address == "https://vault.example.com:8200"
+
+
+def test_sidecar_address_variable_beats_the_file_and_vault_addr(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SIDECAR_BACKEND__ADDRESS", "https://sidecar-env.example:8200")
+    monkeypatch.setenv("VAULT_ADDR", "https://vault-env.example:8200")
+    settings = load_settings(write(tmp_path, doc()))
+    assert settings.backend.address == "https://sidecar-env.example:8200"
+
+
+@pytest.mark.parametrize("name", ["BAO_TOKEN", "VAULT_TOKEN"])
+def test_token_auth_without_file_takes_the_environment_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    document = doc()
+    document["backend"]["auth"] = {"method": "token"}
+    monkeypatch.setenv(name, "hvs.secret-token-value")
+    settings = load_settings(write(tmp_path, document))
+    auth = settings.backend.auth
+    assert isinstance(auth, TokenAuth)
+    assert auth.token_file is None
+    assert auth.env_token is not None
+    assert auth.env_token.get_secret_value() == "hvs.secret-token-value"
+    assert "hvs.secret-token-value" not in repr(settings)  # never printed by accident
+
+
+def test_bao_token_is_preferred_over_vault_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    document = doc()
+    document["backend"]["auth"] = {"method": "token"}
+    monkeypatch.setenv("VAULT_TOKEN", "hvs.vault")
+    monkeypatch.setenv("BAO_TOKEN", "s.bao")
+    auth = load_settings(write(tmp_path, document)).backend.auth
+    assert isinstance(auth, TokenAuth)
+    assert auth.env_token is not None
+    assert auth.env_token.get_secret_value() == "s.bao"
+
+
+def test_omitted_auth_defaults_to_token_auth_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    document = doc()
+    del document["backend"]["auth"]
+    monkeypatch.setenv("VAULT_TOKEN", "hvs.default")
+    auth = load_settings(write(tmp_path, document)).backend.auth
+    assert isinstance(auth, TokenAuth)
+    assert auth.env_token is not None
+    assert auth.env_token.get_secret_value() == "hvs.default"
+
+
+@pytest.mark.parametrize(
+    "auth", [{"method": "token"}, None], ids=["explicit_token_auth", "omitted_auth"]
+)
+def test_token_auth_without_any_token_fails_clearly(
+    tmp_path: Path, auth: dict[str, str] | None
+) -> None:
+    document = doc()
+    if auth is None:
+        del document["backend"]["auth"]
+    else:
+        document["backend"]["auth"] = auth
+    document["colour"] = "blue"  # reported together with the token problem, not hidden by it
+    problems = problems_of(tmp_path, document)
+    message = problem_for(problems, "backend.auth")
+    assert "token_file" in message
+    assert "BAO_TOKEN" in message
+    assert "VAULT_TOKEN" in message
+    problem_for(problems, "colour")
+
+
+def test_settings_object_is_immutable(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, doc()))
+    with pytest.raises(ValueError, match="frozen"):
+        settings.log_level = "debug"  # type: ignore[misc]
+    assert isinstance(settings, Settings)
+
+
+# -- sidecar check-config / --version ------------------------------------------------------
+
+
+def test_check_config_rejects_an_invalid_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    document = doc()
+    del document["classes"]["standard"]["owner"]
+    assert main(["check-config", str(write(tmp_path, document))]) == 2
+    captured = capsys.readouterr()
+    assert "classes.standard.owner: required key is missing" in captured.err
+    assert "nothing started" in captured.err
+    assert "configuration is valid" not in captured.out
+
+
+def test_check_config_rejects_a_missing_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["check-config", str(tmp_path / "nowhere.yaml")]) == 2
+    assert "cannot read config file" in capsys.readouterr().err
+
+
+def test_check_config_accepts_a_valid_file_and_lists_classes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, doc())
+    assert main(["check-config", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    lines = captured.out.splitlines()
+    assert lines[0] == f"{path}: configuration is valid"
+    header = next(line for line in lines if line.startswith("CLASS"))
+    assert header.split()[:4] == ["CLASS", "OWNER", "ON", "OUTAGE"]
+    rows = {line.split()[0]: line.split() for line in lines if line.startswith(("standard", "pay"))}
+    assert rows["standard"][:5] == ["standard", "team-app", "serve_stale", "1m", "15m"]
+    assert rows["payments"][:6] == ["payments", "team-payments", "fail_closed", "30s", "5m", "yes"]
+    assert rows["payments"][-1] == "secret/payments/**"
+    assert rows["standard"][-1] == "secret/**"
+    assert "store: https://vault.example.com:8200 (auth: token)" in captured.out
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"sidecar {__version__}"
