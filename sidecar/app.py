@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from sidecar.callers import CallerCheck, load_or_create
 from sidecar.metrics import Metrics
 from sidecar.settings import Settings
 from sidecar.vault import VaultBackend
+from sidecar.warmstart import Snapshotter, snapshot_key
 from sidecar.web import (
     CACHE_KEY,
     CALLERS_KEY,
@@ -42,24 +42,22 @@ class Sidecar:
     caller_token: str
     api: web.Application
     ops: web.Application
+    snapshotter: Snapshotter | None = None
+    preloads: list[str] = field(default_factory=list)
     started: bool = field(default=False)
 
     def readiness(self) -> Mapping[str, Any]:
+        """Ready when started and every preloaded secret can be served (from the store, or
+        from memory within its class's limits: a warm snapshot makes a store outage ready)."""
+        preload = self.cache.pinned()
+        servable = sum(1 for path in preload if self.cache.servable(path))
         return {
-            "ready": self.started,
+            "ready": self.started and servable == len(preload),
+            "preloaded_servable": servable,
+            "preloaded_total": len(preload),
             "store_authenticated": bool(getattr(self.backend, "authenticated", True)),
             "secrets_cached": len(self.cache),
         }
-
-
-class _AuthMetrics:
-    def __init__(self, metrics: Metrics) -> None:
-        self._metrics = metrics
-
-    def auth_event(self, event: str, ok: bool, expires_at: float | None) -> None:
-        self._metrics.auth_events.labels(event=event, result="success" if ok else "failure").inc()
-        if ok:
-            self._metrics.token_expiry.set(expires_at or 0)
 
 
 def create_app(
@@ -74,9 +72,13 @@ def create_app(
     policy = settings.policy()
     metrics.declare_classes(sorted(settings.classes))
     if backend is None:
-        backend = VaultBackend(settings.backend, auth_observer=_AuthMetrics(metrics))
-    cache = SecretCache(backend, policy, observer=metrics)
+        backend = VaultBackend(settings.backend, observer=metrics)
+    backoff = settings.backend.backoff
+    cache = SecretCache(backend, policy, observer=metrics, backoff=(backoff.base, backoff.cap))
+    metrics.watch_ages(cache)
     token = caller_token if caller_token is not None else load_or_create(settings.caller_token_file)
+    key = snapshot_key(settings.snapshot)
+    snapshotter = Snapshotter(settings.snapshot, key, cache, metrics) if key else None
 
     api = web.Application(middlewares=[guard], client_max_size=64 * 1024)
     api[CACHE_KEY] = cache
@@ -87,7 +89,9 @@ def create_app(
     ops = web.Application()
     ops_routes(ops, metrics)
 
-    sidecar = Sidecar(settings, metrics, backend, cache, token, api, ops)
+    sidecar = Sidecar(
+        settings, metrics, backend, cache, token, api, ops, snapshotter, policy.preload_paths()
+    )
     ops[READY_KEY] = sidecar.readiness
     api.cleanup_ctx.append(_lifecycle(sidecar))
     return sidecar
@@ -95,17 +99,31 @@ def create_app(
 
 def _lifecycle(sidecar: Sidecar) -> Any:
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
-        # startup: authenticate (never fatal: an outage at start is served as an outage),
-        # then start the refresher that keeps read secrets fresh ahead of time.
+        settings = sidecar.settings
+        tasks: list[asyncio.Task[None]] = []
+        # startup, before any listener opens:
+        # 1. warm the cache from the snapshot, so a store outage at start is already survivable;
+        if sidecar.snapshotter is not None:
+            sidecar.snapshotter.load()
+            tasks.append(asyncio.create_task(sidecar.snapshotter.run(), name="snapshot"))
+        else:
+            log.warning(
+                "no snapshot: snapshot.key_file is not set, so nothing survives a restart",
+            )
+        # 2. authenticate in the background (an outage at start is served as an outage);
         await sidecar.backend.start()
-        refresher = asyncio.create_task(sidecar.cache.run_refresher(), name="refresh-ahead")
+        # 3. preload with jitter, and keep read secrets fresh ahead of time.
+        sidecar.cache.preload(sidecar.preloads, settings.startup_jitter)
+        tasks.append(asyncio.create_task(sidecar.cache.run_refresher(), name="refresh-ahead"))
         sidecar.started = True
         yield
-        # shutdown: stop refreshing, abandon fetches under way, release the store client.
+        # shutdown: stop background work, write the last snapshot, release the store client.
         sidecar.started = False
-        refresher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await refresher
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if sidecar.snapshotter is not None:
+            await sidecar.snapshotter.save(force=True)
         await sidecar.cache.close()
         await sidecar.backend.close()
 

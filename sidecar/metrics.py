@@ -6,11 +6,16 @@ and versions never become labels.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import GaugeHistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from sidecar import __version__
 from sidecar.backend import StoreError
-from sidecar.cache import Outcome
+from sidecar.backoff import CircuitState
+from sidecar.cache import Outcome, SecretCache
 from sidecar.policy import SecretClass
 
 FETCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -64,15 +69,73 @@ class Metrics:
             "When the sidecar's store token expires (0: never or unknown).",
             registry=r,
         )
+        self.stale_served = Counter(
+            "sidecar_stale_served",
+            "Reads answered with a value past refresh_interval because the store could not "
+            "confirm it (serve_stale classes, within max_cache_age).",
+            ["class"],
+            registry=r,
+        )
+        self.fail_closed = Counter(
+            "sidecar_fail_closed",
+            "Reads refused (503) because a fail_closed class may not serve an unconfirmed value.",
+            ["class"],
+            registry=r,
+        )
+        self.unavailable_reads = Counter(
+            "sidecar_unavailable",
+            "Reads answered 503, by class and reason (connection_failed, timeout, sealed, "
+            "rate_limited, auth_failed, fail_closed, max_cache_age_exceeded, throttled...).",
+            ["class", "reason"],
+            registry=r,
+        )
+        self.backend_up = Gauge(
+            "sidecar_backend_up",
+            "1 if the last request to this store address got an answer, else 0.",
+            ["address"],
+            registry=r,
+        )
+        self.circuit_state = Gauge(
+            "sidecar_circuit_state",
+            "Circuit breaker per store address: 0 closed, 1 open (failing fast), 2 half-open "
+            "(one probe out).",
+            ["address"],
+            registry=r,
+        )
+        self.snapshot_last_success = Gauge(
+            "sidecar_snapshot_last_success_timestamp_seconds",
+            "When the snapshot was last written successfully (0: never).",
+            registry=r,
+        )
+        self.snapshot_entries = Gauge(
+            "sidecar_snapshot_entries",
+            "Entries in the last snapshot written, or loaded at start.",
+            registry=r,
+        )
+        self.snapshot_errors = Counter(
+            "sidecar_snapshot_errors",
+            "Snapshot problems: operation=load (corrupt, truncated, tampered, wrong key; the "
+            "snapshot is ignored) or save (the previous snapshot stays).",
+            ["operation"],
+            registry=r,
+        )
+        self.snapshot_errors.labels(operation="load")
+        self.snapshot_errors.labels(operation="save")
         for event in ("login", "renew"):
             for result in ("success", "failure"):
                 self.auth_events.labels(event=event, result=result)
+
+    def watch_ages(self, cache: SecretCache) -> None:
+        """Export the ages of cached values at scrape time (nothing on the request path)."""
+        self.registry.register(_AgeCollector(cache))
 
     def declare_classes(self, names: list[str]) -> None:
         """Export zeros for every class and outcome, so rates work from the first scrape."""
         for name in names:
             for outcome in Outcome:
                 self.cache_lookups.labels(outcome=outcome.value, **{"class": name})
+            self.stale_served.labels(name)
+            self.fail_closed.labels(name)
 
     # CacheObserver
     def fetch_finished(
@@ -86,6 +149,53 @@ class Metrics:
 
     def lookup(self, secret_class: SecretClass, outcome: Outcome) -> None:
         self.cache_lookups.labels(outcome=outcome.value, **{"class": secret_class.name}).inc()
+        if outcome is Outcome.STALE:
+            self.stale_served.labels(secret_class.name).inc()
+
+    def unavailable(self, secret_class: SecretClass, reason: str) -> None:
+        self.unavailable_reads.labels(secret_class.name, reason).inc()
+        if reason == "fail_closed":
+            self.fail_closed.labels(secret_class.name).inc()
+
+    # BackendObserver
+    def auth_event(self, event: str, ok: bool, expires_at: float | None) -> None:
+        self.auth_events.labels(event=event, result="success" if ok else "failure").inc()
+        if ok:
+            self.token_expiry.set(expires_at or 0)
+
+    def node_state(self, address: str, up: bool, circuit: CircuitState) -> None:
+        self.backend_up.labels(address).set(1 if up else 0)
+        self.circuit_state.labels(address).set(int(circuit))
 
     def entries_changed(self, count: int) -> None:
         self.secrets_cached.set(count)
+
+
+AGE_BUCKETS = (1.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 21600.0, 86400.0)
+
+
+class _AgeCollector(Collector):
+    """``sidecar_secret_age_seconds{class}``: a gauge histogram of the ages of the values held
+    now (seconds since the store last confirmed each), one series set per class: bounded by
+    the number of classes, never by the number of secrets."""
+
+    def __init__(self, cache: SecretCache) -> None:
+        self._cache = cache
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeHistogramMetricFamily(
+            "sidecar_secret_age_seconds",
+            "Ages of the cached values now, by class (since the store last confirmed each).",
+            labels=["class"],
+        )
+        by_class: dict[str, list[float]] = {}
+        for secret_class, age in self._cache.ages():
+            by_class.setdefault(secret_class.name, []).append(age)
+        for name, ages in sorted(by_class.items()):
+            buckets = [(str(b), float(sum(1 for a in ages if a <= b))) for b in AGE_BUCKETS]
+            buckets.append(("+Inf", float(len(ages))))
+            family.add_metric([name], buckets, gsum_value=sum(ages))
+        yield family
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())

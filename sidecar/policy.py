@@ -49,6 +49,7 @@ class SecretClass:
 class Rule:
     match: str
     secret_class: SecretClass
+    preload: bool = False  # fetch at start and keep fresh, read or not (literal paths only)
 
     def matches(self, path: str) -> bool:
         return glob_regex(self.match).fullmatch(path) is not None
@@ -69,6 +70,19 @@ class Policy:
             if rule.matches(path):
                 return rule.secret_class
         return None
+
+    def preload_paths(self) -> list[str]:
+        """Paths to fetch at start and keep fresh: literal rules marked (or classed) preload,
+        when that rule is the one that classifies the path."""
+        return [
+            rule.match
+            for rule in self._rules
+            if rule.preload and self.classify(rule.match) is rule.secret_class
+        ]
+
+
+def is_literal(pattern: str) -> bool:
+    return not any(ch in pattern for ch in "*?")
 
 
 @lru_cache(maxsize=1024)

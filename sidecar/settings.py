@@ -31,7 +31,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from sidecar.durations import format_duration, parse_duration
-from sidecar.policy import OnOutage, Policy, Rule, SecretClass
+from sidecar.policy import OnOutage, Policy, Rule, SecretClass, is_literal
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Text = Annotated[str, Field(min_length=1)]
@@ -115,6 +115,7 @@ class SecretClassSettings(Strict):
 class RuleSettings(Strict):
     match: Text = Field(description="glob over the store path; ** spans segments")
     class_: Text = Field(alias="class")
+    preload: bool | None = None  # None: the class decides
 
 
 class TokenAuth(Strict):
@@ -170,8 +171,35 @@ class TLSSettings(Strict):
     skip_verify: bool = False
 
 
+class BackoffSettings(Strict):
+    """Full-jitter exponential backoff: retry n waits ``min(cap, base * 2**n) * random()``."""
+
+    base: PositiveDuration = 0.5
+    cap: PositiveDuration = 30.0
+
+    @field_validator("cap")
+    @classmethod
+    def _cap_at_least_base(cls, value: float, info: ValidationInfo) -> float:
+        base = info.data.get("base")
+        if base is not None and value < base:
+            raise ValueError(f"must be at least base ({format_duration(base)})")
+        return value
+
+
+class CircuitBreakerSettings(Strict):
+    failure_threshold: int = Field(default=3, ge=1, le=100)
+
+
+class RateLimitSettings(Strict):
+    """This sidecar's own budget of store requests (token bucket)."""
+
+    requests_per_second: float = Field(default=50.0, gt=0, le=100_000)
+    burst: int = Field(default=20, ge=1, le=100_000)
+
+
 class BackendSettings(Strict):
     address: Text = "http://127.0.0.1:8200"
+    addresses: list[Text] = Field(default_factory=list)
     namespace: str | None = None
     # Defaults are validated like written values, so a missing token is reported as
     # backend.auth alongside every other problem instead of aborting validation from a factory.
@@ -179,13 +207,27 @@ class BackendSettings(Strict):
     timeout: Duration = 2.0
     max_concurrency: int = Field(default=8, ge=1, le=256)
     tls: TLSSettings = TLSSettings()
+    backoff: BackoffSettings = BackoffSettings()
+    circuit_breaker: CircuitBreakerSettings = CircuitBreakerSettings()
+    rate_limit: RateLimitSettings = RateLimitSettings()
 
     @field_validator("address")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"must start with http:// or https://, got {value!r}")
-        return value.rstrip("/")
+        return _http_url(value)
+
+    @field_validator("addresses")
+    @classmethod
+    def _http_urls(cls, values: list[str]) -> list[str]:
+        urls = [_http_url(v) for v in values]
+        if len(set(urls)) != len(urls):
+            raise ValueError("lists an address twice")
+        return urls
+
+    @property
+    def urls(self) -> list[str]:
+        """The store's nodes in order of preference: ``addresses``, else ``address``."""
+        return list(self.addresses) or [self.address]
 
     @field_validator("timeout")
     @classmethod
@@ -193,6 +235,20 @@ class BackendSettings(Strict):
         if not 0.05 <= value <= 300:
             raise ValueError(f"must be from 50ms to 5m, got {format_duration(value)}")
         return value
+
+
+def _http_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError(f"must start with http:// or https://, got {value!r}")
+    return value.rstrip("/")
+
+
+class SnapshotSettings(Strict):
+    """The encrypted warm-start snapshot. Without ``key_file`` there is no snapshot."""
+
+    path: Path = Path("/var/lib/secrets-sidecar/snapshot")
+    key_file: Path | None = None
+    interval: PositiveDuration = 30.0
 
 
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -214,6 +270,8 @@ class Settings(BaseSettings):
     log_level: LogLevel = "info"
     access_log: bool = False
     shutdown_timeout: Duration = 10.0
+    startup_jitter: Duration = 3.0
+    snapshot: SnapshotSettings = SnapshotSettings()
     backend: BackendSettings = Field(default_factory=dict, validate_default=True)
     classes: dict[str, SecretClassSettings] = Field(min_length=1)
     secrets: list[RuleSettings] = Field(min_length=1)
@@ -234,7 +292,15 @@ class Settings(BaseSettings):
         classes = {
             name: SecretClass(name=name, **spec.model_dump()) for name, spec in self.classes.items()
         }
-        return Policy(Rule(rule.match, classes[rule.class_]) for rule in self.secrets)
+        return Policy(
+            Rule(
+                rule.match,
+                classes[rule.class_],
+                preload=(rule.preload if rule.preload is not None else classes[rule.class_].preload)
+                and is_literal(rule.match),
+            )
+            for rule in self.secrets
+        )
 
 
 class VaultEnvironment(PydanticBaseSettingsSource):
@@ -325,6 +391,14 @@ def _cross_checks(settings: Settings) -> list[str]:
             f"listen: {host} is not a loopback address, so any host that reaches it could ask "
             "for secrets; use 127.0.0.1 or ::1, or set allow_remote_callers: true deliberately"
         )
+    for i, rule in enumerate(settings.secrets):
+        if rule.preload and not is_literal(rule.match):
+            problems.append(
+                f"secrets.{i}.preload: only a literal path can be preloaded, and {rule.match!r} "
+                "has wildcards; add a rule with the exact path"
+            )
+    if "address" in settings.backend.model_fields_set and settings.backend.addresses:
+        problems.append("backend.addresses: give either address or addresses, not both")
     if settings.listen == settings.metrics_listen:
         problems.append("metrics_listen: must differ from listen (the two APIs are separate)")
     return problems

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -31,6 +32,7 @@ from sidecar.backend import (
     StoreError,
     StoreUnavailable,
 )
+from sidecar.backoff import CircuitBreaker, CircuitState, TokenBucket, full_jitter
 from sidecar.coalesce import Coalescer
 from sidecar.settings import AppRoleAuth, BackendSettings, KubernetesAuth, TokenAuth
 
@@ -63,13 +65,25 @@ class Reply:
         return f"HTTP {self.status}"
 
 
-class AuthObserver(Protocol):
+class BackendObserver(Protocol):
     def auth_event(self, event: str, ok: bool, expires_at: float | None) -> None: ...
 
+    def node_state(self, address: str, up: bool, circuit: CircuitState) -> None: ...
 
-class _NoAuthObserver:
+
+class _NoObserver:
     def auth_event(self, event: str, ok: bool, expires_at: float | None) -> None:
         pass
+
+    def node_state(self, address: str, up: bool, circuit: CircuitState) -> None:
+        pass
+
+
+@dataclass(eq=False)
+class _Node:
+    url: str
+    breaker: CircuitBreaker
+    last_error: StoreUnavailable | None = None
 
 
 def _unavailable_for(reply: Reply) -> StoreUnavailable:
@@ -114,27 +128,59 @@ class VaultBackend:
         self,
         settings: BackendSettings,
         *,
-        auth_observer: AuthObserver | None = None,
+        observer: BackendObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
+        rng: Callable[[], float] = random.random,
     ) -> None:
         self._settings = settings
         self._clock = clock
+        self._observer: BackendObserver = observer or _NoObserver()
         self._executor = ThreadPoolExecutor(
             max_workers=settings.max_concurrency, thread_name_prefix="store"
         )
         self._local = threading.local()
         self._mounts: dict[str, Mount] = {}
         self._mount_lookups: Coalescer[str, Mount] = Coalescer()
-        self._auth = _Authenticator(self, settings, auth_observer or _NoAuthObserver())
+        backoff = settings.backoff
+        self._nodes = [
+            _Node(
+                url,
+                CircuitBreaker(
+                    failure_threshold=settings.circuit_breaker.failure_threshold,
+                    base=backoff.base,
+                    cap=backoff.cap,
+                    clock=clock,
+                    rng=rng,
+                ),
+            )
+            for url in settings.urls
+        ]
+        self._preferred = self._nodes[0]
+        self._bucket = TokenBucket(
+            settings.rate_limit.requests_per_second, settings.rate_limit.burst, clock
+        )
+        self._auth = _Authenticator(self, settings, self._observer, rng)
+        self._trouble = asyncio.Event()  # set when a breaker opens: wakes the prober
+        self._prober: asyncio.Task[None] | None = None
+        for node in self._nodes:
+            self._observer.node_state(node.url, True, node.breaker.state)
 
     @property
     def authenticated(self) -> bool:
         return self._auth.token is not None
 
+    @property
+    def addresses(self) -> list[str]:
+        return [node.url for node in self._nodes]
+
     async def start(self) -> None:
+        self._prober = asyncio.create_task(self._probe_forever(), name="store-prober")
         await self._auth.start()
 
     async def close(self) -> None:
+        if self._prober is not None:
+            self._prober.cancel()
+            await asyncio.gather(self._prober, return_exceptions=True)
         await self._auth.stop()
         await self._mount_lookups.drain()
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -256,10 +302,136 @@ class VaultBackend:
         json: Mapping[str, Any] | None,
         token: str | None,
     ) -> Reply:
+        """Send to the preferred healthy node; on an outage answer, try the next one.
+
+        Each node has a circuit breaker: while it is open the node is skipped, and when every
+        node is open the request fails at once (no timeout paid per request during an outage).
+        Open breakers are probed in the background (``_probe_forever``), never by a request.
+        """
+        ready = [node for node in self._ordered_nodes() if node.breaker.closed]
+        if not ready:
+            raise self._circuit_open()
+        wait = self._bucket.reserve(max_wait=self._settings.timeout)
+        if wait is None:
+            raise StoreUnavailable(
+                "throttled",
+                kind=ErrorKind.THROTTLED,
+                detail="the sidecar's own store request budget (backend.rate_limit) is spent",
+                retry_after=1.0,
+            )
+        if wait:
+            await asyncio.sleep(wait)
+        outcome: Reply | StoreUnavailable | None = None
+        for node in ready:
+            if not node.breaker.closed:
+                continue  # opened by a concurrent request meanwhile
+            try:
+                reply = await self._send_to(node, method, api_path, params, json, token)
+            except StoreUnavailable as exc:
+                self._node_failed(node, exc)
+                outcome = exc
+                continue
+            if reply.status == 429:
+                # The store asked us to slow down: no request to this node before it says.
+                node.last_error = _unavailable_for(reply)
+                retry_after = node.last_error.retry_after
+                node.breaker.hold(retry_after if retry_after is not None else 1.0)
+                self._node_seen(node, up=True)
+                self._trouble.set()
+                return reply
+            if reply.status >= 500:
+                # Sealed, a standby without a leader, overloaded: another node may do better.
+                self._node_failed(node, _unavailable_for(reply))
+                outcome = reply
+                continue
+            node.breaker.success()
+            self._node_seen(node, up=True)
+            self._preferred = node
+            return reply
+        if isinstance(outcome, Reply):
+            return outcome
+        raise outcome if outcome is not None else self._circuit_open()
+
+    def _ordered_nodes(self) -> list[_Node]:
+        i = self._nodes.index(self._preferred)
+        return self._nodes[i:] + self._nodes[:i]
+
+    def _node_failed(self, node: _Node, exc: StoreUnavailable) -> None:
+        node.last_error = exc
+        node.breaker.failure()
+        self._node_seen(node, up=False)
+        if not node.breaker.closed:
+            self._trouble.set()
+        log.warning(
+            "store node failed",
+            extra={
+                "address": node.url,
+                "reason": exc.reason,
+                "detail": exc.detail,
+                "circuit": node.breaker.state.name.lower(),
+            },
+        )
+
+    def _node_seen(self, node: _Node, *, up: bool) -> None:
+        self._observer.node_state(node.url, up, node.breaker.state)
+
+    async def _probe_forever(self) -> None:
+        """Probe nodes whose breaker is open, each at its backed-off probe time."""
+        while True:
+            due = [node for node in self._nodes if node.breaker.probe_due()]
+            if due:
+                await asyncio.gather(*(self._probe(node) for node in due))
+            waits = [n.breaker.retry_after() for n in self._nodes if not n.breaker.closed]
+            if not waits:
+                self._trouble.clear()
+                await self._trouble.wait()
+                continue
+            await asyncio.sleep(min(max(min(waits), 0.02), 1.0))
+
+    async def _probe(self, node: _Node) -> None:
+        try:
+            reply = await self._send_to(
+                node,
+                "GET",
+                "sys/health",
+                {"standbyok": "true", "perfstandbyok": "true"},
+                None,
+                None,
+            )
+        except StoreUnavailable as exc:
+            self._node_failed(node, exc)
+            return
+        if reply.status == 200:
+            node.breaker.success()
+            self._node_seen(node, up=True)
+            log.info("store node answers again", extra={"address": node.url})
+        else:  # sealed (503), not initialised (501), no leader...
+            self._node_failed(node, _unavailable_for(reply))
+
+    def _circuit_open(self) -> StoreUnavailable:
+        """Every node's breaker is open: answer now, with the most recent cause."""
+        wait = min(node.breaker.retry_after() for node in self._nodes)
+        cause = next((n.last_error for n in self._ordered_nodes() if n.last_error), None)
+        return StoreUnavailable(
+            cause.reason if cause else "circuit_open",
+            kind=cause.kind if cause else ErrorKind.CONNECTION,
+            detail=f"circuit open: the store failed repeatedly; next attempt in {wait:.1f}s",
+            retry_after=max(wait, 1.0),
+        )
+
+    async def _send_to(
+        self,
+        node: _Node,
+        method: str,
+        api_path: str,
+        params: Mapping[str, str] | None,
+        json: Mapping[str, Any] | None,
+        token: str | None,
+    ) -> Reply:
         timeout = self._settings.timeout
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(
-            self._executor, self._blocking_send, method, api_path, params, json, token
+            self._executor, self._blocking_send, node.url, method, api_path, params, json, token
         )
         try:
             # A small margin lets requests' own timeout (the better message) fire first.
@@ -273,13 +445,14 @@ class VaultBackend:
 
     def _blocking_send(
         self,
+        url: str,
         method: str,
         api_path: str,
         params: Mapping[str, str] | None,
         json: Mapping[str, Any] | None,
         token: str | None,
     ) -> Reply:
-        adapter = self._adapter()
+        adapter = self._adapter(url)
         headers = {"X-Vault-Token": token} if token else {}
         try:
             response = adapter.request(
@@ -318,9 +491,12 @@ class VaultBackend:
                 )
         return Reply(response.status_code, body, response.headers)
 
-    def _adapter(self) -> RawAdapter:
-        """One hvac client per worker thread: requests sessions are not made to be shared."""
-        adapter: RawAdapter | None = getattr(self._local, "adapter", None)
+    def _adapter(self, url: str) -> RawAdapter:
+        """One hvac client per worker thread and node: requests sessions are not for sharing."""
+        adapters: dict[str, RawAdapter] | None = getattr(self._local, "adapters", None)
+        if adapters is None:
+            adapters = self._local.adapters = {}
+        adapter = adapters.get(url)
         if adapter is None:
             tls = self._settings.tls
             verify: bool | str = not tls.skip_verify
@@ -330,7 +506,7 @@ class VaultBackend:
             if tls.client_cert is not None and tls.client_key is not None:
                 cert = (str(tls.client_cert), str(tls.client_key))
             client = hvac.Client(
-                url=self._settings.address,
+                url=url,
                 # Never the ambient VAULT_TOKEN or ~/.vault-token: hvac would send it on every
                 # request, overriding the token we choose per call.
                 token="",
@@ -340,8 +516,7 @@ class VaultBackend:
                 cert=cert,
                 adapter=RawAdapter,
             )
-            adapter = client.adapter
-            self._local.adapter = adapter
+            adapter = adapters[url] = client.adapter
         return adapter
 
 
@@ -362,10 +537,16 @@ class _Authenticator:
     """
 
     def __init__(
-        self, backend: VaultBackend, settings: BackendSettings, observer: AuthObserver
+        self,
+        backend: VaultBackend,
+        settings: BackendSettings,
+        observer: BackendObserver,
+        rng: Callable[[], float],
     ) -> None:
         self._backend = backend
         self._method = settings.auth
+        self._backoff = settings.backoff
+        self._rng = rng
         self._observer = observer
         self.token: str | None = None
         self._lock = asyncio.Lock()
@@ -375,15 +556,36 @@ class _Authenticator:
         self._lease = 0.0  # TTL granted at the last login, to notice renewals running short
 
     async def start(self) -> None:
-        try:
-            await self.ensure()
-            await self._inspect()
-        except StoreError as exc:
-            log.error(
-                "store authentication not confirmed at start; will retry on demand",
-                extra={"method": self._method.method, "reason": str(exc)},
-            )
-        self._renewal = asyncio.create_task(self._renew_forever(), name="token-renewal")
+        """Authenticate in the background: start-up never waits on the store."""
+        self._renewal = asyncio.create_task(self._maintain(), name="store-auth")
+
+    async def _maintain(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                token = await self.ensure()
+                try:
+                    await self._inspect()
+                except SecretForbidden:
+                    await self.recover(token)  # dead at start: re-read the file or log in
+                    await self._inspect()
+                break
+            except StoreError as exc:
+                delay = max(
+                    0.1, full_jitter(attempt, self._backoff.base, self._backoff.cap, self._rng)
+                )
+                attempt += 1
+                log.error(
+                    "store authentication failed; retrying",
+                    extra={
+                        "method": self._method.method,
+                        "reason": exc.reason,
+                        "detail": exc.detail,
+                        "retry_in_seconds": round(delay, 2),
+                    },
+                )
+                await asyncio.sleep(delay)
+        await self._renew_forever()
 
     async def stop(self) -> None:
         if self._renewal is not None:

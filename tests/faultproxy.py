@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import socket
 import struct
 import threading
@@ -26,6 +27,7 @@ class FaultProxy:
         self.mode: Mode = "pass"
         self.delay = 0.0
         self.connections = 0
+        self.request_lines: list[str] = []  # every HTTP request line sent towards the store
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -51,6 +53,10 @@ class FaultProxy:
                 self._server.close()
             for writer in list(self._writers):
                 writer.transport.abort()
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in others:
+                task.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
 
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(_stop(), self._loop).result(5)
@@ -115,6 +121,10 @@ class FaultProxy:
                     continue  # the store's answer, or the request, goes nowhere
                 if downstream and self.delay:
                     await asyncio.sleep(self.delay)
+                if not downstream:
+                    self.request_lines.extend(
+                        m.group(0).decode() for m in _REQUEST_LINE.finditer(chunk)
+                    )
                 writer.write(chunk)
                 await writer.drain()
         except (ConnectionError, OSError):
@@ -122,6 +132,9 @@ class FaultProxy:
         finally:
             with contextlib.suppress(Exception):
                 writer.write_eof()
+
+
+_REQUEST_LINE = re.compile(rb"(?:GET|POST|PUT|DELETE|LIST|PATCH|HEAD) /\S* HTTP/1\.[01]")
 
 
 def _reset(writer: asyncio.StreamWriter) -> None:

@@ -242,13 +242,21 @@ async def test_bad_input_is_400_with_a_reason(
     make_sidecar: SidecarFactory, openbao: DevOpenBao, raw: str, reason_part: str
 ):
     client, _ = await make_sidecar()
-    before = sum(1 for _ in openbao.audit_records())
+
+    def secret_requests() -> int:  # the sidecar's own login/lookup-self don't count
+        return sum(
+            1
+            for record in openbao.audit_records()
+            if not record.get("request", {}).get("path", "").startswith("auth/")
+        )
+
+    before = secret_requests()
     response = await raw_get(client, raw)
     assert response.status == 400, await response.text()
     body = await response.json()
     assert body["error"] == "bad_request"
     assert reason_part in body["reason"]
-    assert sum(1 for _ in openbao.audit_records()) == before  # refused before the store
+    assert secret_requests() == before  # refused before the store
 
 
 async def test_only_get_and_known_endpoints(make_sidecar: SidecarFactory, uid: str):

@@ -89,6 +89,7 @@ class Recorder:
     fetches: list[tuple[str, str, float, StoreError | None]] = field(default_factory=list)
     lookups: list[tuple[str, Outcome]] = field(default_factory=list)
     counts: list[int] = field(default_factory=list)
+    refusals: list[tuple[str, str]] = field(default_factory=list)
 
     def fetch_finished(
         self, path: str, secret_class: SecretClass, seconds: float, error: StoreError | None
@@ -97,6 +98,9 @@ class Recorder:
 
     def lookup(self, secret_class: SecretClass, outcome: Outcome) -> None:
         self.lookups.append((secret_class.name, outcome))
+
+    def unavailable(self, secret_class: SecretClass, reason: str) -> None:
+        self.refusals.append((secret_class.name, reason))
 
     def entries_changed(self, count: int) -> None:
         self.counts.append(count)
@@ -613,3 +617,121 @@ async def test_close_cancels_reads_in_flight(h: Harness) -> None:
     with pytest.raises(asyncio.CancelledError):
         await waiter
     assert len(h.cache) == 0
+
+
+# -- warm start, preload, retries -------------------------------------------------------------
+
+
+def _snap(path: str, age: float, version: int | None = None) -> tuple:
+    secret = Secret(path=path, data={"value": f"{path}@snap"}, version=1)
+    return (path, version), secret, WALL_OFFSET + START - age
+
+
+async def test_restore_keeps_what_is_young_enough_and_of_a_persistable_class(h: Harness) -> None:
+    restored, discarded = h.cache.restore(
+        [
+            _snap(APP, age=10),  # kept
+            _snap(OTHER, age=MAX_AGE + 1),  # too old
+            _snap(CRITICAL, age=10),  # fail_closed: never restored
+            _snap("kv/unclassified", age=10),  # no rule any more
+            _snap(APP, age=5, version=2),  # a pinned version: its own key
+        ]
+    )
+    assert (restored, discarded) == (2, 3)
+    assert {key for key, _ in h.cache.entries()} == {(APP, None), (APP, 2)}
+    assert h.cache.servable(APP)
+    assert not h.cache.servable(CRITICAL)
+    assert [e.provisional for _, e in h.cache.entries()] == [True, True]
+    assert h.backend.calls == []
+
+
+async def test_restored_values_ask_the_store_first_and_are_stale_only_on_outage(
+    h: Harness,
+) -> None:
+    h.cache.restore([_snap(APP, age=10)])
+    h.backend.error = outage()
+    lookup = await h.cache.get(APP)  # young (10 s < refresh_interval) but unconfirmed
+    assert lookup.outcome is Outcome.STALE
+    assert lookup.age == pytest.approx(10)
+    assert lookup.entry.secret.data == {"value": f"{APP}@snap"}
+    h.backend.error = None
+    confirmed = await h.cache.get(APP)
+    assert confirmed.outcome is Outcome.MISS
+    assert not confirmed.entry.provisional
+    assert (await h.cache.get(APP)).outcome is Outcome.HIT
+    assert h.backend.calls == [(APP, None), (APP, None)]
+
+
+async def test_restored_values_expire_at_max_cache_age_counted_from_the_store(
+    h: Harness,
+) -> None:
+    h.cache.restore([_snap(APP, age=MAX_AGE - 5)])
+    h.clock.advance(5)
+    h.cache.run_due()
+    assert len(h.cache) == 0
+    h.backend.error = outage()
+    with pytest.raises(StoreUnavailable) as caught:
+        await h.cache.get(APP)
+    assert caught.value.reason == "max_cache_age_exceeded"
+
+
+async def test_export_never_includes_fail_closed_values(h: Harness) -> None:
+    await h.cache.get(APP)
+    await h.cache.get(CRITICAL)
+    assert [key for key, _ in h.cache.export()] == [(APP, None)]
+
+
+async def test_preload_fetches_within_the_jitter_window_and_keeps_fresh_unread(
+    h: Harness,
+) -> None:
+    h.cache.preload([APP], jitter=10.0)  # rng 0.5: due 5 s from now
+    assert h.cache.run_due() == pytest.approx(5.0)
+    h.clock.advance(5)
+    h.cache.run_due()
+    await h.cache.settle()
+    assert h.backend.calls == [(APP, None)]
+    assert h.cache.servable(APP)
+    assert h.cache.pinned() == [APP]
+    # never read by anyone, yet refreshed ahead of each interval (0.825 * 60 s with rng 0.5)
+    for round_ in range(1, 4):
+        h.clock.advance(REFRESH * 0.825)
+        h.cache.run_due()
+        await h.cache.settle()
+        assert len(h.backend.calls) == 1 + round_
+
+
+async def test_failed_background_refresh_retries_with_backoff_while_wanted(h: Harness) -> None:
+    h.cache.preload([APP], jitter=0.0)
+    h.backend.error = outage()
+    h.cache.run_due()
+    await h.cache.settle()
+    delays = []
+    for _ in range(6):
+        delay = h.cache.run_due()
+        assert delay is not None
+        delays.append(delay)
+        h.clock.advance(delay)
+        h.cache.run_due()
+        await h.cache.settle()
+    # full jitter with rng 0.5: 0.25, 0.5, 1, 2, 4, 8 s (base 0.5, cap 30)
+    assert delays == pytest.approx([0.25, 0.5, 1.0, 2.0, 4.0, 8.0])
+    h.backend.error = None
+    h.clock.advance(h.cache.run_due() or 0)
+    h.cache.run_due()
+    await h.cache.settle()
+    assert h.cache.servable(APP)
+
+
+async def test_unread_secret_is_not_retried_after_a_failed_refresh(h: Harness) -> None:
+    await h.cache.get(APP)
+    h.backend.error = outage()
+    h.clock.advance(REFRESH * 0.825)
+    h.cache.run_due()  # read within the interval: refreshed (and fails)
+    await h.cache.settle()
+    calls = len(h.backend.calls)
+    h.clock.advance(REFRESH * 2)  # nobody reads it any more
+    for _ in range(5):
+        h.cache.run_due()
+        await h.cache.settle()
+        h.clock.advance(30)
+    assert len(h.backend.calls) == calls

@@ -1,0 +1,433 @@
+"""Encrypted on-disk snapshot of the cache, so a restarted sidecar can serve stale values
+while the store is down.
+
+Layout (integers big-endian)::
+
+    header, 62 bytes
+      magic        8    b"\\x89SCSNAP\\n"
+      version      u16  FORMAT_VERSION
+      written_at   f64  wall-clock epoch seconds
+      count        u32  number of records
+      salt         16   random per file; HKDF-SHA256(key, salt) gives the file's AES and MAC keys
+      key_check    8    HMAC-SHA256(key, b"secrets-sidecar snapshot key check")[:8]
+      header_mac   16   HMAC-SHA256(file MAC key, the 46 bytes above)[:16]
+    record, count times
+      meta_len u32, meta   orjson [path, version_key], plaintext
+      box_len  u32, box    nonce(12) || AES-256-GCM ciphertext || tag(16) of
+                           orjson {data, version, created_time, kv_version, class, confirmed_at}
+                           AAD = b"secrets-sidecar snapshot v1\\0" || u32 record index || meta
+
+No secret value is ever in plaintext. The authenticated header count plus the record index in
+the AAD mean records cannot be dropped, reordered, duplicated or moved between paths unnoticed.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hmac
+import math
+import os
+import re
+import secrets
+import stat
+import struct
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from sidecar.backend import Secret
+
+FORMAT_VERSION = 1
+
+_MAGIC = b"\x89SCSNAP\n"  # high byte and newline catch 7-bit and text-mode mangling, as PNG does
+_HEAD = struct.Struct(">8sHdI16s8s")
+_MAC_SIZE = 16
+_HEADER_SIZE = _HEAD.size + _MAC_SIZE
+_LEN = struct.Struct(">I")
+_INDEX = struct.Struct(">I")
+_NONCE_SIZE = 12
+_TAG_SIZE = 16
+_KEY_SIZE = 32
+_LABEL = b"secrets-sidecar snapshot v1\x00"
+_KEY_CHECK_LABEL = b"secrets-sidecar snapshot key check"
+_STALE_TEMP_AGE = 3600.0  # a temp file untouched this long belongs to no live write
+
+_KEY_FORMS = (
+    "32 raw bytes, 64 hex characters, or base64 (standard or URL-safe) of 32 bytes; "
+    "make one with: head -c 32 /dev/urandom > {path} && chmod 600 {path}"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotEntry:
+    version_key: int | None  # the cache key's version part: None = "latest", N = pinned
+    secret: Secret
+    class_name: str
+    confirmed_at: float  # wall-clock epoch seconds when the store last confirmed the value
+
+
+@dataclass(frozen=True, slots=True)
+class LoadResult:
+    entries: list[SnapshotEntry]
+    skipped: int  # records present but not loadable (tampered, corrupt, wrong key)
+    problem: str | None  # None when the whole file loaded cleanly
+    written_at: float | None  # from the header, when it could be authenticated
+
+
+class SnapshotKeyError(Exception):
+    """The key file is missing, unreadable or not in one of the accepted forms."""
+
+
+# -- key ------------------------------------------------------------------------------
+
+
+def load_key(path: Path) -> bytes:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SnapshotKeyError(
+            f"cannot read snapshot key file {path}: {exc.strerror or exc}; "
+            f"it must hold {_KEY_FORMS.format(path=path)}"
+        ) from exc
+    key = _parse_key(raw)
+    if key is None:
+        # Never echo the content: it may be a real key in the wrong form.
+        raise SnapshotKeyError(
+            f"snapshot key file {path} ({len(raw)} bytes) is not a 256-bit key; "
+            f"it must hold {_KEY_FORMS.format(path=path)}"
+        )
+    return key
+
+
+def _parse_key(raw: bytes) -> bytes | None:
+    if len(raw) == _KEY_SIZE and not _is_printable_ascii(raw):
+        return raw
+    # A 32-byte file of printable ASCII is almost surely text (say `openssl rand -hex 16`);
+    # random bytes are all printable with probability ~1e-14.
+    try:
+        text = raw.strip().decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    if len(text) == 2 * _KEY_SIZE:
+        with contextlib.suppress(ValueError):
+            return bytes.fromhex(text)
+    standard = text.replace("-", "+").replace("_", "/")
+    try:
+        key = base64.b64decode(standard + "=" * (-len(standard) % 4), validate=True)
+    except binascii.Error:
+        return None
+    return key if len(key) == _KEY_SIZE else None
+
+
+def _is_printable_ascii(raw: bytes) -> bool:
+    return all(0x20 <= b < 0x7F or b in b"\t\r\n" for b in raw)
+
+
+def key_file_mode_problem(path: Path) -> str | None:
+    """A message for the log when others may read or replace the key, else None."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError as exc:
+        return f"cannot check permissions of snapshot key file {path}: {exc.strerror or exc}"
+    if mode & 0o077:
+        return (
+            f"snapshot key file {path} has mode {mode:04o}: group/other can access it; "
+            f"run: chmod 600 {path}"
+        )
+    return None
+
+
+def _require_key(key: bytes) -> None:
+    if len(key) != _KEY_SIZE:
+        raise ValueError(f"snapshot key must be {_KEY_SIZE} bytes, got {len(key)}")
+
+
+def _key_check(key: bytes) -> bytes:
+    return hmac.new(key, _KEY_CHECK_LABEL, "sha256").digest()[:8]
+
+
+def _file_keys(key: bytes, salt: bytes) -> tuple[AESGCM, bytes]:
+    # A fresh key per file: random 96-bit nonces are only safe for ~2**32 messages per key,
+    # which one long-lived key would reach writing tens of thousands of entries a minute.
+    # It also ties each record to its file, so records cannot be spliced between snapshots.
+    derived = HKDF(algorithm=hashes.SHA256(), length=64, salt=salt, info=_LABEL).derive(key)
+    return AESGCM(derived[:32]), derived[32:]
+
+
+def _header_mac(mac_key: bytes, head: bytes) -> bytes:
+    return hmac.new(mac_key, head, "sha256").digest()[:_MAC_SIZE]
+
+
+# -- write ----------------------------------------------------------------------------
+
+
+def write_snapshot(
+    path: Path, key: bytes, entries: Iterable[SnapshotEntry], *, now: float | None = None
+) -> int:
+    """Atomically replace ``path`` with a snapshot of ``entries``; return how many were written.
+
+    Entries whose data cannot be encoded as JSON are left out. On any failure the temp file
+    is removed and ``path`` is untouched; an OSError from the final directory fsync means the
+    new snapshot is in place but may not survive a power loss.
+    """
+    _require_key(key)
+    salt = os.urandom(16)
+    aead, mac_key = _file_keys(key, salt)
+    written_at = time.time() if now is None else now
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # whatever the umask
+        with os.fdopen(fd, "wb") as f:
+            f.write(bytes(_HEADER_SIZE))  # placeholder: the count is known only at the end
+            count = 0
+            for entry in entries:
+                record = _seal(aead, count, entry)
+                if record is not None:
+                    f.write(record)
+                    count += 1
+            head = _HEAD.pack(_MAGIC, FORMAT_VERSION, written_at, count, salt, _key_check(key))
+            f.seek(0)
+            f.write(head + _header_mac(mac_key, head))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _fsync_directory(path.parent)
+    _remove_stale_temps(path)
+    return count
+
+
+def _seal(aead: AESGCM, index: int, entry: SnapshotEntry) -> bytes | None:
+    secret = entry.secret
+    try:
+        meta = orjson.dumps([secret.path, entry.version_key])
+        payload = orjson.dumps(
+            {
+                "data": dict(secret.data),
+                "version": secret.version,
+                "created_time": secret.created_time,
+                "kv_version": secret.kv_version,
+                "class": entry.class_name,
+                "confirmed_at": entry.confirmed_at,
+            }
+        )
+    except orjson.JSONEncodeError:
+        return None
+    nonce = os.urandom(_NONCE_SIZE)
+    box = nonce + aead.encrypt(nonce, payload, _LABEL + _INDEX.pack(index) + meta)
+    return _LEN.pack(len(meta)) + meta + _LEN.pack(len(box)) + box
+
+
+def _fsync_directory(directory: Path) -> None:
+    # Makes the rename itself durable; without it a power loss can bring back the old file.
+    if os.name != "posix":
+        return
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Best effort: remove temp files left by writers that died (kill -9, power loss)."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.[0-9a-f]{{8}}\.tmp")
+    now = time.time()
+    with contextlib.suppress(OSError), os.scandir(path.parent) as items:
+        for item in items:
+            match = pattern.fullmatch(item.name)
+            if match is None:
+                continue
+            with contextlib.suppress(OSError):
+                if _is_abandoned(int(match[1]), item.stat().st_mtime, now):
+                    os.unlink(item.path)
+
+
+def _is_abandoned(pid: int, mtime: float, now: float) -> bool:
+    if now - mtime > _STALE_TEMP_AGE:
+        return True  # also catches our own pid reused after a restart (pid 1 in containers)
+    if pid <= 0 or pid == os.getpid() or os.name != "posix":
+        return False  # ours may be another thread's write in progress
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, OverflowError):
+        return False
+    return False
+
+
+# -- read -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Header:
+    written_at: float
+    count: int
+    salt: bytes
+    key_check: bytes
+    signed: bytes  # the bytes the header MAC covers
+    mac: bytes
+
+
+def _parse_header(data: bytes) -> _Header | str:
+    """The header, or why there is none."""
+    if not data:
+        return "empty file"
+    if data[: len(_MAGIC)] != _MAGIC[: len(data)]:
+        return "not a sidecar snapshot (bad magic)"
+    if len(data) < len(_MAGIC) + 2:
+        return "truncated inside the header"
+    (version,) = struct.unpack_from(">H", data, len(_MAGIC))
+    if version != FORMAT_VERSION:
+        return (
+            f"unsupported snapshot format version {version} (this sidecar reads {FORMAT_VERSION})"
+        )
+    if len(data) < _HEADER_SIZE:
+        return "truncated inside the header"
+    _, _, written_at, count, salt, key_check = _HEAD.unpack_from(data)
+    return _Header(
+        written_at, count, salt, key_check, data[: _HEAD.size], data[_HEAD.size : _HEADER_SIZE]
+    )
+
+
+def _split_records(data: bytes, limit: int | None) -> tuple[list[tuple[bytes, bytes]], str | None]:
+    """The (meta, box) pairs framed in ``data``, and what stopped the walk early, if anything."""
+    records: list[tuple[bytes, bytes]] = []
+    offset = _HEADER_SIZE
+    while offset < len(data) and (limit is None or len(records) < limit):
+        parts: list[bytes] = []
+        for _ in range(2):
+            if offset + _LEN.size > len(data):
+                break
+            (size,) = _LEN.unpack_from(data, offset)
+            offset += _LEN.size
+            if offset + size > len(data):
+                break
+            parts.append(data[offset : offset + size])
+            offset += size
+        if len(parts) < 2:
+            # A corrupted length field reads the same as a cut: both run past the end.
+            return records, f"truncated or corrupt inside record {len(records) + 1}"
+        records.append((parts[0], parts[1]))
+    if offset < len(data):
+        return records, f"{len(data) - offset} unexpected bytes after the last record"
+    return records, None
+
+
+def read_snapshot(path: Path, key: bytes) -> LoadResult:
+    """Whatever can be recovered from ``path``; never raises for a bad or missing file."""
+    _require_key(key)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return LoadResult([], 0, None, None)
+    except OSError as exc:
+        return LoadResult([], 0, f"cannot read snapshot: {exc.strerror or exc}", None)
+    header = _parse_header(data)
+    if isinstance(header, str):
+        return LoadResult([], 0, header, None)
+    problems: list[str] = []
+    if not hmac.compare_digest(header.key_check, _key_check(key)):
+        records, _ = _split_records(data, None)
+        return LoadResult(
+            [], len(records), "wrong key: the snapshot was written with another key", None
+        )
+    aead, mac_key = _file_keys(key, header.salt)
+    authentic = hmac.compare_digest(header.mac, _header_mac(mac_key, header.signed))
+    if not authentic:
+        problems.append("header failed authentication (corrupt or tampered)")
+    records, framing = _split_records(data, header.count if authentic else None)
+    if framing is not None:
+        problems.append(framing)
+    elif authentic and len(records) < header.count:
+        problems.append(f"truncated: {len(records)} of {header.count} records present")
+    entries: list[SnapshotEntry] = []
+    for index, (meta, box) in enumerate(records):
+        entry = _open(aead, index, meta, box)
+        if entry is not None:
+            entries.append(entry)
+    skipped = len(records) - len(entries)
+    if skipped:
+        problems.append(f"{skipped} record(s) failed authentication (corrupt or tampered)")
+    return LoadResult(
+        entries, skipped, "; ".join(problems) or None, header.written_at if authentic else None
+    )
+
+
+def _open(aead: AESGCM, index: int, meta: bytes, box: bytes) -> SnapshotEntry | None:
+    if len(box) < _NONCE_SIZE + _TAG_SIZE:
+        return None
+    try:
+        payload = aead.decrypt(
+            box[:_NONCE_SIZE], box[_NONCE_SIZE:], _LABEL + _INDEX.pack(index) + meta
+        )
+        return _decode(orjson.loads(meta), orjson.loads(payload))
+    except (InvalidTag, orjson.JSONDecodeError, ValueError, TypeError):
+        return None
+
+
+def _decode(meta: Any, payload: Any) -> SnapshotEntry:
+    """Authentic bytes may still come from a buggy or different writer: check the shape."""
+    if not (isinstance(meta, list) and len(meta) == 2 and isinstance(payload, dict)):
+        raise ValueError("bad record shape")
+    path, version_key = meta
+    confirmed_at = payload.get("confirmed_at")
+    if not (
+        isinstance(path, str)
+        and _is_optional_int(version_key)
+        and isinstance(payload.get("data"), dict)
+        and _is_optional_int(payload.get("version"))
+        and isinstance(payload.get("created_time"), str | None)
+        and type(payload.get("kv_version")) is int
+        and isinstance(payload.get("class"), str)
+        and isinstance(confirmed_at, int | float)
+        and not isinstance(confirmed_at, bool)
+        and math.isfinite(confirmed_at)
+    ):
+        raise ValueError("bad record fields")
+    secret = Secret(
+        path, payload["data"], payload["version"], payload["created_time"], payload["kv_version"]
+    )
+    return SnapshotEntry(version_key, secret, payload["class"], float(confirmed_at))
+
+
+def _is_optional_int(value: object) -> bool:
+    return value is None or type(value) is int
+
+
+# -- inspect --------------------------------------------------------------------------
+
+
+def describe(path: Path) -> dict[str, Any]:
+    """Header facts for people, without the key (so unverified); ``{"problem": ...}`` if none."""
+    try:
+        with path.open("rb") as f:
+            data = f.read(_HEADER_SIZE)
+            size = os.fstat(f.fileno()).st_size
+    except OSError as exc:
+        return {"problem": f"cannot read snapshot: {exc.strerror or exc}"}
+    header = _parse_header(data)
+    if isinstance(header, str):
+        return {"problem": header, "size": size}
+    return {
+        "format_version": FORMAT_VERSION,
+        "written_at": header.written_at,
+        "entries": header.count,
+        "size": size,
+        "key_check": header.key_check.hex(),  # tells which key file it needs, reveals nothing
+    }

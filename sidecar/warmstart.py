@@ -1,0 +1,164 @@
+"""Warm start: load the encrypted snapshot into the cache at start, save it periodically and at
+shutdown. File format and crypto live in ``snapshot.py``; this is the glue, metrics and logs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sidecar.cache import SecretCache, restore_verdict
+from sidecar.metrics import Metrics
+from sidecar.settings import ConfigError, Settings, SnapshotSettings
+from sidecar.snapshot import (
+    SnapshotEntry,
+    SnapshotKeyError,
+    key_file_mode_problem,
+    load_key,
+    read_snapshot,
+    write_snapshot,
+)
+
+log = logging.getLogger("sidecar.snapshot")
+
+
+def snapshot_key(settings: SnapshotSettings) -> bytes | None:
+    """The snapshot key, or None when no key_file is configured (no snapshot then)."""
+    if settings.key_file is None:
+        return None
+    try:
+        key = load_key(settings.key_file)
+    except SnapshotKeyError as exc:
+        raise ConfigError([f"snapshot.key_file: {exc}"]) from None
+    problem = key_file_mode_problem(settings.key_file)
+    if problem:
+        log.warning("snapshot key file is too open", extra={"problem": problem})
+    return key
+
+
+class Snapshotter:
+    def __init__(
+        self,
+        settings: SnapshotSettings,
+        key: bytes,
+        cache: SecretCache,
+        metrics: Metrics,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self._path: Path = settings.path
+        self._interval = settings.interval
+        self._key = key
+        self._cache = cache
+        self._metrics = metrics
+        self._wall = wall
+        self._saved_generation: int | None = None
+        self._lock = asyncio.Lock()
+
+    def load(self) -> int:
+        """Restore what the snapshot holds. A bad snapshot is reported and ignored."""
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            log.error(
+                "snapshot directory cannot be created; snapshots will fail",
+                extra={"directory": str(self._path.parent), "error": exc.strerror},
+            )
+        result = read_snapshot(self._path, self._key)
+        if result.problem is not None:
+            self._metrics.snapshot_errors.labels(operation="load").inc()
+            log.error(
+                "snapshot unusable in part or whole; ignoring what cannot be read",
+                extra={
+                    "file": str(self._path),
+                    "problem": result.problem,
+                    "skipped": result.skipped,
+                    "recovered": len(result.entries),
+                },
+            )
+        restored, discarded = self._cache.restore(
+            ((e.secret.path, e.version_key), e.secret, e.confirmed_at) for e in result.entries
+        )
+        self._metrics.snapshot_entries.set(restored)
+        log.info(
+            "snapshot loaded" if result.entries or result.problem else "no snapshot yet",
+            extra={
+                "file": str(self._path),
+                "restored": restored,
+                "discarded": discarded,
+                "written_at": result.written_at,
+            },
+        )
+        return restored
+
+    async def save(self, *, force: bool = False) -> None:
+        """Write the snapshot now (in a thread: fsync must not stall the event loop)."""
+        async with self._lock:
+            generation = self._cache.generation
+            if not force and generation == self._saved_generation:
+                return
+            entries = [
+                SnapshotEntry(
+                    version_key=key[1],
+                    secret=entry.secret,
+                    class_name=entry.secret_class.name,
+                    confirmed_at=entry.fetched_at,
+                )
+                for key, entry in self._cache.export()
+            ]
+            try:
+                count = await asyncio.to_thread(
+                    write_snapshot, self._path, self._key, entries, now=self._wall()
+                )
+            except OSError as exc:
+                self._metrics.snapshot_errors.labels(operation="save").inc()
+                log.error(
+                    "snapshot not written; the previous one stays",
+                    extra={"file": str(self._path), "error": exc.strerror or str(exc)},
+                )
+                return
+            self._saved_generation = generation
+            self._metrics.snapshot_entries.set(count)
+            self._metrics.snapshot_last_success.set(self._wall())
+            log.debug("snapshot saved", extra={"file": str(self._path), "entries": count})
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.save()
+
+
+def inspect_snapshot(settings: Settings, wall: Callable[[], float] = time.time) -> dict[str, Any]:
+    """What the snapshot holds and what a start would do with each entry. Never values."""
+    key = snapshot_key(settings.snapshot)
+    if key is None:
+        raise ConfigError(["snapshot.key_file: not set, so there is no snapshot to inspect"])
+    path = settings.snapshot.path
+    result = read_snapshot(path, key)
+    policy = settings.policy()
+    now = wall()
+    entries = []
+    for entry in result.entries:
+        age = max(0.0, now - entry.confirmed_at)
+        secret_class, why_not = restore_verdict(policy, entry.secret.path, age)
+        entries.append(
+            {
+                "path": entry.secret.path,
+                "version_key": entry.version_key,
+                "version": entry.secret.version,
+                "class": secret_class.name if secret_class else None,
+                "class_when_saved": entry.class_name,
+                "age_seconds": round(age, 3),
+                "discard": why_not,
+            }
+        )
+    return {
+        "file": str(path),
+        "written_at": result.written_at,
+        "problem": result.problem,
+        "skipped": result.skipped,
+        "restorable": sum(1 for e in entries if e["discard"] is None),
+        "entries": entries,
+    }
