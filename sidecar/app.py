@@ -11,27 +11,41 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from sidecar import __version__
+from sidecar.admin import Admin
+from sidecar.audit import AuditLog, fingerprint_key
 from sidecar.backend import Backend
-from sidecar.cache import SecretCache
+from sidecar.backoff import CircuitState
+from sidecar.cache import Fanout, SecretCache
 from sidecar.callers import CallerCheck, load_or_create
+from sidecar.events import EventHub
 from sidecar.metrics import Metrics
-from sidecar.settings import Settings
-from sidecar.vault import VaultBackend
+from sidecar.settings import ConfigError, Settings
+from sidecar.snapshot import SnapshotKeyError
+from sidecar.trail import AuditTrail
+from sidecar.vault import BackendObserver, VaultBackend
+from sidecar.verify import Verifier
 from sidecar.warmstart import Snapshotter, snapshot_key
 from sidecar.web import (
+    ADMIN_KEY,
+    ADMINS_KEY,
     CACHE_KEY,
     CALLERS_KEY,
+    HUB_KEY,
+    MAX_WAIT_KEY,
     METRICS_KEY,
     READY_KEY,
+    VERIFIER_KEY,
     guard,
     ops_routes,
     secrets_routes,
 )
+from sidecar.web_admin import admin_routes
 
 log = logging.getLogger("sidecar.app")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Sidecar:
     """The running parts. ``api`` serves secrets (loopback); ``ops`` serves metrics and probes."""
 
@@ -40,10 +54,14 @@ class Sidecar:
     backend: Backend
     cache: SecretCache
     caller_token: str
+    admin_token: str
     api: web.Application
     ops: web.Application
-    snapshotter: Snapshotter | None = None
-    preloads: list[str] = field(default_factory=list)
+    snapshotter: Snapshotter | None
+    preloads: list[str]
+    audit: AuditLog
+    admin: Admin
+    hub: EventHub
     started: bool = field(default=False)
 
     def readiness(self) -> Mapping[str, Any]:
@@ -60,47 +78,124 @@ class Sidecar:
         }
 
 
+class _BackendFanout:
+    def __init__(self, *observers: BackendObserver) -> None:
+        self._observers = observers
+
+    def auth_event(self, event: str, ok: bool, expires_at: float | None) -> None:
+        for o in self._observers:
+            o.auth_event(event, ok, expires_at)
+
+    def node_state(self, address: str, up: bool, circuit: CircuitState) -> None:
+        for o in self._observers:
+            o.node_state(address, up, circuit)
+
+
 def create_app(
     settings: Settings,
     *,
     backend: Backend | None = None,
     registry: CollectorRegistry | None = None,
     caller_token: str | None = None,
+    admin_token: str | None = None,
 ) -> Sidecar:
-    """Build the sidecar from settings. Tests pass a registry and, for pure logic, a backend."""
+    """Build the sidecar from settings. Tests pass a registry, tokens and, for pure logic, a
+    backend; everything else comes from the settings."""
     metrics = Metrics(registry)
     policy = settings.policy()
     metrics.declare_classes(sorted(settings.classes))
-    if backend is None:
-        backend = VaultBackend(settings.backend, observer=metrics)
-    backoff = settings.backend.backoff
-    cache = SecretCache(backend, policy, observer=metrics, backoff=(backoff.base, backoff.cap))
-    metrics.watch_ages(cache)
-    token = caller_token if caller_token is not None else load_or_create(settings.caller_token_file)
     key = snapshot_key(settings.snapshot)
-    snapshotter = Snapshotter(settings.snapshot, key, cache, metrics) if key else None
+    audit = _audit_log(settings, key)
+    trail = AuditTrail(audit, settings.backend.auth.method)
+    hub = EventHub()
+    if backend is None:
+        backend = VaultBackend(settings.backend, observer=_BackendFanout(metrics, trail))
+    backoff = settings.backend.backoff
+    cache = SecretCache(
+        backend,
+        policy,
+        observer=Fanout(metrics, trail, hub),
+        backoff=(backoff.base, backoff.cap),
+    )
+    metrics.watch_ages(cache)
+    caller = (
+        caller_token if caller_token is not None else load_or_create(settings.caller_token_file)
+    )
+    admin_secret = (
+        admin_token
+        if admin_token is not None
+        else load_or_create(settings.admin_token_file, mode=0o600)
+    )
+    snapshotter = Snapshotter(settings.snapshot, key, cache, metrics, audit) if key else None
+    verifier = Verifier(
+        cache,
+        backend,
+        audit.fingerprint_value,
+        lookback=settings.verify_lookback,
+        observers=(metrics, trail),
+    )
+    admin = Admin(
+        cache, audit, metrics, snapshotter, ceiling=settings.max_cache_age_ceiling, hub=hub
+    )
 
     api = web.Application(middlewares=[guard], client_max_size=64 * 1024)
     api[CACHE_KEY] = cache
-    api[CALLERS_KEY] = CallerCheck(token)
+    api[CALLERS_KEY] = CallerCheck(caller)
+    api[ADMINS_KEY] = CallerCheck(admin_secret)
     api[METRICS_KEY] = metrics
+    api[VERIFIER_KEY] = verifier
+    api[HUB_KEY] = hub
+    api[ADMIN_KEY] = admin
+    api[MAX_WAIT_KEY] = settings.max_wait
+    admin_routes(api)
     secrets_routes(api)
 
     ops = web.Application()
     ops_routes(ops, metrics)
 
     sidecar = Sidecar(
-        settings, metrics, backend, cache, token, api, ops, snapshotter, policy.preload_paths()
+        settings=settings,
+        metrics=metrics,
+        backend=backend,
+        cache=cache,
+        caller_token=caller,
+        admin_token=admin_secret,
+        api=api,
+        ops=ops,
+        snapshotter=snapshotter,
+        preloads=policy.preload_paths(),
+        audit=audit,
+        admin=admin,
+        hub=hub,
     )
     ops[READY_KEY] = sidecar.readiness
     api.cleanup_ctx.append(_lifecycle(sidecar))
+
+    async def end_streams(_app: web.Application) -> None:
+        hub.close()  # before aiohttp waits for handlers: event streams end at once
+
+    api.on_shutdown.append(end_streams)
     return sidecar
+
+
+def _audit_log(settings: Settings, snapshot_key: bytes | None) -> AuditLog:
+    try:
+        key, source = fingerprint_key(settings.audit_fingerprint_key_file, snapshot_key)
+    except SnapshotKeyError as exc:
+        raise ConfigError([f"audit_fingerprint_key_file: {exc}"]) from None
+    if source == "random" and (settings.audit_log or settings.audit_stdout):
+        log.warning(
+            "audit fingerprints use a random key: they cannot be compared across restarts; "
+            "set audit_fingerprint_key_file (or a snapshot key)"
+        )
+    return AuditLog(settings.audit_log, stdout=settings.audit_stdout, fingerprint_key=key)
 
 
 def _lifecycle(sidecar: Sidecar) -> Any:
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
         settings = sidecar.settings
         tasks: list[asyncio.Task[None]] = []
+        sidecar.audit.record("started", version=__version__)
         # startup, before any listener opens:
         # 1. warm the cache from the snapshot, so a store outage at start is already survivable;
         if sidecar.snapshotter is not None:
@@ -112,7 +207,17 @@ def _lifecycle(sidecar: Sidecar) -> Any:
             )
         # 2. authenticate in the background (an outage at start is served as an outage);
         await sidecar.backend.start()
-        # 3. preload with jitter, and keep read secrets fresh ahead of time.
+        # 3. follow the fleet-wide revocation list, if there is one;
+        if settings.revocation_list:
+            tasks.append(
+                asyncio.create_task(
+                    sidecar.admin.poll_revocations(
+                        sidecar.backend, settings.revocation_list, settings.revocation_poll_interval
+                    ),
+                    name="revocations",
+                )
+            )
+        # 4. preload with jitter, and keep read secrets fresh ahead of time.
         sidecar.cache.preload(sidecar.preloads, settings.startup_jitter)
         tasks.append(asyncio.create_task(sidecar.cache.run_refresher(), name="refresh-ahead"))
         sidecar.started = True
@@ -122,9 +227,12 @@ def _lifecycle(sidecar: Sidecar) -> Any:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        sidecar.admin.close()
         if sidecar.snapshotter is not None:
             await sidecar.snapshotter.save(force=True)
         await sidecar.cache.close()
         await sidecar.backend.close()
+        sidecar.audit.record("stopped")
+        sidecar.audit.close()
 
     return lifecycle

@@ -28,6 +28,15 @@ class Secret:
         return self.path if self.version is None else f"{self.path}#{self.version}"
 
 
+@dataclass(frozen=True, slots=True)
+class VersionInfo:
+    """What the KV v2 metadata says about the current version."""
+
+    current: int
+    created_time: str | None
+    gone: bool  # the current version is deleted or destroyed
+
+
 class ErrorKind(enum.StrEnum):
     """Bounded set, used as a metric label."""
 
@@ -91,7 +100,11 @@ class Backend(Protocol):
     async def start(self) -> None:
         """Authenticate and start background upkeep (token renewal). Must not raise on outage."""
 
-    async def read(self, path: str, version: int | None) -> Secret:
-        """The secret at ``path`` (latest when ``version`` is None). Raises StoreError kinds."""
+    async def read(self, path: str, version: int | None, *, urgent: bool = False) -> Secret:
+        """The secret at ``path`` (latest when ``version`` is None). Raises StoreError kinds.
+        ``urgent``: small and important (the revocation list): not held back by breakers."""
+
+    async def version_info(self, path: str) -> VersionInfo | None:
+        """The current version, cheaply (no value moved), or None if that cannot be known."""
 
     async def close(self) -> None: ...

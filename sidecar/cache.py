@@ -15,10 +15,12 @@ import itertools
 import logging
 import math
 import random
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from datetime import UTC, datetime
+from typing import Any
 
 from sidecar.backend import (
     Backend,
@@ -55,6 +57,8 @@ class Entry:
     fetched_at: float  # the same moment on the wall clock, for people
     last_read: float
     provisional: bool = False  # restored from a snapshot: served stale until the store confirms
+    served: bool = False  # this version was served at least once (carried across refreshes)
+    overlap_until: float = 0.0  # wall time the previous version retires (0: no overlap open)
     view: object | None = field(default=None)  # presentation memo, owned by the HTTP layer
 
     def servable(self, age: float) -> bool:
@@ -79,19 +83,20 @@ class PathNotAllowed(Exception):
     """No rule in the configuration classifies this path, so the sidecar does not serve it."""
 
 
-class CacheObserver(Protocol):
-    def fetch_finished(
-        self, path: str, secret_class: SecretClass, seconds: float, error: StoreError | None
-    ) -> None: ...
+class SecretRevoked(Exception):
+    """The path (or this version of it) is on the revocation list."""
 
-    def lookup(self, secret_class: SecretClass, outcome: Outcome) -> None: ...
-
-    def unavailable(self, secret_class: SecretClass, reason: str) -> None: ...
-
-    def entries_changed(self, count: int) -> None: ...
+    def __init__(self, path: str, version: int | None, reason: str) -> None:
+        super().__init__(reason)
+        self.path = path
+        self.version = version
+        self.reason = reason
 
 
-class NullObserver:
+class CacheObserver:
+    """What the cache reports as it works. Every hook does nothing here; metrics and the audit
+    trail override the ones they need, ``Fanout`` calls several."""
+
     def fetch_finished(
         self, path: str, secret_class: SecretClass, seconds: float, error: StoreError | None
     ) -> None:
@@ -105,6 +110,94 @@ class NullObserver:
 
     def entries_changed(self, count: int) -> None:
         pass
+
+    def stale_served(self, path: str, secret_class: SecretClass, entry: Entry, age: float) -> None:
+        pass
+
+    def rotated(self, path: str, secret_class: SecretClass, old: Secret, new: Secret) -> None:
+        pass
+
+    def first_served(
+        self, path: str, secret_class: SecretClass, secret: Secret, since_rotation: float | None
+    ) -> None:
+        pass
+
+    def previous_retired(
+        self,
+        path: str,
+        secret_class: SecretClass,
+        version: int,
+        current_version: int,
+        last_served: float | None,
+    ) -> None:
+        pass
+
+
+NullObserver = CacheObserver
+
+
+class Fanout(CacheObserver):
+    def __init__(self, *observers: CacheObserver) -> None:
+        self._observers = observers
+
+    def fetch_finished(
+        self, path: str, secret_class: SecretClass, seconds: float, error: StoreError | None
+    ) -> None:
+        for o in self._observers:
+            o.fetch_finished(path, secret_class, seconds, error)
+
+    def lookup(self, secret_class: SecretClass, outcome: Outcome) -> None:
+        for o in self._observers:
+            o.lookup(secret_class, outcome)
+
+    def unavailable(self, secret_class: SecretClass, reason: str) -> None:
+        for o in self._observers:
+            o.unavailable(secret_class, reason)
+
+    def entries_changed(self, count: int) -> None:
+        for o in self._observers:
+            o.entries_changed(count)
+
+    def stale_served(self, path: str, secret_class: SecretClass, entry: Entry, age: float) -> None:
+        for o in self._observers:
+            o.stale_served(path, secret_class, entry, age)
+
+    def rotated(self, path: str, secret_class: SecretClass, old: Secret, new: Secret) -> None:
+        for o in self._observers:
+            o.rotated(path, secret_class, old, new)
+
+    def first_served(
+        self, path: str, secret_class: SecretClass, secret: Secret, since_rotation: float | None
+    ) -> None:
+        for o in self._observers:
+            o.first_served(path, secret_class, secret, since_rotation)
+
+    def previous_retired(
+        self,
+        path: str,
+        secret_class: SecretClass,
+        version: int,
+        current_version: int,
+        last_served: float | None,
+    ) -> None:
+        for o in self._observers:
+            o.previous_retired(path, secret_class, version, current_version, last_served)
+
+
+_FRACTION = re.compile(r"(\.\d{6})\d+")
+
+
+def parse_store_time(text: str | None) -> float | None:
+    """The store's RFC 3339 times (nanoseconds, ``Z``) as epoch seconds; None if unreadable."""
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(_FRACTION.sub(r"\1", text).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
 
 
 def restore_verdict(policy: Policy, path: str, age: float) -> tuple[SecretClass | None, str | None]:
@@ -123,6 +216,7 @@ class _Due(enum.Enum):
     REFRESH = "refresh"  # a value nears the end of its refresh interval
     EXPIRE = "expire"  # a value reaches max_cache_age
     FETCH = "fetch"  # a preload, or a retry after a failed refresh (no entry required)
+    RETIRE = "retire"  # the overlap of a rotation ends: the previous version retires
 
 
 class SecretCache:
@@ -159,6 +253,12 @@ class SecretCache:
         self._seq = itertools.count()
         self._wakeup = asyncio.Event()
         self._background: set[asyncio.Task[Entry]] = set()
+        self._rotated_at: dict[str, float] = {}  # path -> wall time the last rotation was seen
+        self._overlaps: dict[str, tuple[int, float]] = {}  # path -> (current version, until)
+        self._previous_served: dict[str, float] = {}  # path -> wall time previous last served
+        self._waiters: dict[CacheKey, int] = {}  # blocking queries waiting on a key
+        self._changed: dict[str, asyncio.Event] = {}  # set when a path's latest version moves
+        self._revoked: dict[str, dict[int | None, str]] = {}  # path -> {version|None: reason}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -174,6 +274,8 @@ class SecretCache:
 
     async def get(self, path: str, version: int | None = None) -> Lookup:
         secret_class = self.classify(path)
+        if self._revoked:
+            self._check_revoked(path, version)
         key = (path, version)
         now = self._clock()
         entry = self._entries.get(key)
@@ -183,6 +285,8 @@ class SecretCache:
             freshness = entry.secret_class.freshness(age)
             if freshness is Freshness.FRESH and not entry.provisional:
                 self._observer.lookup(secret_class, Outcome.HIT)
+                if not entry.served:
+                    self._first_served(key, entry)
                 return Lookup(entry, Outcome.HIT, age)
             if freshness is Freshness.EXPIRED:
                 self._expire(key, entry)
@@ -193,13 +297,26 @@ class SecretCache:
             # shielded: this caller giving up must not cancel a fetch others wait for
             fresh = await asyncio.shield(task)
         except StoreUnavailable as exc:
-            return self._on_unavailable(key, entry, secret_class, exc, outcome)
+            lookup = self._on_unavailable(key, entry, secret_class, exc, outcome)
         except StoreError:
             self._observer.lookup(secret_class, outcome)
             raise
-        fresh.last_read = self._clock()
-        self._observer.lookup(secret_class, outcome)
-        return Lookup(fresh, outcome, max(0.0, self._clock() - fresh.confirmed_at))
+        else:
+            fresh.last_read = self._clock()
+            self._observer.lookup(secret_class, outcome)
+            lookup = Lookup(fresh, outcome, max(0.0, self._clock() - fresh.confirmed_at))
+        if self._revoked:
+            self._check_revoked(path, lookup.entry.secret.version)
+        if not lookup.entry.served:
+            self._first_served(key, lookup.entry)
+        return lookup
+
+    def _first_served(self, key: CacheKey, entry: Entry) -> None:
+        entry.served = True
+        if key[1] is None:
+            rotated = self._rotated_at.get(key[0])
+            since = None if rotated is None else max(0.0, self._wall() - rotated)
+            self._observer.first_served(key[0], entry.secret_class, entry.secret, since)
 
     def _on_unavailable(
         self,
@@ -229,6 +346,7 @@ class SecretCache:
             if entry.secret_class.freshness(age) is Freshness.FRESH and not entry.provisional:
                 return Lookup(entry, Outcome.HIT, age)
             if entry.secret_class.may_serve_stale(age):
+                self._observer.stale_served(key[0], entry.secret_class, entry, age)
                 return Lookup(entry, Outcome.STALE, age)
             if age < entry.secret_class.max_cache_age:
                 raise StoreUnavailable(
@@ -253,8 +371,10 @@ class SecretCache:
         path, version = key
         secret_class = self.classify(path)
         started = self._clock()
+        held = self._entries.get(key)
         try:
-            secret = await self._backend.read(path, version)
+            unchanged = version is None and await self._unchanged(path, held)
+            secret = held.secret if unchanged and held else await self._backend.read(path, version)
         except StoreError as exc:
             elapsed = self._clock() - started
             self._observer.fetch_finished(path, secret_class, elapsed, exc)
@@ -302,18 +422,77 @@ class SecretCache:
                 "path": path,
                 "class": secret_class.name,
                 "version": secret.version,
+                "checked": "metadata" if unchanged else "data",
                 "duration_ms": round((now - started) * 1000, 1),
             },
         )
+        if self._revoked:
+            try:
+                self._check_revoked(path, secret.version)
+            except SecretRevoked:
+                self._drop(key)  # a revoked value is never kept, not even in memory
+                raise
         entry = Entry(
             secret=secret,
             secret_class=secret_class,
             confirmed_at=now,
             fetched_at=self._wall(),
             last_read=held.last_read if held is not None else now,
+            served=held is not None and held.served and held.secret.version == secret.version,
+            overlap_until=self._overlap_until(secret_class, secret),
         )
+        if version is None:
+            self._track_version(path, secret_class, held, entry)
         self._store(key, entry)
         return entry
+
+    async def _unchanged(self, path: str, held: Entry | None) -> bool:
+        """Is the held KV v2 value still current? Asks the metadata endpoint, which moves no
+        secret value; False when that cannot tell (then the data is read)."""
+        if held is None or held.secret.kv_version != 2 or held.secret.version is None:
+            return False
+        info = await self._backend.version_info(path)
+        if info is None:
+            return False
+        if info.gone:
+            raise SecretNotFound(f"version {info.current} was deleted or destroyed")
+        return info.current == held.secret.version
+
+    def _overlap_until(self, secret_class: SecretClass, secret: Secret) -> float:
+        """Wall time the previous version retires: the new version's creation plus overlap."""
+        if secret_class.overlap <= 0 or secret.version is None or secret.version < 2:
+            return 0.0
+        created = parse_store_time(secret.created_time)
+        return 0.0 if created is None else created + secret_class.overlap
+
+    def _track_version(
+        self, path: str, secret_class: SecretClass, held: Entry | None, entry: Entry
+    ) -> None:
+        old, new = (held.secret if held else None), entry.secret
+        wall, now = self._wall(), self._clock()
+        if old is not None and new.version is not None and (old.version or 0) < new.version:
+            self._rotated_at[path] = wall
+            if held is not None and held.last_read > -math.inf:
+                self._previous_served[path] = wall - (now - held.last_read)
+            log.info(
+                "rotation detected",
+                extra={
+                    "path": path,
+                    "class": secret_class.name,
+                    "old": old.version,
+                    "new": new.version,
+                },
+            )
+            self._observer.rotated(path, secret_class, old, new)
+        if old is None or old.version != new.version:
+            event = self._changed.pop(path, None)
+            if event is not None:
+                event.set()  # wake the blocking queries on this path
+        if entry.overlap_until > wall and new.version is not None:
+            state = (new.version, entry.overlap_until)
+            if self._overlaps.get(path) != state:
+                self._overlaps[path] = state
+                self._push(now + (entry.overlap_until - wall), _Due.RETIRE, (path, None), None)
 
     def _store(self, key: CacheKey, entry: Entry) -> None:
         self.generation += 1
@@ -354,7 +533,7 @@ class SecretCache:
 
     def _wanted(self, key: CacheKey, now: float) -> bool:
         """Worth a store request: preloaded, or read within the last refresh interval."""
-        if key in self._pinned:
+        if key in self._pinned or self._waiters.get(key):
             return True
         entry = self._entries.get(key)
         return entry is not None and now - entry.last_read <= entry.secret_class.refresh_interval
@@ -368,9 +547,16 @@ class SecretCache:
                 if self._wanted(key, now):
                     self._refresh_in_background(key)
                 continue
+            if what is _Due.RETIRE:
+                self._retire(key[0])
+                continue
             if entry is None or self._entries.get(key) is not entry:
                 continue  # replaced or dropped since this was scheduled
             if what is _Due.EXPIRE:
+                due = entry.confirmed_at + entry.secret_class.max_cache_age
+                if due > now:  # the class's window was extended meanwhile
+                    self._push(due, _Due.EXPIRE, key, entry)
+                    continue
                 self._expire(key, entry)
             elif self._wanted(key, now):
                 self._refresh_in_background(key)
@@ -409,6 +595,165 @@ class SecretCache:
                 "retry_in_seconds": round(delay, 2),
             },
         )
+
+    def _retire(self, path: str) -> None:
+        state = self._overlaps.get(path)
+        if state is None:
+            return
+        current, until = state
+        wall, now = self._wall(), self._clock()
+        if wall < until:  # the wall clock moved: not yet
+            self._push(now + (until - wall), _Due.RETIRE, (path, None), None)
+            return
+        del self._overlaps[path]
+        previous = current - 1
+        last = self._previous_served.pop(path, None)
+        pinned = self._entries.get((path, previous))
+        if pinned is not None and pinned.last_read > -math.inf:
+            pinned_wall = wall - (now - pinned.last_read)
+            last = pinned_wall if last is None else max(last, pinned_wall)
+        secret_class = self._policy.classify(path)
+        if secret_class is not None:
+            log.info(
+                "previous version retired",
+                extra={"path": path, "class": secret_class.name, "version": previous},
+            )
+            self._observer.previous_retired(path, secret_class, previous, current, last)
+
+    # -- rotation: blocking queries, overlap ----------------------------------------------
+
+    async def wait_newer(self, path: str, newer_than: int, wait: float) -> Lookup | None:
+        """Wait until the latest version of ``path`` is newer than ``newer_than``; None when
+        ``wait`` seconds pass first. Waiters keep the secret refreshed (one store poll per refresh
+        interval, however many wait)."""
+        key: CacheKey = (path, None)
+        deadline = self._clock() + wait
+        self._waiters[key] = self._waiters.get(key, 0) + 1
+        try:
+            while True:
+                entry = self._entries.get(key)
+                if entry is not None and (entry.secret.version or 0) > newer_than:
+                    if self._revoked:
+                        self._check_revoked(path, entry.secret.version)
+                    entry.last_read = self._clock()
+                    if not entry.served:
+                        self._first_served(key, entry)
+                    return Lookup(entry, Outcome.HIT, self._clock() - entry.confirmed_at)
+                remaining = deadline - self._clock()
+                if remaining <= 0:
+                    return None
+                if entry is None:
+                    self._push(self._clock(), _Due.FETCH, key, None)
+                changed = self._changed.setdefault(path, asyncio.Event())
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+                # that arrives as the event fires, and a cancelled waiter must stop.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(remaining):
+                        await changed.wait()
+        finally:
+            self._waiters[key] -= 1
+            if not self._waiters[key]:
+                del self._waiters[key]
+
+    def overlap(self, path: str) -> tuple[int, float] | None:
+        """(current version, wall time the previous one retires) while an overlap is open."""
+        state = self._overlaps.get(path)
+        if state is None or self._wall() >= state[1]:
+            return None
+        return state
+
+    def overlaps_open(self) -> int:
+        wall = self._wall()
+        return sum(1 for _, until in self._overlaps.values() if until > wall)
+
+    # -- emergency: purge, revocation, incident windows -----------------------------------
+
+    def purge(self, *, path: str | None = None, prefix: str | None = None) -> int:
+        """Drop values (every version) of a path, of a prefix, or all (neither given).
+        Preloaded paths are fetched again soon; anything else on its next read."""
+        doomed = [
+            key
+            for key in self._entries
+            if (path is None and prefix is None)
+            or (path is not None and key[0] == path)
+            or (prefix is not None and key[0].startswith(prefix))
+        ]
+        for key in doomed:
+            del self._entries[key]
+        if doomed:
+            self.generation += 1
+            self._observer.entries_changed(len(self._entries))
+        now = self._clock()
+        for key in doomed:
+            if key in self._pinned:
+                self._push(now + self._rng(), _Due.FETCH, key, None)
+        return len(doomed)
+
+    def set_revocations(
+        self, revoked: Iterable[tuple[str, int | None, str]]
+    ) -> tuple[list[tuple[str, int | None, str]], list[tuple[str, int | None, str]], int]:
+        """Replace the revocation list. Returns (added, removed, values purged). A listed path
+        (or path and version) is dropped from memory now and refused until it leaves the list."""
+        table: dict[str, dict[int | None, str]] = {}
+        for path, version, reason in revoked:
+            table.setdefault(path, {})[version] = reason
+        old = {(p, v): r for p, versions in self._revoked.items() for v, r in versions.items()}
+        new = {(p, v): r for p, versions in table.items() for v, r in versions.items()}
+        added = [(p, v, r) for (p, v), r in new.items() if (p, v) not in old]
+        removed = [(p, v, r) for (p, v), r in old.items() if (p, v) not in new]
+        self._revoked = table
+        doomed = [
+            key
+            for key, entry in self._entries.items()
+            if key[0] in table and (None in table[key[0]] or entry.secret.version in table[key[0]])
+        ]
+        for key in doomed:
+            del self._entries[key]
+        if doomed:
+            self.generation += 1
+            self._observer.entries_changed(len(self._entries))
+        return added, removed, len(doomed)
+
+    def revocations(self) -> list[dict[str, Any]]:
+        return [
+            {"path": path, "version": version, "reason": reason}
+            for path, versions in sorted(self._revoked.items())
+            for version, reason in versions.items()
+        ]
+
+    def _check_revoked(self, path: str, version: int | None) -> None:
+        versions = self._revoked.get(path)
+        if not versions:
+            return
+        if None in versions:
+            raise SecretRevoked(path, None, versions[None])
+        if version is not None and version in versions:
+            raise SecretRevoked(path, version, versions[version])
+
+    def replace_class(self, secret_class: SecretClass) -> SecretClass:
+        """Swap a class for a changed copy (an incident window); returns the one replaced.
+        Entries follow at once; expiry is re-checked against the new max_cache_age."""
+        replaced = self._policy.replace_class(secret_class)
+        now = self._clock()
+        for key, entry in self._entries.items():
+            if entry.secret_class.name == secret_class.name:
+                entry.secret_class = secret_class
+                self._push(entry.confirmed_at + secret_class.max_cache_age, _Due.EXPIRE, key, entry)
+        if secret_class.max_cache_age < replaced.max_cache_age:
+            self._wakeup.set()
+        log.info(
+            "class window changed",
+            extra={
+                "class": secret_class.name,
+                "max_cache_age": secret_class.max_cache_age,
+                "was": replaced.max_cache_age,
+                "at": now,
+            },
+        )
+        return replaced
+
+    def class_named(self, name: str) -> SecretClass | None:
+        return self._policy.class_named(name)
 
     # -- warm start and preload ----------------------------------------------------------
 
@@ -477,10 +822,11 @@ class SecretCache:
         while True:
             self._wakeup.clear()
             delay = self.run_due()
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the cancellation that
+            # stops this loop if the wakeup fires at the same moment, and shutdown would hang.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._wakeup.wait(), timeout=idle if delay is None else delay
-                )
+                async with asyncio.timeout(idle if delay is None else delay):
+                    await self._wakeup.wait()
 
     async def settle(self) -> None:
         """Wait for background refreshes under way (tests, shutdown)."""

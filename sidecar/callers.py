@@ -21,11 +21,11 @@ class CallerTokenError(Exception):
     pass
 
 
-def load_or_create(path: Path) -> str:
+def load_or_create(path: Path, mode: int = 0o640) -> str:
     try:
         token = path.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
-        return _create(path)
+        return _create(path, mode)
     except OSError as exc:
         raise CallerTokenError(
             f"caller_token_file {path}: cannot read it ({exc.strerror}); fix its permissions "
@@ -36,27 +36,27 @@ def load_or_create(path: Path) -> str:
             f"caller_token_file {path}: the token must be at least {MIN_LENGTH} characters; "
             "delete the file to have a random one generated"
         )
-    log.info("caller token loaded", extra={"file": str(path)})
+    log.info("token loaded", extra={"file": str(path)})
     return token
 
 
-def _create(path: Path) -> str:
+def _create(path: Path, mode: int) -> str:
     token = secrets.token_urlsafe(32)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     except FileExistsError:
         # Another process created it between our read and our write: theirs wins.
-        return load_or_create(path)
+        return load_or_create(path, mode)
     except OSError as exc:
         raise CallerTokenError(
             f"caller_token_file {path}: cannot create it ({exc.strerror}); make its directory "
             "writable or point caller_token_file elsewhere"
         ) from None
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        os.fchmod(handle.fileno(), 0o640)  # umask must not widen or narrow what we promise
+        os.fchmod(handle.fileno(), mode)  # umask must not widen or narrow what we promise
         handle.write(token + "\n")
-    log.info("caller token generated", extra={"file": str(path), "mode": "0640"})
+    log.info("token generated", extra={"file": str(path), "mode": f"{mode:04o}"})
     return token
 
 

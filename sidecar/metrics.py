@@ -13,15 +13,16 @@ from prometheus_client.core import GaugeHistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from sidecar import __version__
-from sidecar.backend import StoreError
+from sidecar.backend import Secret, StoreError
 from sidecar.backoff import CircuitState
-from sidecar.cache import Outcome, SecretCache
+from sidecar.cache import CacheObserver, Outcome, SecretCache
 from sidecar.policy import SecretClass
+from sidecar.verify import Match, Verdict, VerifyObserver
 
 FETCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
-class Metrics:
+class Metrics(CacheObserver, VerifyObserver):
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
@@ -69,7 +70,7 @@ class Metrics:
             "When the sidecar's store token expires (0: never or unknown).",
             registry=r,
         )
-        self.stale_served = Counter(
+        self.stale_served_reads = Counter(
             "sidecar_stale_served",
             "Reads answered with a value past refresh_interval because the store could not "
             "confirm it (serve_stale classes, within max_cache_age).",
@@ -119,6 +120,44 @@ class Metrics:
             ["operation"],
             registry=r,
         )
+        self.rotations = Counter(
+            "sidecar_rotations",
+            "New versions detected (the store's current version moved past the one held).",
+            ["class"],
+            registry=r,
+        )
+        self.rotation_adoption = Histogram(
+            "sidecar_rotation_adoption_seconds",
+            "From detecting a rotation to the app's first read of the new version: evidence "
+            "that the app reloaded.",
+            ["class"],
+            buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600),
+            registry=r,
+        )
+        self.previous_served = Counter(
+            "sidecar_previous_version_served",
+            "Reads of ?version=previous (during an overlap): someone still reads the old value.",
+            ["class"],
+            registry=r,
+        )
+        self.verifications = Counter(
+            "sidecar_verifications",
+            "POST /verify results: match = current, previous, retired, unknown.",
+            ["class", "match"],
+            registry=r,
+        )
+        self.retired_uses = Counter(
+            "sidecar_retired_credential_uses",
+            "A retired credential was presented to /verify: authentication attempts with "
+            "values that rotation should have ended.",
+            ["class"],
+            registry=r,
+        )
+        self.revocations = Counter(
+            "sidecar_revocations",
+            "Entries that appeared on the revocation list.",
+            registry=r,
+        )
         self.snapshot_errors.labels(operation="load")
         self.snapshot_errors.labels(operation="save")
         for event in ("login", "renew"):
@@ -126,16 +165,27 @@ class Metrics:
                 self.auth_events.labels(event=event, result=result)
 
     def watch_ages(self, cache: SecretCache) -> None:
-        """Export the ages of cached values at scrape time (nothing on the request path)."""
+        """Export the ages of cached values (and open overlaps) at scrape time: nothing on
+        the request path."""
         self.registry.register(_AgeCollector(cache))
+        overlap = Gauge(
+            "sidecar_overlap_open",
+            "Secrets whose previous version is still served (?version=previous) after a "
+            "rotation, within their class's overlap.",
+            registry=self.registry,
+        )
+        overlap.set_function(lambda: float(cache.overlaps_open()))
 
     def declare_classes(self, names: list[str]) -> None:
         """Export zeros for every class and outcome, so rates work from the first scrape."""
         for name in names:
             for outcome in Outcome:
                 self.cache_lookups.labels(outcome=outcome.value, **{"class": name})
-            self.stale_served.labels(name)
+            self.stale_served_reads.labels(name)
             self.fail_closed.labels(name)
+            self.rotations.labels(name)
+            self.retired_uses.labels(name)
+            self.previous_served.labels(name)
 
     # CacheObserver
     def fetch_finished(
@@ -150,12 +200,27 @@ class Metrics:
     def lookup(self, secret_class: SecretClass, outcome: Outcome) -> None:
         self.cache_lookups.labels(outcome=outcome.value, **{"class": secret_class.name}).inc()
         if outcome is Outcome.STALE:
-            self.stale_served.labels(secret_class.name).inc()
+            self.stale_served_reads.labels(secret_class.name).inc()
 
     def unavailable(self, secret_class: SecretClass, reason: str) -> None:
         self.unavailable_reads.labels(secret_class.name, reason).inc()
         if reason == "fail_closed":
             self.fail_closed.labels(secret_class.name).inc()
+
+    def rotated(self, path: str, secret_class: SecretClass, old: Secret, new: Secret) -> None:
+        self.rotations.labels(secret_class.name).inc()
+
+    def first_served(
+        self, path: str, secret_class: SecretClass, secret: Secret, since_rotation: float | None
+    ) -> None:
+        if since_rotation is not None:
+            self.rotation_adoption.labels(secret_class.name).observe(since_rotation)
+
+    # VerifyObserver
+    def verified(self, path: str, secret_class: SecretClass, verdict: Verdict, field: str) -> None:
+        self.verifications.labels(secret_class.name, verdict.match.value).inc()
+        if verdict.match is Match.RETIRED:
+            self.retired_uses.labels(secret_class.name).inc()
 
     # BackendObserver
     def auth_event(self, event: str, ok: bool, expires_at: float | None) -> None:

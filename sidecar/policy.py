@@ -31,6 +31,7 @@ class SecretClass:
     rotation_method: str
     revocation_steps: str
     preload: bool = False
+    overlap: float = 0.0  # seconds the previous version stays available after a rotation
 
     def freshness(self, age: float) -> Freshness:
         """``age``: seconds since the store last confirmed the value."""
@@ -70,6 +71,22 @@ class Policy:
             if rule.matches(path):
                 return rule.secret_class
         return None
+
+    def class_named(self, name: str) -> SecretClass | None:
+        return next((r.secret_class for r in self._rules if r.secret_class.name == name), None)
+
+    def replace_class(self, secret_class: SecretClass) -> SecretClass:
+        """Put a changed copy of a class in place (same name); returns the one replaced."""
+        old = self.class_named(secret_class.name)
+        if old is None:
+            raise KeyError(secret_class.name)
+        self._rules = tuple(
+            Rule(r.match, secret_class, r.preload)
+            if r.secret_class.name == secret_class.name
+            else r
+            for r in self._rules
+        )
+        return old
 
     def preload_paths(self) -> list[str]:
         """Paths to fetch at start and keep fresh: literal rules marked (or classed) preload,

@@ -99,6 +99,19 @@ class SecretClassSettings(Strict):
     rotation_method: Text
     revocation_steps: Text
     preload: bool = False
+    overlap: Duration = 0.0  # how long the previous version stays available after a rotation
+
+    @field_validator("overlap")
+    @classmethod
+    def _overlap_visible(cls, value: float, info: ValidationInfo) -> float:
+        refresh = info.data.get("refresh_interval")
+        if value and refresh is not None and value < refresh:
+            raise ValueError(
+                f"must be 0 or at least refresh_interval ({format_duration(refresh)}): a "
+                "shorter overlap can end before the sidecar notices the rotation; "
+                f"got {format_duration(value)}"
+            )
+        return value
 
     @field_validator("max_cache_age")
     @classmethod
@@ -271,6 +284,15 @@ class Settings(BaseSettings):
     access_log: bool = False
     shutdown_timeout: Duration = 10.0
     startup_jitter: Duration = 3.0
+    admin_token_file: Path = Path("/run/secrets-sidecar-admin/token")
+    max_wait: PositiveDuration = 300.0
+    max_cache_age_ceiling: PositiveDuration = 86400.0
+    verify_lookback: int = Field(default=3, ge=1, le=50)
+    revocation_list: Text | None = None
+    revocation_poll_interval: PositiveDuration = 5.0
+    audit_log: Path | None = None
+    audit_stdout: bool = False
+    audit_fingerprint_key_file: Path | None = None
     snapshot: SnapshotSettings = SnapshotSettings()
     backend: BackendSettings = Field(default_factory=dict, validate_default=True)
     classes: dict[str, SecretClassSettings] = Field(min_length=1)
@@ -399,6 +421,14 @@ def _cross_checks(settings: Settings) -> list[str]:
             )
     if "address" in settings.backend.model_fields_set and settings.backend.addresses:
         problems.append("backend.addresses: give either address or addresses, not both")
+    for name, spec in settings.classes.items():
+        if spec.max_cache_age > settings.max_cache_age_ceiling:
+            problems.append(
+                f"classes.{name}.max_cache_age: above max_cache_age_ceiling "
+                f"({format_duration(settings.max_cache_age_ceiling)})"
+            )
+    if settings.caller_token_file == settings.admin_token_file:
+        problems.append("admin_token_file: must differ from caller_token_file")
     if settings.listen == settings.metrics_listen:
         problems.append("metrics_listen: must differ from listen (the two APIs are separate)")
     return problems

@@ -91,19 +91,19 @@ class SnapshotKeyError(Exception):
 # -- key ------------------------------------------------------------------------------
 
 
-def load_key(path: Path) -> bytes:
+def load_key(path: Path, what: str = "snapshot key") -> bytes:
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise SnapshotKeyError(
-            f"cannot read snapshot key file {path}: {exc.strerror or exc}; "
+            f"cannot read {what} file {path}: {exc.strerror or exc}; "
             f"it must hold {_KEY_FORMS.format(path=path)}"
         ) from exc
     key = _parse_key(raw)
     if key is None:
         # Never echo the content: it may be a real key in the wrong form.
         raise SnapshotKeyError(
-            f"snapshot key file {path} ({len(raw)} bytes) is not a 256-bit key; "
+            f"{what} file {path} ({len(raw)} bytes) is not a 256-bit key; "
             f"it must hold {_KEY_FORMS.format(path=path)}"
         )
     return key

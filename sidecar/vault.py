@@ -31,6 +31,7 @@ from sidecar.backend import (
     SecretNotFound,
     StoreError,
     StoreUnavailable,
+    VersionInfo,
 )
 from sidecar.backoff import CircuitBreaker, CircuitState, TokenBucket, full_jitter
 from sidecar.coalesce import Coalescer
@@ -140,6 +141,7 @@ class VaultBackend:
         )
         self._local = threading.local()
         self._mounts: dict[str, Mount] = {}
+        self._no_metadata: set[str] = set()  # mounts whose metadata we may not read
         self._mount_lookups: Coalescer[str, Mount] = Coalescer()
         backoff = settings.backoff
         self._nodes = [
@@ -187,26 +189,57 @@ class VaultBackend:
 
     # -- reads -------------------------------------------------------------------------
 
-    async def read(self, path: str, version: int | None) -> Secret:
-        mount = await self._mount_for(path)
-        rest = path[len(mount.path) :]
-        if not rest:
-            raise InvalidRequest(f"{path!r} names the mount {mount.path!r}, not a secret in it")
+    async def read(self, path: str, version: int | None, *, urgent: bool = False) -> Secret:
+        mount = await self._mount_for(path, urgent=urgent)
+        rest = self._rest(mount, path)
         if mount.kv_version == 2:
             params = {"version": str(version)} if version is not None else None
-            reply = await self.call("GET", f"{mount.path}data/{rest}", params=params)
+            reply = await self.call("GET", f"{mount.path}data/{rest}", params=params, urgent=urgent)
             return self._kv2_secret(path, version, reply)
         if version is not None:
             raise InvalidRequest(
                 f"versions exist only on KV v2 mounts; {mount.path!r} is KV version 1"
             )
-        reply = await self.call("GET", path)
+        reply = await self.call("GET", path, urgent=urgent)
         data = reply.body.get("data")
         if not isinstance(data, dict):
             raise StoreUnavailable(
                 "bad_response", kind=ErrorKind.BAD_RESPONSE, detail="KV v1 reply without data"
             )
         return Secret(path=path, data=data, version=None, kv_version=1)
+
+    async def version_info(self, path: str) -> VersionInfo | None:
+        """The current KV v2 version from the metadata endpoint: a cheap rotation check that
+        moves no secret value. None when it cannot tell (KV v1, or no metadata permission)."""
+        mount = await self._mount_for(path)
+        if mount.kv_version != 2 or mount.path in self._no_metadata:
+            return None
+        try:
+            reply = await self.call("GET", f"{mount.path}metadata/{self._rest(mount, path)}")
+        except SecretForbidden:
+            self._no_metadata.add(mount.path)
+            log.info(
+                "no read permission on KV metadata; refreshes read the data instead",
+                extra={"mount": mount.path},
+            )
+            return None
+        data = reply.body.get("data") or {}
+        current = data.get("current_version")
+        if not isinstance(current, int) or current < 1:
+            raise SecretNotFound("the secret has no versions")
+        state = (data.get("versions") or {}).get(str(current)) or {}
+        return VersionInfo(
+            current=current,
+            created_time=state.get("created_time"),
+            gone=bool(state.get("deletion_time")) or bool(state.get("destroyed")),
+        )
+
+    @staticmethod
+    def _rest(mount: Mount, path: str) -> str:
+        rest = path[len(mount.path) :]
+        if not rest:
+            raise InvalidRequest(f"{path!r} names the mount {mount.path!r}, not a secret in it")
+        return rest
 
     def _kv2_secret(self, path: str, version: int | None, reply: Reply) -> Secret:
         body = reply.body.get("data")
@@ -228,7 +261,7 @@ class VaultBackend:
             kv_version=2,
         )
 
-    async def _mount_for(self, path: str) -> Mount:
+    async def _mount_for(self, path: str, *, urgent: bool = False) -> Mount:
         now = self._clock()
         best: Mount | None = None
         for mount in self._mounts.values():
@@ -236,12 +269,12 @@ class VaultBackend:
                 best = mount
         if best is not None and now - best.discovered_at < MOUNT_TTL:
             return best
-        mount, _ = await self._mount_lookups.run(path, lambda: self._discover(path))
+        mount, _ = await self._mount_lookups.run(path, lambda: self._discover(path, urgent))
         return mount
 
-    async def _discover(self, path: str) -> Mount:
+    async def _discover(self, path: str, urgent: bool) -> Mount:
         try:
-            reply = await self.call("GET", f"sys/internal/ui/mounts/{path}")
+            reply = await self.call("GET", f"sys/internal/ui/mounts/{path}", urgent=urgent)
         except SecretForbidden as exc:
             raise SecretForbidden(
                 f"the store refused to say which mount holds {path!r}: no mount exists "
@@ -274,16 +307,18 @@ class VaultBackend:
         json: Mapping[str, Any] | None = None,
         authenticated: bool = True,
         token: str | None = None,
+        urgent: bool = False,
     ) -> Reply:
         """One store request with the sidecar's token; a 403 from a dead token logs in again
-        once and retries. Any non-2xx answer raises a StoreError kind."""
+        once and retries. Any non-2xx answer raises a StoreError kind. ``urgent`` requests
+        (the revocation list) try every node regardless of breakers and the request budget."""
         if authenticated and token is None:
             token = await self._auth.ensure()
-        reply = await self._send(method, api_path, params, json, token)
+        reply = await self._send(method, api_path, params, json, token, urgent)
         if reply.status == 403 and authenticated and token is not None:
             retry_token = await self._auth.recover(token)
             if retry_token is not None:
-                reply = await self._send(method, api_path, params, json, retry_token)
+                reply = await self._send(method, api_path, params, json, retry_token, urgent)
         if 200 <= reply.status < 300:
             return reply
         if reply.status == 404:
@@ -301,6 +336,7 @@ class VaultBackend:
         params: Mapping[str, str] | None,
         json: Mapping[str, Any] | None,
         token: str | None,
+        urgent: bool = False,
     ) -> Reply:
         """Send to the preferred healthy node; on an outage answer, try the next one.
 
@@ -308,6 +344,8 @@ class VaultBackend:
         node is open the request fails at once (no timeout paid per request during an outage).
         Open breakers are probed in the background (``_probe_forever``), never by a request.
         """
+        if urgent:
+            return await self._send_urgent(method, api_path, params, json, token)
         ready = [node for node in self._ordered_nodes() if node.breaker.closed]
         if not ready:
             raise self._circuit_open()
@@ -347,6 +385,31 @@ class VaultBackend:
             node.breaker.success()
             self._node_seen(node, up=True)
             self._preferred = node
+            return reply
+        if isinstance(outcome, Reply):
+            return outcome
+        raise outcome if outcome is not None else self._circuit_open()
+
+    async def _send_urgent(
+        self,
+        method: str,
+        api_path: str,
+        params: Mapping[str, str] | None,
+        json: Mapping[str, Any] | None,
+        token: str | None,
+    ) -> Reply:
+        """Small, important requests: every node in turn, breakers and budget aside. They do
+        not move breakers either: one lucky answer must not close a circuit."""
+        outcome: Reply | StoreUnavailable | None = None
+        for node in self._ordered_nodes():
+            try:
+                reply = await self._send_to(node, method, api_path, params, json, token)
+            except StoreUnavailable as exc:
+                outcome = exc
+                continue
+            if reply.status >= 500 or reply.status == 429:
+                outcome = reply
+                continue
             return reply
         if isinstance(outcome, Reply):
             return outcome
@@ -435,7 +498,8 @@ class VaultBackend:
         )
         try:
             # A small margin lets requests' own timeout (the better message) fire first.
-            return await asyncio.wait_for(future, timeout + 0.25)
+            async with asyncio.timeout(timeout + 0.25):
+                return await future
         except TimeoutError:
             raise StoreUnavailable(
                 "timeout",

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sidecar.audit import AuditLog
 from sidecar.cache import SecretCache, restore_verdict
 from sidecar.metrics import Metrics
 from sidecar.settings import ConfigError, Settings, SnapshotSettings
@@ -46,8 +47,10 @@ class Snapshotter:
         key: bytes,
         cache: SecretCache,
         metrics: Metrics,
+        audit: AuditLog | None = None,
         wall: Callable[[], float] = time.time,
     ) -> None:
+        self._audit = audit
         self._path: Path = settings.path
         self._interval = settings.interval
         self._key = key
@@ -82,6 +85,10 @@ class Snapshotter:
             ((e.secret.path, e.version_key), e.secret, e.confirmed_at) for e in result.entries
         )
         self._metrics.snapshot_entries.set(restored)
+        if self._audit is not None:
+            self._audit.record(
+                "snapshot_loaded", restored=restored, discarded=discarded, problem=result.problem
+            )
         log.info(
             "snapshot loaded" if result.entries or result.problem else "no snapshot yet",
             extra={
@@ -121,6 +128,8 @@ class Snapshotter:
                 return
             self._saved_generation = generation
             self._metrics.snapshot_entries.set(count)
+            if self._audit is not None:
+                self._audit.record("snapshot_saved", entries=count)
             self._metrics.snapshot_last_success.set(self._wall())
             log.debug("snapshot saved", extra={"file": str(self._path), "entries": count})
 

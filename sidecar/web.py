@@ -1,13 +1,15 @@
-"""HTTP: the secrets API (guards, handler, the one error-to-status function) and the ops API.
+"""HTTP: the secrets API (guards, handlers, the one error-to-status function) and the ops API.
 
 The hot path (a fresh hit) does no I/O and encodes no JSON: each cache entry carries its
-pre-rendered body, and only the age and staleness are formatted per request.
+pre-rendered body, and only the age, staleness and an open overlap are formatted per request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,21 +19,33 @@ import orjson
 from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from sidecar.admin import Admin, AdminError
 from sidecar.backend import InvalidRequest, SecretForbidden, SecretNotFound, StoreUnavailable
-from sidecar.cache import Entry, Lookup, PathNotAllowed, SecretCache
+from sidecar.cache import Entry, Lookup, PathNotAllowed, SecretCache, SecretRevoked
 from sidecar.callers import CallerCheck
+from sidecar.durations import parse_duration
+from sidecar.events import CLOSED, EventHub
 from sidecar.metrics import Metrics
+from sidecar.verify import Verifier
 
 log = logging.getLogger("sidecar.web")
 
 MAX_PATH_BYTES = 512
 DEFAULT_RETRY_AFTER = 2  # seconds, when the store gave no hint
 SECRETS_PREFIX = "/secrets/"
-QUERY_PARAMS = frozenset({"field", "version"})
+ADMIN_PREFIX = "/admin/"
+QUERY_PARAMS = frozenset({"field", "version", "wait", "newer_than"})
+MAX_BODY = 64 * 1024
+KEEPALIVE = 15.0  # seconds between comments on an idle event stream
 
 CACHE_KEY = web.AppKey("cache", SecretCache)
 CALLERS_KEY = web.AppKey("callers", CallerCheck)
+ADMINS_KEY = web.AppKey("admins", CallerCheck)
 METRICS_KEY = web.AppKey("metrics", Metrics)
+VERIFIER_KEY = web.AppKey("verifier", Verifier)
+HUB_KEY = web.AppKey("hub", EventHub)
+ADMIN_KEY = web.AppKey("admin", Admin)
+MAX_WAIT_KEY = web.AppKey("max_wait", float)
 ReadyReport = Callable[[], Mapping[str, Any]]
 READY_KEY: web.AppKey[ReadyReport] = web.AppKey("ready")
 
@@ -44,6 +58,10 @@ class BadRequest(Exception):
 
 class FieldNotFound(Exception):
     pass
+
+
+class VersionRetired(Exception):
+    """``?version=previous`` after the overlap: the previous version is no longer served."""
 
 
 # -- errors -> statuses, in one place ----------------------------------------------------
@@ -70,6 +88,12 @@ def error_response(exc: BaseException, path: str | None = None) -> web.Response:
         status, code, reason = 404, "field_not_found", f"the secret has no field {exc}"
     elif isinstance(exc, SecretForbidden):
         status, code, reason = 403, "secret_forbidden", exc.reason
+    elif isinstance(exc, VersionRetired):
+        status, code, reason = 410, "version_retired", str(exc)
+    elif isinstance(exc, SecretRevoked):
+        status, code, reason = 410, "secret_revoked", exc.reason
+    elif isinstance(exc, AdminError):
+        status, code, reason = exc.status, _HTTP_CODES.get(exc.status, "bad_request"), exc.reason
     elif isinstance(exc, StoreUnavailable):
         status, code, reason, detail = 503, "secret_unavailable", exc.reason, exc.detail
         retry = exc.retry_after if exc.retry_after is not None else DEFAULT_RETRY_AFTER
@@ -94,7 +118,12 @@ def _plain_error(status: int, code: str, reason: str) -> web.Response:
     )
 
 
-_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "request_too_large",
+}
 
 
 # -- guards, before routing ---------------------------------------------------------------
@@ -102,7 +131,8 @@ _HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
 
 @web.middleware
 async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Refuse forwarded requests, then check the caller token, then run the handler."""
+    """Refuse forwarded requests, then check the token (the admin token for /admin/, the caller
+    token for everything else: neither opens the other's door), then run the handler."""
     response: web.StreamResponse
     if "X-Forwarded-For" in request.headers:
         # A loopback API has no business with proxies; a forwarded request smells of SSRF.
@@ -111,21 +141,41 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         )
     else:
         presented = request.headers.get("X-Sidecar-Token") or request.headers.get("X-Vault-Token")
+        admin_path = request.path.startswith(ADMIN_PREFIX)
         if presented is None:
             response = _plain_error(
                 401,
                 "unauthorized",
-                "send the caller token in X-Sidecar-Token (or X-Vault-Token); "
+                "send the admin token in X-Sidecar-Token; it is in the sidecar's admin_token_file"
+                if admin_path
+                else "send the caller token in X-Sidecar-Token (or X-Vault-Token); "
                 "it is in the sidecar's caller_token_file",
             )
-        elif not request.app[CALLERS_KEY](presented):
-            response = _plain_error(403, "forbidden", "the caller token is wrong")
         else:
-            try:
-                response = await handler(request)
-            except web.HTTPException as exc:  # aiohttp's own refusals, in our shape
-                code = _HTTP_CODES.get(exc.status, "http_error")
-                response = _plain_error(exc.status, code, exc.reason)
+            # Both comparisons, always: which one matched must not show in the timing.
+            is_caller = request.app[CALLERS_KEY](presented)
+            is_admin = request.app[ADMINS_KEY](presented)
+            if admin_path and not is_admin:
+                response = _plain_error(
+                    403,
+                    "forbidden",
+                    "admin endpoints need the admin token"
+                    + (" (not the caller token)" if is_caller else ""),
+                )
+            elif not admin_path and not is_caller:
+                response = _plain_error(
+                    403,
+                    "forbidden",
+                    "the admin token is for /admin/ only"
+                    if is_admin
+                    else "the caller token is wrong",
+                )
+            else:
+                try:
+                    response = await handler(request)
+                except web.HTTPException as exc:  # aiohttp's own refusals, in our shape
+                    code = _HTTP_CODES.get(exc.status, "http_error")
+                    response = _plain_error(exc.status, code, exc.reason)
     request.app[METRICS_KEY].requests.labels(status=str(response.status)).inc()
     return response
 
@@ -148,7 +198,18 @@ def validate_path(path: str) -> str:
     return path
 
 
-def _parse_query(request: web.Request) -> tuple[str | None, int | None]:
+PREVIOUS = -1  # ``?version=previous``
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    field: str | None = None
+    version: int | None = None  # a version number, PREVIOUS, or None for the latest
+    wait: float | None = None
+    newer_than: int | None = None
+
+
+def _parse_query(request: web.Request) -> Query:
     query = request.query
     unknown = sorted(set(query) - QUERY_PARAMS)
     if unknown:
@@ -163,11 +224,31 @@ def _parse_query(request: web.Request) -> tuple[str | None, int | None]:
         raise BadRequest("field must not be empty")
     version: int | None = None
     text = query.get("version")
-    if text is not None:
+    if text == "previous":
+        version = PREVIOUS
+    elif text is not None:
         if not text.isdigit() or not 0 < int(text) < 2**63:
-            raise BadRequest(f"version must be a positive whole number, got {text!r}")
+            raise BadRequest(f"version must be a positive whole number or 'previous', got {text!r}")
         version = int(text)
-    return field, version
+    wait: float | None = None
+    if "wait" in query:
+        try:
+            wait = parse_duration(query["wait"])
+        except ValueError as exc:
+            raise BadRequest(f"wait: {exc}") from None
+        if version is not None:
+            raise BadRequest("wait watches the latest version; it does not combine with version")
+    newer_than: int | None = None
+    if "newer_than" in query:
+        if wait is None:
+            raise BadRequest(
+                "newer_than needs wait (a blocking query), e.g. ?wait=30s&newer_than=3"
+            )
+        text = query["newer_than"]
+        if not text.isdigit() or int(text) >= 2**63:
+            raise BadRequest(f"newer_than must be a whole number, got {text!r}")
+        newer_than = int(text)
+    return Query(field, version, wait, newer_than)
 
 
 # -- the secrets handler ------------------------------------------------------------------
@@ -181,6 +262,7 @@ class _View:
     fields: Mapping[str, bytes]
     version: str
     class_name: str
+    previous_kid: bytes  # the envelope member, shown while an overlap is open
 
 
 def _view(entry: Entry) -> _View:
@@ -201,11 +283,15 @@ def _view(entry: Entry) -> _View:
         name: value.encode() if isinstance(value, str) else orjson.dumps(value)
         for name, value in secret.data.items()
     }
+    previous = b""
+    if secret.version is not None and secret.version > 1:
+        previous = b',"previous_kid":' + orjson.dumps(f"{secret.path}#{secret.version - 1}")
     view = _View(
         head=orjson.dumps(document)[:-1],
         fields=fields,
         version="" if secret.version is None else str(secret.version),
         class_name=entry.secret_class.name,
+        previous_kid=previous,
     )
     entry.view = view
     return view
@@ -220,15 +306,55 @@ async def get_secret(request: web.Request) -> web.Response:
         return _plain_error(405, "method_not_allowed", "the secrets API is read-only: use GET")
     try:
         validate_path(path)
-        field, version = _parse_query(request)
-        lookup = await request.app[CACHE_KEY].get(path, version)
-        return render(lookup, field)
+        query = _parse_query(request)
+        cache = request.app[CACHE_KEY]
+        if query.version == PREVIOUS:
+            lookup = await _previous(request, path)
+        elif query.wait is not None:
+            lookup = await cache.get(path)
+            current = lookup.entry.secret.version
+            if current is None:
+                raise BadRequest("wait needs a versioned (KV v2) secret")
+            newer_than = current if query.newer_than is None else query.newer_than
+            if current <= newer_than:
+                wait = min(query.wait, request.app[MAX_WAIT_KEY])
+                waited = await cache.wait_newer(path, newer_than, wait)
+                if waited is None:
+                    return web.Response(
+                        status=304,
+                        headers={"X-Sidecar-Version": str(current), "Cache-Control": "no-store"},
+                    )
+                lookup = waited
+        else:
+            lookup = await cache.get(path, query.version)
+        return render(lookup, query.field)
     except Exception as exc:  # every failure becomes a status in error_response
         return error_response(exc, path)
 
 
+async def _previous(request: web.Request, path: str) -> Lookup:
+    cache = request.app[CACHE_KEY]
+    latest = await cache.get(path)
+    current = latest.entry.secret.version
+    if current is None:
+        raise BadRequest("KV v1 secrets have no versions, so no previous one")
+    if current < 2:
+        raise SecretNotFound(f"version {current} is the first: there is no previous version")
+    if cache.overlap(path) is None:
+        if latest.entry.secret_class.overlap <= 0:
+            raise VersionRetired(
+                f"class {latest.entry.secret_class.name!r} has no overlap: only the current "
+                f"version ({current}) is served"
+            )
+        raise VersionRetired(f"version {current - 1} was retired when its overlap ended")
+    previous = await cache.get(path, current - 1)
+    request.app[METRICS_KEY].previous_served.labels(previous.entry.secret_class.name).inc()
+    return previous
+
+
 def render(lookup: Lookup, field: str | None) -> web.Response:
-    view = _view(lookup.entry)
+    entry = lookup.entry
+    view = _view(entry)
     age = max(0.0, lookup.age)
     headers = {
         "X-Sidecar-Cache": _CACHE_HEADER[lookup.outcome.value],
@@ -245,11 +371,96 @@ def render(lookup: Lookup, field: str | None) -> web.Response:
         if value is None:
             raise FieldNotFound(repr(field))
         return web.Response(body=value, content_type="text/plain", headers=headers)
-    body = view.head + b',"age_seconds":%.3f,"stale":%s}' % (
+    overlap = view.previous_kid if entry.overlap_until > time.time() else b""
+    body = view.head + b'%s,"age_seconds":%.3f,"stale":%s}' % (
+        overlap,
         age,
         b"true" if lookup.stale else b"false",
     )
     return web.Response(body=body, content_type="application/json", headers=headers)
+
+
+async def verify_secret(request: web.Request) -> web.Response:
+    path = request.match_info["path"]
+    if request.method != "POST":
+        return _plain_error(405, "method_not_allowed", "verify with POST and a JSON body")
+    try:
+        validate_path(path)
+        if request.query:
+            raise BadRequest("verify takes no query parameters")
+        body = await _json_body(request, required={"field", "value"}, optional=set())
+        field = body["field"]
+        if not isinstance(field, str) or not field:
+            raise BadRequest("field must be a non-empty string")
+        verdict = await request.app[VERIFIER_KEY].verify(path, field, body["value"])
+    except Exception as exc:
+        return error_response(exc, path)
+    document: dict[str, Any] = {
+        "match": verdict.match.value,
+        "kid": verdict.kid,
+        "version": verdict.version,
+        "current_version": verdict.current_version,
+    }
+    if verdict.unchecked:
+        document["unchecked_versions"] = verdict.unchecked
+    return web.Response(
+        body=orjson.dumps(document),
+        content_type="application/json",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def _json_body(
+    request: web.Request, *, required: set[str], optional: set[str]
+) -> dict[str, Any]:
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise BadRequest(f"the body is larger than {MAX_BODY} bytes")
+    raw = await request.read()
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise BadRequest("the body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    unknown = sorted(set(body) - required - optional)
+    if unknown:
+        raise BadRequest(f"unknown key {unknown[0]!r} in the body")
+    missing = sorted(required - set(body))
+    if missing:
+        raise BadRequest(f"the body needs {missing[0]!r}")
+    return body
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    """Server-Sent Events: rotation, retired and revoked notices, as they happen."""
+    if request.method != "GET":
+        return _plain_error(405, "method_not_allowed", "subscribe with GET")
+    if request.query:
+        return error_response(BadRequest("events takes no query parameters"))
+    hub = request.app[HUB_KEY]
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
+    )
+    await response.prepare(request)
+    queue = hub.subscribe()
+    try:
+        await response.write(b": subscribed\n\n")
+        while True:
+            try:
+                async with asyncio.timeout(KEEPALIVE):
+                    event = await queue.get()
+            except TimeoutError:
+                await response.write(b": keep-alive\n\n")
+                continue
+            if event is CLOSED:
+                break
+            name = str(event["event"]).encode()
+            await response.write(b"event: %s\ndata: %s\n\n" % (name, orjson.dumps(event)))
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    finally:
+        hub.unsubscribe(queue)
+    return response
 
 
 async def not_found(request: web.Request) -> web.Response:
@@ -259,6 +470,8 @@ async def not_found(request: web.Request) -> web.Response:
 def secrets_routes(app: web.Application) -> None:
     # [\s\S]: a path with an encoded newline must reach the handler (and get its 400).
     app.router.add_route("*", SECRETS_PREFIX + r"{path:[\s\S]*}", get_secret)
+    app.router.add_route("*", r"/verify/{path:[\s\S]*}", verify_secret)
+    app.router.add_route("*", "/events", events)
     app.router.add_route("*", r"/{tail:[\s\S]*}", not_found)
 
 

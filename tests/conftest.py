@@ -20,6 +20,7 @@ from sidecar.devstore import DevOpenBao
 from sidecar.settings import settings_from
 
 CALLER_TOKEN = "test-caller-token-0123456789abcdef"
+ADMIN_TOKEN = "test-admin-token-fedcba9876543210"
 
 CLASSES: dict[str, dict[str, Any]] = {
     "standard": {
@@ -86,6 +87,7 @@ def config(
         "listen": "127.0.0.1:0",
         "metrics_listen": "127.0.0.1:1",
         "caller_token_file": str(tmp_path / "caller-token"),
+        "admin_token_file": str(tmp_path / "admin-token"),
         "backend": {
             "address": address,
             "auth": {"method": "token", "token_file": str(token_file)},
@@ -120,7 +122,12 @@ async def make_sidecar(
     ) -> tuple[TestClient[Any, Any], Sidecar]:
         doc = document or config(address or openbao.addr, store_token_file, tmp_path, **overrides)
         settings = settings_from(doc)
-        sidecar = create_app(settings, registry=CollectorRegistry(), caller_token=CALLER_TOKEN)
+        sidecar = create_app(
+            settings,
+            registry=CollectorRegistry(),
+            caller_token=CALLER_TOKEN,
+            admin_token=ADMIN_TOKEN,
+        )
         client = await aiohttp_client(sidecar.api)
         return client, sidecar
 
@@ -128,6 +135,7 @@ async def make_sidecar(
 
 
 AUTH = {"X-Sidecar-Token": CALLER_TOKEN}
+ADMIN = {"X-Sidecar-Token": ADMIN_TOKEN}
 
 
 async def raw_get(

@@ -16,8 +16,9 @@ from sidecar.backend import (
     SecretNotFound,
     StoreError,
     StoreUnavailable,
+    VersionInfo,
 )
-from sidecar.cache import Outcome, PathNotAllowed, SecretCache
+from sidecar.cache import CacheObserver, Outcome, PathNotAllowed, SecretCache
 from sidecar.policy import OnOutage, Policy, Rule, SecretClass
 
 REFRESH = 60.0
@@ -66,6 +67,8 @@ class FakeBackend:
         self.error: StoreError | None = None
         self.gate: asyncio.Event | None = None
         self.latency = 0.0  # fake seconds each read takes
+        self.metadata = False  # answer version_info (else: "cannot tell", data reads)
+        self.metadata_calls: list[str] = []
 
     async def start(self) -> None:
         pass
@@ -73,7 +76,15 @@ class FakeBackend:
     async def close(self) -> None:
         pass
 
-    async def read(self, path: str, version: int | None) -> Secret:
+    async def version_info(self, path: str) -> VersionInfo | None:
+        if not self.metadata:
+            return None
+        self.metadata_calls.append(path)
+        if self.error is not None:
+            raise self.error
+        return VersionInfo(current=self.latest.get(path, 1), created_time=None, gone=False)
+
+    async def read(self, path: str, version: int | None, *, urgent: bool = False) -> Secret:
         self.calls.append((path, version))
         if self.gate is not None:
             await self.gate.wait()
@@ -85,7 +96,7 @@ class FakeBackend:
 
 
 @dataclass
-class Recorder:
+class Recorder(CacheObserver):
     fetches: list[tuple[str, str, float, StoreError | None]] = field(default_factory=list)
     lookups: list[tuple[str, Outcome]] = field(default_factory=list)
     counts: list[int] = field(default_factory=list)

@@ -33,11 +33,14 @@ async def test_steady_traffic_only_sees_hits_and_new_versions_arrive(
         await asyncio.sleep(0.1)
 
     assert set(outcomes) == {"HIT"}, outcomes
-    # refreshed in the background at 75-90% of each interval: about three times in 3 s
-    assert openbao.count_requests(f"secret/data/{uid}/busy") >= 3
+    # refreshed in the background at 75-90% of each interval, about three times in 3 s: each
+    # refresh asks the metadata endpoint (no value moves); the data is read only on rotation
+    assert openbao.count_requests(f"secret/metadata/{uid}/busy") >= 3
+    assert openbao.count_requests(f"secret/data/{uid}/busy") == 2
     # the new version written at ~1 s is served within a refresh interval (+ jitter)
     assert versions[-1] == 2
     assert versions.index(2) <= 10 + 12
     # the secret nobody read again: refreshed once (it was read within the interval before
     # its first refresh point), then left alone
-    assert openbao.count_requests(f"secret/data/{uid}/idle") == 2
+    assert openbao.count_requests(f"secret/data/{uid}/idle") == 1
+    assert openbao.count_requests(f"secret/metadata/{uid}/idle") == 1

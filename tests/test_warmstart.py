@@ -164,7 +164,7 @@ def test_bad_key_file_is_a_config_error(tmp_path: Path, openbao: DevOpenBao, uid
     key_file.write_bytes(b"0123")
     settings = settings_from(_document(openbao, tmp_path, uid, key_file))
     with pytest.raises(ConfigError) as caught:
-        create_app(settings, caller_token="x" * 32)
+        create_app(settings, caller_token="x" * 32, admin_token="y" * 32)
     assert "snapshot.key_file" in str(caught.value)
 
 

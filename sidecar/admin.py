@@ -1,0 +1,224 @@
+"""Emergency controls: purge, the fleet-wide revocation list, and incident cache windows.
+
+Every action is audited, and anything that removes values rewrites the snapshot at once, so a
+purged or revoked value survives neither in memory nor on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from sidecar.audit import AuditLog, iso_time
+from sidecar.backend import Backend, SecretNotFound, StoreError
+from sidecar.cache import SecretCache
+from sidecar.durations import format_duration
+from sidecar.events import EventHub
+from sidecar.metrics import Metrics
+from sidecar.policy import SecretClass
+from sidecar.warmstart import Snapshotter
+
+log = logging.getLogger("sidecar.admin")
+
+MAX_EXTENSION = 7 * 86400.0  # an incident window that lasts longer is a configuration change
+
+Revocation = tuple[str, int | None, str]
+
+
+class AdminError(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class Admin:
+    def __init__(
+        self,
+        cache: SecretCache,
+        audit: AuditLog,
+        metrics: Metrics,
+        snapshotter: Snapshotter | None,
+        *,
+        ceiling: float,
+        hub: EventHub | None = None,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self._hub = hub
+        self._cache = cache
+        self._audit = audit
+        self._metrics = metrics
+        self._snapshotter = snapshotter
+        self._ceiling = ceiling
+        self._wall = wall
+        self._configured: dict[str, SecretClass] = {}  # classes as configured, while extended
+        self._reverts: dict[str, asyncio.TimerHandle] = {}
+        self._extended_until: dict[str, float] = {}
+        self.revocations_polled_at: float | None = None
+
+    async def _persist(self) -> None:
+        if self._snapshotter is not None:
+            await self._snapshotter.save(force=True)
+
+    # -- purge -------------------------------------------------------------------------
+
+    async def purge(
+        self, *, path: str | None = None, prefix: str | None = None, by: str = "admin"
+    ) -> int:
+        count = self._cache.purge(path=path, prefix=prefix)
+        scope = "path" if path is not None else "prefix" if prefix is not None else "all"
+        self._audit.record("purged", scope=scope, target=path or prefix, entries=count, by=by)
+        log.warning("purged", extra={"scope": scope, "target": path or prefix, "entries": count})
+        await self._persist()
+        return count
+
+    # -- incident cache windows --------------------------------------------------------
+
+    def extend(
+        self, class_name: str, max_cache_age: float, duration: float, requested: str
+    ) -> dict[str, Any]:
+        current = self._cache.class_named(class_name)
+        if current is None:
+            raise AdminError(404, f"no class named {class_name!r}")
+        configured = self._configured.get(class_name, current)
+        if max_cache_age > self._ceiling:
+            raise AdminError(
+                400,
+                f"max_cache_age {format_duration(max_cache_age)} is above max_cache_age_ceiling "
+                f"({format_duration(self._ceiling)})",
+            )
+        if max_cache_age < configured.max_cache_age:
+            raise AdminError(
+                400,
+                f"max_cache_age {format_duration(max_cache_age)} is below the configured "
+                f"{format_duration(configured.max_cache_age)}; to drop values use /admin/purge",
+            )
+        if not 0 < duration <= MAX_EXTENSION:
+            raise AdminError(
+                400, f"'for' must be more than 0 and at most {format_duration(MAX_EXTENSION)}"
+            )
+        self._configured[class_name] = configured
+        self._cache.replace_class(dataclasses.replace(configured, max_cache_age=max_cache_age))
+        previous = self._reverts.pop(class_name, None)
+        if previous is not None:
+            previous.cancel()
+        loop = asyncio.get_running_loop()
+        self._reverts[class_name] = loop.call_later(duration, self._revert, class_name)
+        until = self._wall() + duration
+        self._extended_until[class_name] = until
+        self._audit.record(
+            "cache_window_extended",
+            **{"class": class_name},
+            owner=configured.owner,
+            max_cache_age=max_cache_age,
+            previous_max_cache_age=configured.max_cache_age,
+            until=iso_time(until),
+            requested=requested,
+        )
+        log.warning(
+            "cache window extended",
+            extra={"class": class_name, "max_cache_age": max_cache_age, "until": iso_time(until)},
+        )
+        return {
+            "class": class_name,
+            "max_cache_age": max_cache_age,
+            "configured_max_cache_age": configured.max_cache_age,
+            "until": iso_time(until),
+        }
+
+    def _revert(self, class_name: str) -> None:
+        configured = self._configured.pop(class_name, None)
+        self._reverts.pop(class_name, None)
+        self._extended_until.pop(class_name, None)
+        if configured is None:
+            return
+        self._cache.replace_class(configured)
+        self._audit.record(
+            "cache_window_reverted",
+            **{"class": class_name},
+            owner=configured.owner,
+            max_cache_age=configured.max_cache_age,
+        )
+        log.warning("cache window reverted", extra={"class": class_name})
+
+    def extensions(self) -> dict[str, str]:
+        return {name: iso_time(until) for name, until in self._extended_until.items()}
+
+    def close(self) -> None:
+        for handle in self._reverts.values():
+            handle.cancel()
+
+    # -- the revocation list -----------------------------------------------------------
+
+    async def apply_revocations(self, revoked: list[Revocation]) -> None:
+        added, removed, purged = self._cache.set_revocations(revoked)
+        for path, version, reason in added:
+            self._metrics.revocations.inc()
+            self._audit.record("revoked", path=path, version=version, reason=reason, entries=purged)
+            if self._hub is not None:
+                self._hub.revoked(path, version, reason)
+            log.warning("revoked", extra={"path": path, "version": version, "reason": reason})
+        for path, version, reason in removed:
+            self._audit.record("unrevoked", path=path, version=version, reason=reason)
+            log.info("revocation lifted", extra={"path": path, "version": version})
+        if purged:
+            await self._persist()
+
+    async def poll_revocations(
+        self,
+        backend: Backend,
+        list_path: str,
+        interval: float,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        """Poll the list kept in the store. It is small and polled on its own path (urgent:
+        past circuit breakers and the request budget), so revoking works in a degraded store.
+        A failed poll keeps the last list: an outage never lifts a revocation."""
+        failing = False
+        while True:
+            try:
+                secret = await backend.read(list_path, None, urgent=True)
+                entries, problems = parse_revocations(secret.data)
+                for problem in problems:
+                    log.error("revocation list entry ignored", extra={"problem": problem})
+            except SecretNotFound:
+                entries = []
+            except StoreError as exc:
+                if not failing:
+                    log.warning(
+                        "revocation list not readable; keeping the last one",
+                        extra={"path": list_path, "reason": str(exc)},
+                    )
+                failing = True
+            else:
+                failing = False
+                self.revocations_polled_at = self._wall()
+                await self.apply_revocations(entries)
+            await asyncio.sleep(interval * (0.8 + 0.4 * rng()))
+
+
+def parse_revocations(data: Mapping[str, Any]) -> tuple[list[Revocation], list[str]]:
+    """``{"revoked": [{"path": ..., "version": N (optional), "reason": ...}]}``."""
+    items = data.get("revoked", [])
+    if not isinstance(items, list):
+        return [], ["'revoked' must be a list"]
+    entries: list[Revocation] = []
+    problems: list[str] = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or not isinstance(item.get("path"), str) or not item["path"]:
+            problems.append(f"revoked[{i}]: needs a 'path'")
+            continue
+        version = item.get("version")
+        if version is not None and (
+            not isinstance(version, int) or isinstance(version, bool) or version < 1
+        ):
+            problems.append(f"revoked[{i}]: 'version' must be a positive whole number")
+            continue
+        reason = item.get("reason")
+        entries.append((item["path"], version, str(reason) if reason else "revoked"))
+    return entries, problems

@@ -1,0 +1,77 @@
+"""Rotation notices for subscribers (the Server-Sent Events stream): new versions, retired
+previous versions, revocations. Each subscriber has a bounded queue; a slow one loses the
+oldest notices, never blocks the cache."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from sidecar.backend import Secret
+from sidecar.cache import CacheObserver
+from sidecar.policy import SecretClass
+
+QUEUE_SIZE = 256
+CLOSED: dict[str, Any] = {}  # sentinel: the hub is shutting down
+
+
+class EventHub(CacheObserver):
+    def __init__(self) -> None:
+        self._queues: set[asyncio.Queue[dict[str, Any]]] = set()
+
+    def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE_SIZE)
+        self._queues.add(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[dict[str, Any]]) -> None:
+        self._queues.discard(queue)
+
+    def __len__(self) -> int:
+        return len(self._queues)
+
+    def publish(self, event: dict[str, Any]) -> None:
+        for queue in self._queues:
+            if queue.full():
+                queue.get_nowait()  # drop the oldest: a slow reader must not hold us up
+            queue.put_nowait(event)
+
+    def close(self) -> None:
+        for queue in self._queues:
+            if queue.full():
+                queue.get_nowait()
+            queue.put_nowait(CLOSED)
+
+    # CacheObserver
+    def rotated(self, path: str, secret_class: SecretClass, old: Secret, new: Secret) -> None:
+        self.publish(
+            {
+                "event": "rotation",
+                "path": path,
+                "version": new.version,
+                "kid": new.kid,
+                "previous_kid": old.kid,
+                "class": secret_class.name,
+            }
+        )
+
+    def previous_retired(
+        self,
+        path: str,
+        secret_class: SecretClass,
+        version: int,
+        current_version: int,
+        last_served: float | None,
+    ) -> None:
+        self.publish(
+            {
+                "event": "retired",
+                "path": path,
+                "version": version,
+                "kid": f"{path}#{version}",
+                "class": secret_class.name,
+            }
+        )
+
+    def revoked(self, path: str, version: int | None, reason: str) -> None:
+        self.publish({"event": "revoked", "path": path, "version": version, "reason": reason})

@@ -1,0 +1,84 @@
+"""HTTP for the admin token: purge, incident cache windows, status. Loopback only, like the
+secrets API; callers' tokens are refused here (see web.guard)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from sidecar.durations import parse_duration
+from sidecar.web import ADMIN_KEY, CACHE_KEY, BadRequest, _json_body, error_response, validate_path
+
+
+def _json(document: dict[str, Any]) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(document),
+        content_type="application/json",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def purge(request: web.Request) -> web.Response:
+    """``{"path": P}``, ``{"prefix": P}`` or ``{"all": true}``: drop from memory and snapshot."""
+    try:
+        body = await _json_body(request, required=set(), optional={"path", "prefix", "all"})
+        if len(body) != 1:
+            raise BadRequest('give exactly one of "path", "prefix" or "all": true')
+        admin = request.app[ADMIN_KEY]
+        if "path" in body:
+            count = await admin.purge(path=validate_path(_text(body, "path")))
+        elif "prefix" in body:
+            count = await admin.purge(prefix=_text(body, "prefix"))
+        elif body["all"] is True:
+            count = await admin.purge()
+        else:
+            raise BadRequest('"all" must be true')
+    except Exception as exc:
+        return error_response(exc)
+    return _json({"purged": count})
+
+
+async def extend(request: web.Request) -> web.Response:
+    """``{"class": C, "max_cache_age": "2h", "for": "1h"}``: a temporary, audited window."""
+    try:
+        body = await _json_body(request, required={"class", "max_cache_age", "for"}, optional=set())
+        name = _text(body, "class")
+        try:
+            max_age = parse_duration(body["max_cache_age"])
+            duration = parse_duration(body["for"])
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        requested = f"max_cache_age={body['max_cache_age']} for={body['for']}"
+        result = request.app[ADMIN_KEY].extend(name, max_age, duration, requested)
+    except Exception as exc:
+        return error_response(exc)
+    return _json(result)
+
+
+async def status(request: web.Request) -> web.Response:
+    admin = request.app[ADMIN_KEY]
+    cache = request.app[CACHE_KEY]
+    return _json(
+        {
+            "secrets_cached": len(cache),
+            "overlaps_open": cache.overlaps_open(),
+            "extensions": admin.extensions(),
+            "revocations": cache.revocations(),
+            "revocation_list_polled_at": admin.revocations_polled_at,
+        }
+    )
+
+
+def _text(body: dict[str, Any], key: str) -> str:
+    value = body[key]
+    if not isinstance(value, str) or not value:
+        raise BadRequest(f'"{key}" must be a non-empty string')
+    return value
+
+
+def admin_routes(app: web.Application) -> None:
+    app.router.add_post("/admin/purge", purge)
+    app.router.add_post("/admin/extend", extend)
+    app.router.add_get("/admin/status", status, allow_head=False)
