@@ -24,6 +24,7 @@ from sidecar.settings import ConfigError, Settings
 from sidecar.snapshot import SnapshotKeyError
 from sidecar.trail import AuditTrail
 from sidecar.vault import BackendObserver, VaultBackend
+from sidecar.vault_api import STORE_KEY, vault_routes
 from sidecar.verify import Verifier
 from sidecar.warmstart import Snapshotter, snapshot_key
 from sidecar.web import (
@@ -34,6 +35,7 @@ from sidecar.web import (
     HUB_KEY,
     MAX_WAIT_KEY,
     METRICS_KEY,
+    PASSTHROUGH_KEY,
     READY_KEY,
     VERIFIER_KEY,
     guard,
@@ -148,6 +150,10 @@ def create_app(
     api[ADMIN_KEY] = admin
     api[MAX_WAIT_KEY] = settings.max_wait
     admin_routes(api)
+    if settings.vault_api.enabled and isinstance(backend, VaultBackend):
+        api[STORE_KEY] = backend
+        api[PASSTHROUGH_KEY] = settings.vault_api.passthrough
+        vault_routes(api)
     secrets_routes(api)
 
     ops = web.Application()

@@ -21,11 +21,17 @@ class Secret:
     version: int | None  # KV v2 version; None on KV v1, which has no versions
     created_time: str | None = None
     kv_version: int = 2
+    custom_metadata: Mapping[str, Any] | None = None  # KV v2: the secret's custom metadata
+    lease_duration: int = 0  # what the store said (KV v1 mounts have a default TTL)
 
     @property
     def kid(self) -> str:
         """Stable key identifier: ``<path>#<version>``; plain ``<path>`` on unversioned KV v1."""
         return self.path if self.version is None else f"{self.path}#{self.version}"
+
+
+# The cache key's version part for a KV v2 secret's metadata document (versions start at 1).
+METADATA = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +107,8 @@ class Backend(Protocol):
         """Authenticate and start background upkeep (token renewal). Must not raise on outage."""
 
     async def read(self, path: str, version: int | None, *, urgent: bool = False) -> Secret:
-        """The secret at ``path`` (latest when ``version`` is None). Raises StoreError kinds.
+        """The secret at ``path`` (latest when ``version`` is None; its KV v2 metadata document
+        as ``data`` when ``version`` is METADATA). Raises StoreError kinds.
         ``urgent``: small and important (the revocation list): not held back by breakers."""
 
     async def version_info(self, path: str) -> VersionInfo | None:

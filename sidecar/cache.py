@@ -60,6 +60,7 @@ class Entry:
     served: bool = False  # this version was served at least once (carried across refreshes)
     overlap_until: float = 0.0  # wall time the previous version retires (0: no overlap open)
     view: object | None = field(default=None)  # presentation memo, owned by the HTTP layer
+    vault_view: object | None = field(default=None)  # the same, for the Vault-compatible API
 
     def servable(self, age: float) -> bool:
         """May this value answer a read now, if the store could not be asked?"""

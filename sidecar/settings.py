@@ -256,6 +256,14 @@ def _http_url(value: str) -> str:
     return value.rstrip("/")
 
 
+class VaultAPISettings(Strict):
+    """The Vault-compatible API under /v1/: KV reads from the cache, the rest refused (405) or,
+    with ``passthrough``, forwarded to the store with the caller's own token."""
+
+    enabled: bool = True
+    passthrough: bool = False
+
+
 class SnapshotSettings(Strict):
     """The encrypted warm-start snapshot. Without ``key_file`` there is no snapshot."""
 
@@ -294,6 +302,7 @@ class Settings(BaseSettings):
     audit_stdout: bool = False
     audit_fingerprint_key_file: Path | None = None
     snapshot: SnapshotSettings = SnapshotSettings()
+    vault_api: VaultAPISettings = VaultAPISettings()
     backend: BackendSettings = Field(default_factory=dict, validate_default=True)
     classes: dict[str, SecretClassSettings] = Field(min_length=1)
     secrets: list[RuleSettings] = Field(min_length=1)

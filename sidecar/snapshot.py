@@ -223,6 +223,9 @@ def _seal(aead: AESGCM, index: int, entry: SnapshotEntry) -> bytes | None:
                 "kv_version": secret.kv_version,
                 "class": entry.class_name,
                 "confirmed_at": entry.confirmed_at,
+                # optional members: older snapshots lack them, readers default them
+                "custom_metadata": secret.custom_metadata,
+                "lease_duration": secret.lease_duration,
             }
         )
     except orjson.JSONEncodeError:
@@ -400,8 +403,16 @@ def _decode(meta: Any, payload: Any) -> SnapshotEntry:
         and math.isfinite(confirmed_at)
     ):
         raise ValueError("bad record fields")
+    custom = payload.get("custom_metadata")
+    lease = payload.get("lease_duration", 0)
     secret = Secret(
-        path, payload["data"], payload["version"], payload["created_time"], payload["kv_version"]
+        path,
+        payload["data"],
+        payload["version"],
+        payload["created_time"],
+        payload["kv_version"],
+        custom_metadata=custom if isinstance(custom, dict) else None,
+        lease_duration=lease if type(lease) is int else 0,
     )
     return SnapshotEntry(version_key, secret, payload["class"], float(confirmed_at))
 

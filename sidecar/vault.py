@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -24,6 +24,7 @@ import requests
 from hvac.adapters import RawAdapter
 
 from sidecar.backend import (
+    METADATA,
     ErrorKind,
     InvalidRequest,
     Secret,
@@ -48,8 +49,14 @@ RENEW_AT = 2 / 3  # renew the sidecar's token at this fraction of its TTL, as Va
 @dataclass(frozen=True, slots=True)
 class Mount:
     path: str  # with trailing slash, e.g. "secret/"
-    kv_version: int
+    kv_version: int  # 0 when the engine is not KV
     discovered_at: float
+    engine: str = "kv"
+    info: Mapping[str, Any] = field(default_factory=dict)  # the store's own description
+
+    @property
+    def kv(self) -> bool:
+        return self.engine in ("kv", "generic")
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +108,18 @@ def _unavailable_for(reply: Reply) -> StoreUnavailable:
     if reply.status >= 500 or reply.status == 412:
         return StoreUnavailable("server_error", kind=ErrorKind.SERVER_ERROR, detail=reply.errors)
     return StoreUnavailable("bad_response", kind=ErrorKind.BAD_RESPONSE, detail=reply.errors)
+
+
+@dataclass(frozen=True, slots=True)
+class Forwarded:
+    """A store answer passed back unchanged (Vault API passthrough)."""
+
+    status: int
+    body: bytes
+    headers: Mapping[str, str]
+
+
+_FORWARD_HEADERS = ("Content-Type", "Retry-After", "X-Vault-Index", "Location")
 
 
 def _not_found_reason(reply: Reply) -> str:
@@ -191,7 +210,13 @@ class VaultBackend:
 
     async def read(self, path: str, version: int | None, *, urgent: bool = False) -> Secret:
         mount = await self._mount_for(path, urgent=urgent)
+        if not mount.kv:
+            raise InvalidRequest(
+                f"{mount.path!r} is a {mount.engine!r} secrets engine; the sidecar serves KV only"
+            )
         rest = self._rest(mount, path)
+        if version == METADATA:
+            return await self._metadata(mount, path, rest)
         if mount.kv_version == 2:
             params = {"version": str(version)} if version is not None else None
             reply = await self.call("GET", f"{mount.path}data/{rest}", params=params, urgent=urgent)
@@ -206,7 +231,31 @@ class VaultBackend:
             raise StoreUnavailable(
                 "bad_response", kind=ErrorKind.BAD_RESPONSE, detail="KV v1 reply without data"
             )
-        return Secret(path=path, data=data, version=None, kv_version=1)
+        lease = reply.body.get("lease_duration")
+        return Secret(
+            path=path,
+            data=data,
+            version=None,
+            kv_version=1,
+            lease_duration=lease if isinstance(lease, int) else 0,
+        )
+
+    async def _metadata(self, mount: Mount, path: str, rest: str) -> Secret:
+        if mount.kv_version != 2:
+            raise InvalidRequest(f"metadata exists only on KV v2 mounts; {mount.path!r} is KV 1")
+        reply = await self.call("GET", f"{mount.path}metadata/{rest}")
+        data = reply.body.get("data")
+        if not isinstance(data, dict):
+            raise StoreUnavailable(
+                "bad_response", kind=ErrorKind.BAD_RESPONSE, detail="metadata reply without data"
+            )
+        current = data.get("current_version")
+        return Secret(
+            path=path,
+            data=data,
+            version=current if isinstance(current, int) else None,
+            kv_version=2,
+        )
 
     async def version_info(self, path: str) -> VersionInfo | None:
         """The current KV v2 version from the metadata endpoint: a cheap rotation check that
@@ -259,6 +308,7 @@ class VaultBackend:
             version=int(meta["version"]) if meta.get("version") is not None else version,
             created_time=meta.get("created_time"),
             kv_version=2,
+            custom_metadata=meta.get("custom_metadata"),
         )
 
     async def _mount_for(self, path: str, *, urgent: bool = False) -> Mount:
@@ -285,16 +335,25 @@ class VaultBackend:
         engine = data.get("type")
         if not isinstance(mount_path, str) or not mount_path:
             raise SecretNotFound(f"no secrets engine is mounted at {path!r}")
-        if engine not in ("kv", "generic"):
-            raise InvalidRequest(
-                f"{mount_path!r} is a {engine!r} secrets engine; the sidecar serves KV only"
-            )
         options = data.get("options") or {}
         kv_version = 2 if str(options.get("version", "1")) == "2" else 1
-        mount = Mount(path=mount_path, kv_version=kv_version, discovered_at=self._clock())
+        mount = Mount(
+            path=mount_path,
+            kv_version=kv_version if engine in ("kv", "generic") else 0,
+            discovered_at=self._clock(),
+            engine=str(engine),
+            info=data,
+        )
         self._mounts[mount_path] = mount
-        log.info("mount discovered", extra={"mount": mount_path, "kv_version": kv_version})
+        log.info(
+            "mount discovered",
+            extra={"mount": mount_path, "engine": engine, "kv_version": mount.kv_version},
+        )
         return mount
+
+    async def mount(self, api_path: str) -> Mount:
+        """The mount that holds ``api_path`` (a path as in the store's API, after /v1/)."""
+        return await self._mount_for(api_path)
 
     # -- the store call ----------------------------------------------------------------
 
@@ -389,6 +448,69 @@ class VaultBackend:
         if isinstance(outcome, Reply):
             return outcome
         raise outcome if outcome is not None else self._circuit_open()
+
+    async def forward(
+        self,
+        method: str,
+        api_path: str,
+        query: list[tuple[str, str]],
+        body: bytes,
+        headers: Mapping[str, str],
+    ) -> Forwarded:
+        """Pass one request through to the store as it came, with the caller's own token
+        (in ``headers``), never the sidecar's: the sidecar must not become everyone's way in."""
+        ready = [node for node in self._ordered_nodes() if node.breaker.closed]
+        if not ready:
+            raise self._circuit_open()
+        node = ready[0]
+        timeout = self._settings.timeout
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(
+            self._executor,
+            self._blocking_forward,
+            node.url,
+            method,
+            api_path,
+            query,
+            body,
+            dict(headers),
+        )
+        try:
+            async with asyncio.timeout(timeout + 0.25):
+                return await future
+        except TimeoutError:
+            raise StoreUnavailable(
+                "timeout",
+                kind=ErrorKind.TIMEOUT,
+                detail=f"no answer within {timeout:g}s (backend.timeout)",
+            ) from None
+
+    def _blocking_forward(
+        self,
+        url: str,
+        method: str,
+        api_path: str,
+        query: list[tuple[str, str]],
+        body: bytes,
+        headers: dict[str, str],
+    ) -> Forwarded:
+        try:
+            response = self._adapter(url).request(
+                method,
+                f"/v1/{api_path}",
+                headers=headers,
+                raise_exception=False,
+                params=query,
+                data=body or None,
+            )
+        except requests.Timeout:
+            raise StoreUnavailable("timeout", kind=ErrorKind.TIMEOUT) from None
+        except requests.RequestException as exc:
+            raise StoreUnavailable(
+                "connection_failed", kind=ErrorKind.CONNECTION, detail=_root_cause(exc)
+            ) from None
+        kept = {k: response.headers[k] for k in _FORWARD_HEADERS if k in response.headers}
+        return Forwarded(response.status_code, response.content, kept)
 
     async def _send_urgent(
         self,

@@ -34,6 +34,7 @@ MAX_PATH_BYTES = 512
 DEFAULT_RETRY_AFTER = 2  # seconds, when the store gave no hint
 SECRETS_PREFIX = "/secrets/"
 ADMIN_PREFIX = "/admin/"
+VAULT_PREFIX = "/v1/"
 QUERY_PARAMS = frozenset({"field", "version", "wait", "newer_than"})
 MAX_BODY = 64 * 1024
 KEEPALIVE = 15.0  # seconds between comments on an idle event stream
@@ -46,6 +47,8 @@ VERIFIER_KEY = web.AppKey("verifier", Verifier)
 HUB_KEY = web.AppKey("hub", EventHub)
 ADMIN_KEY = web.AppKey("admin", Admin)
 MAX_WAIT_KEY = web.AppKey("max_wait", float)
+PASSTHROUGH_KEY = web.AppKey("vault_passthrough", bool)
+CALLER_KEY = web.RequestKey("caller", bool)  # False: not the caller token (passthrough only)
 ReadyReport = Callable[[], Mapping[str, Any]]
 READY_KEY: web.AppKey[ReadyReport] = web.AppKey("ready")
 
@@ -67,8 +70,12 @@ class VersionRetired(Exception):
 # -- errors -> statuses, in one place ----------------------------------------------------
 
 
-def error_response(exc: BaseException, path: str | None = None) -> web.Response:
-    """Every failure a caller can see becomes a status and a JSON body here and nowhere else.
+def error_response(
+    exc: BaseException, path: str | None = None, *, vault: bool = False
+) -> web.Response:
+    """Every failure a caller can see becomes a status and a body here and nowhere else:
+    our JSON (``error``, ``reason``, ``path``), or Vault's ``{"errors": [...]}`` for the
+    Vault-compatible API.
 
     404/403 mean the secret is invalid (the store answered no); 503 means it is unavailable
     (nobody could ask). The two never share a status.
@@ -101,11 +108,36 @@ def error_response(exc: BaseException, path: str | None = None) -> web.Response:
     else:
         log.exception("unexpected error serving a request", extra={"path": path})
         status, code, reason = 500, "internal_error", "unexpected error; see the sidecar's log"
+    if vault:
+        return vault_error(status, code, reason, detail, headers)
     body: dict[str, Any] = {"error": code, "reason": reason, "path": path}
     if detail:
         body["detail"] = detail
     return web.Response(
         status=status, body=orjson.dumps(body), content_type="application/json", headers=headers
+    )
+
+
+def vault_error(
+    status: int,
+    code: str,
+    reason: str,
+    detail: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
+    """Vault's error shape. A plain 404 has no message, as Vault's own (the CLI then says
+    "No value found at ..."); others carry our code and reason."""
+    if code in ("secret_not_found", "not_found"):
+        errors: list[str] = []
+    elif code == "secret_forbidden":
+        errors = ["permission denied"]
+    else:
+        errors = [f"{code}: {reason}" + (f" ({detail})" if detail else "")]
+    return web.Response(
+        status=status,
+        body=orjson.dumps({"errors": errors}),
+        content_type="application/json",
+        headers=headers or {"Cache-Control": "no-store"},
     )
 
 
@@ -132,18 +164,20 @@ _HTTP_CODES = {
 @web.middleware
 async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Refuse forwarded requests, then check the token (the admin token for /admin/, the caller
-    token for everything else: neither opens the other's door), then run the handler."""
+    token for everything else: neither opens the other's door), then run the handler.
+    Refusals on the Vault-compatible API (/v1/) come in Vault's error shape."""
+    refuse = vault_error if request.path.startswith(VAULT_PREFIX) else _plain_error
     response: web.StreamResponse
     if "X-Forwarded-For" in request.headers:
         # A loopback API has no business with proxies; a forwarded request smells of SSRF.
-        response = _plain_error(
+        response = refuse(
             400, "bad_request", "X-Forwarded-For is refused: call the sidecar directly"
         )
     else:
         presented = request.headers.get("X-Sidecar-Token") or request.headers.get("X-Vault-Token")
         admin_path = request.path.startswith(ADMIN_PREFIX)
         if presented is None:
-            response = _plain_error(
+            response = refuse(
                 401,
                 "unauthorized",
                 "send the admin token in X-Sidecar-Token; it is in the sidecar's admin_token_file"
@@ -156,14 +190,25 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
             is_caller = request.app[CALLERS_KEY](presented)
             is_admin = request.app[ADMINS_KEY](presented)
             if admin_path and not is_admin:
-                response = _plain_error(
+                response = refuse(
                     403,
                     "forbidden",
                     "admin endpoints need the admin token"
                     + (" (not the caller token)" if is_caller else ""),
                 )
+            elif (
+                not is_caller
+                and not is_admin
+                and refuse is vault_error
+                and "X-Sidecar-Token" not in request.headers
+                and request.app.get(PASSTHROUGH_KEY, False)
+            ):
+                # Vault API passthrough: a token that is not ours is the caller's own store
+                # token. It may only be forwarded, never answered from the cache.
+                request[CALLER_KEY] = False
+                response = await handler(request)
             elif not admin_path and not is_caller:
-                response = _plain_error(
+                response = refuse(
                     403,
                     "forbidden",
                     "the admin token is for /admin/ only"
@@ -175,7 +220,7 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
                     response = await handler(request)
                 except web.HTTPException as exc:  # aiohttp's own refusals, in our shape
                     code = _HTTP_CODES.get(exc.status, "http_error")
-                    response = _plain_error(exc.status, code, exc.reason)
+                    response = refuse(exc.status, code, exc.reason)
     request.app[METRICS_KEY].requests.labels(status=str(response.status)).inc()
     return response
 

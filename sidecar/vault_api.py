@@ -1,0 +1,242 @@
+"""The Vault-compatible API under /v1/: Vault SDKs and the bao/vault CLI read through the sidecar
+by changing only their address.
+
+KV reads (``<mount>/data/<path>``, ``<mount>/metadata/<path>``, KV v1 ``<mount>/<path>``) and the
+CLI's mount preflight (``sys/internal/ui/mounts/<path>``) are answered from the same cache,
+rules, coalescing and outage behaviour as the native API, in Vault's response shape, with
+``X-Cache`` and ``Age`` as Vault Agent sends them. Anything else is refused with 405, or, with
+``vault_api.passthrough``, forwarded unchanged with the caller's own store token.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+from aiohttp import web
+
+from sidecar.backend import METADATA, Secret
+from sidecar.cache import Lookup
+from sidecar.vault import Forwarded, Mount
+from sidecar.web import (
+    CACHE_KEY,
+    CALLER_KEY,
+    PASSTHROUGH_KEY,
+    VAULT_PREFIX,
+    BadRequest,
+    error_response,
+    validate_path,
+    vault_error,
+)
+
+log = logging.getLogger("sidecar.vault_api")
+
+MOUNTS_PREFIX = "sys/internal/ui/mounts/"
+KV2_PATHS = frozenset({"data", "metadata", "delete", "undelete", "destroy", "subkeys"})
+HOP_BY_HOP = frozenset(
+    {"host", "connection", "content-length", "transfer-encoding", "keep-alive", "x-sidecar-token"}
+)
+READ_METHODS = frozenset({"GET", "HEAD", "LIST"})
+
+
+class VaultStore(Protocol):
+    async def mount(self, api_path: str) -> Mount: ...
+
+    async def forward(
+        self,
+        method: str,
+        api_path: str,
+        query: list[tuple[str, str]],
+        body: bytes,
+        headers: Mapping[str, str],
+    ) -> Forwarded: ...
+
+
+STORE_KEY = web.AppKey("vault_store", VaultStore)
+
+
+@dataclass(frozen=True, slots=True)
+class _KVRead:
+    path: str  # the cache's path: "secret/app/db"
+    version: int | None  # a version, METADATA, or None for the latest
+
+
+async def handle(request: web.Request) -> web.StreamResponse:
+    api_path = request.match_info["tail"]
+    try:
+        # Vault's list paths end in "/": allowed here, and never a KV read.
+        validate_path(api_path.removesuffix("/"))
+        if not request.get(CALLER_KEY, True):
+            return await _passthrough(request, api_path, request.headers["X-Vault-Token"])
+        if request.method == "GET" and api_path.startswith(MOUNTS_PREFIX):
+            return await _mount_info(request, api_path[len(MOUNTS_PREFIX) :])
+        read = await _as_kv_read(request, api_path) if request.method == "GET" else None
+        if read is None:
+            return await _not_a_kv_read(request, api_path)
+        lookup = await request.app[CACHE_KEY].get(read.path, read.version)
+        return render(lookup, read.version)
+    except Exception as exc:  # every failure becomes a Vault-shaped status in error_response
+        return error_response(exc, api_path, vault=True)
+
+
+async def _as_kv_read(request: web.Request, api_path: str) -> _KVRead | None:
+    """What cache entry a GET means, or None when it is not a KV read we serve."""
+    if (
+        api_path.startswith(("sys/", "auth/", "identity/", "cubbyhole/"))
+        or api_path.endswith("/")
+        or "list" in request.query
+    ):
+        return None
+    mount = await request.app[STORE_KEY].mount(api_path)
+    if not mount.kv:
+        return None
+    rest = api_path[len(mount.path) :]
+    query = request.query
+    if mount.kv_version == 1:
+        if query:
+            raise BadRequest(f"unknown query parameter {next(iter(query))!r} on a KV v1 read")
+        return _KVRead(api_path, None)
+    action, _, key = rest.partition("/")
+    if action not in ("data", "metadata") or not key:
+        return None
+    allowed = {"version"} if action == "data" else set()
+    unknown = sorted(set(query) - allowed)
+    if unknown:
+        raise BadRequest(f"unknown query parameter {unknown[0]!r}")
+    version: int | None = None
+    if "version" in query:
+        text = query["version"]
+        if not text.isdigit():
+            raise BadRequest(f"version must be a whole number, got {text!r}")
+        version = int(text) or None  # Vault reads version=0 as "the latest"
+    return _KVRead(mount.path + key, METADATA if action == "metadata" else version)
+
+
+async def _mount_info(request: web.Request, path: str) -> web.Response:
+    mount = await request.app[STORE_KEY].mount(path)
+    return _vault_response({"data": dict(mount.info)})
+
+
+async def _not_a_kv_read(request: web.Request, api_path: str) -> web.Response:
+    if not request.app[PASSTHROUGH_KEY]:
+        return vault_error(
+            405,
+            "method_not_allowed",
+            f"the sidecar answers KV reads only, and {request.method} {VAULT_PREFIX}{api_path} "
+            "is not one; set vault_api.passthrough: true to forward such requests to the store "
+            "with the caller's own token",
+        )
+    # The caller's own store token, never the sidecar's identity: with the caller token in
+    # X-Sidecar-Token, X-Vault-Token is the caller's token for the store.
+    store_token = (
+        request.headers.get("X-Vault-Token") if "X-Sidecar-Token" in request.headers else None
+    )
+    if not store_token:
+        return vault_error(
+            403,
+            "forbidden",
+            "passthrough forwards your own store token, and the one sent is the sidecar's caller "
+            "token; send your store token in X-Vault-Token (alone, or with the caller token in "
+            "X-Sidecar-Token); the sidecar never lends its own",
+        )
+    return await _passthrough(request, api_path, store_token)
+
+
+async def _passthrough(request: web.Request, api_path: str, store_token: str) -> web.Response:
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+    headers["X-Vault-Token"] = store_token
+    body = await request.read()
+    store = request.app[STORE_KEY]
+    forwarded = await store.forward(
+        request.method, api_path, list(request.query.items()), body, headers
+    )
+    if request.method not in READ_METHODS and 200 <= forwarded.status < 300:
+        await _invalidate(request, api_path)
+    return web.Response(status=forwarded.status, body=forwarded.body, headers=forwarded.headers)
+
+
+async def _invalidate(request: web.Request, api_path: str) -> None:
+    """A write went through to the store: what the sidecar held for that secret is stale."""
+    try:
+        mount = await request.app[STORE_KEY].mount(api_path)
+    except Exception:  # the write succeeded; the next refresh will catch up
+        return
+    if not mount.kv:
+        return
+    rest = api_path[len(mount.path) :]
+    path = api_path
+    if mount.kv_version == 2:
+        action, _, key = rest.partition("/")
+        if action not in KV2_PATHS or not key:
+            return
+        path = mount.path + key
+    dropped = request.app[CACHE_KEY].purge(path=path)
+    if dropped:
+        log.info("write passed through; cached values dropped", extra={"path": path})
+
+
+# -- rendering ------------------------------------------------------------------------------
+
+_X_CACHE = {"hit": "HIT", "miss": "MISS", "coalesced": "MISS", "stale": "STALE"}
+
+
+def _vault_response(fields: Mapping[str, Any], lease_duration: int = 0) -> web.Response:
+    return web.Response(
+        body=_envelope(fields, lease_duration),
+        content_type="application/json",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+def _envelope(fields: Mapping[str, Any], lease_duration: int = 0) -> bytes:
+    return orjson.dumps(
+        {
+            "request_id": str(uuid.uuid4()),
+            "lease_id": "",
+            "renewable": False,
+            "lease_duration": lease_duration,
+            **fields,
+            "wrap_info": None,
+            "warnings": None,
+            "auth": None,
+        }
+    )
+
+
+def _body(secret: Secret, version: int | None) -> bytes:
+    if version == METADATA:
+        return _envelope({"data": secret.data})
+    if secret.kv_version == 1:
+        return _envelope({"data": secret.data}, secret.lease_duration)
+    metadata = {
+        "created_time": secret.created_time,
+        "custom_metadata": secret.custom_metadata,
+        "deletion_time": "",  # a deleted or destroyed version is never served
+        "destroyed": False,
+        "version": secret.version,
+    }
+    return _envelope({"data": {"data": secret.data, "metadata": metadata}})
+
+
+def render(lookup: Lookup, version: int | None) -> web.Response:
+    """Pre-rendered once per cached value, like the native API; only headers vary."""
+    entry = lookup.entry
+    body = entry.vault_view
+    if not isinstance(body, bytes):
+        body = entry.vault_view = _body(entry.secret, version)
+    headers = {
+        "X-Cache": _X_CACHE[lookup.outcome.value],
+        "Age": str(int(max(0.0, lookup.age))),
+        "Cache-Control": "no-store",
+    }
+    if lookup.stale:
+        headers["Warning"] = '110 - "Response is Stale"'
+    return web.Response(body=body, content_type="application/json", headers=headers)
+
+
+def vault_routes(app: web.Application) -> None:
+    app.router.add_route("*", VAULT_PREFIX + r"{tail:[\s\S]*}", handle)

@@ -1,0 +1,248 @@
+"""The Vault-compatible API, proven with clients nobody here wrote: hvac and the real bao CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import hvac
+import pytest
+from aiohttp.test_utils import TestClient
+
+from sidecar.devstore import DevOpenBao, bao_binary
+from tests.conftest import AUTH, CALLER_TOKEN, CLASSES, SidecarFactory, config
+
+VAULT = {"X-Vault-Token": CALLER_TOKEN}
+
+
+def _url(client: TestClient[Any, Any]) -> str:
+    return f"http://{client.host}:{client.port}"
+
+
+def _hvac(url: str, token: str) -> hvac.Client:
+    return hvac.Client(url=url, token=token)
+
+
+async def _in_thread(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """hvac and the CLI block: run them off the loop that serves the sidecar."""
+    return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+def bao(addr: str, token: str, *args: str, home: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
+    env.update(BAO_ADDR=addr, BAO_TOKEN=token, HOME=str(home), NO_COLOR="1")
+    return subprocess.run(
+        [bao_binary(), *args], capture_output=True, text=True, env=env, timeout=30
+    )
+
+
+async def test_hvac_reads_through_the_sidecar_and_hits_the_cache(
+    make_sidecar: SidecarFactory, openbao: DevOpenBao, uid: str
+):
+    openbao.kv_put(f"{uid}/db", {"username": "app", "password": "hv-pw-1"})
+    openbao.kv_put(f"{uid}/db", {"username": "app", "password": "hv-pw-2"})
+    openbao.kv1_put(f"{uid}/legacy", {"api_key": "hv-legacy"})
+    client, _ = await make_sidecar()
+    via_sidecar = _hvac(_url(client), CALLER_TOKEN)
+    direct = _hvac(openbao.addr, openbao.root_token)
+
+    def read_all(c: hvac.Client) -> tuple[Any, Any, Any, Any]:
+        latest = c.secrets.kv.v2.read_secret_version(f"{uid}/db", raise_on_deleted_version=True)
+        first = c.secrets.kv.v2.read_secret_version(
+            f"{uid}/db", version=1, raise_on_deleted_version=True
+        )
+        meta = c.secrets.kv.v2.read_secret_metadata(f"{uid}/db")
+        legacy = c.secrets.kv.v1.read_secret(f"{uid}/legacy", mount_point="kv1")
+        return latest, first, meta, legacy
+
+    mine = await _in_thread(read_all, via_sidecar)
+    theirs = await _in_thread(read_all, direct)
+    for ours, store in zip(mine, theirs, strict=True):
+        assert ours["data"] == store["data"]
+        assert set(ours) == set(store)  # request_id, lease_id, renewable, ... wrap_info, auth
+    assert mine[0]["data"]["data"]["password"] == "hv-pw-2"
+    assert mine[1]["data"]["data"]["password"] == "hv-pw-1"
+    assert mine[2]["data"]["current_version"] == 2
+    assert mine[3]["data"] == {"api_key": "hv-legacy"}
+
+    reads = openbao.count_requests(f"secret/data/{uid}/db")
+    again = await _in_thread(
+        via_sidecar.secrets.kv.v2.read_secret_version, f"{uid}/db", raise_on_deleted_version=True
+    )
+    assert again["data"]["data"]["password"] == "hv-pw-2"
+    assert openbao.count_requests(f"secret/data/{uid}/db") == reads  # a hit
+    response = await client.get(f"/v1/secret/data/{uid}/db", headers=VAULT)
+    assert response.headers["X-Cache"] == "HIT"
+    assert int(response.headers["Age"]) >= 0
+
+
+async def test_bao_cli_prints_the_same_through_the_sidecar(
+    make_sidecar: SidecarFactory, openbao: DevOpenBao, uid: str, tmp_path: Path
+):
+    openbao.kv_put(f"{uid}/app", {"username": "app", "password": "cli-pw-1"})
+    openbao.kv_put(f"{uid}/app", {"username": "app", "password": "cli-pw-2"})
+    openbao.kv1_put(f"{uid}/old", {"api_key": "cli-legacy"})
+    client, _ = await make_sidecar()
+    commands = [
+        ("kv", "get", f"secret/{uid}/app"),
+        ("kv", "get", "-field=password", f"secret/{uid}/app"),
+        ("kv", "get", "-version=1", f"secret/{uid}/app"),
+        ("kv", "get", "-format=json", "-field=data", f"secret/{uid}/app"),
+        ("kv", "metadata", "get", f"secret/{uid}/app"),
+        ("kv", "get", f"kv1/{uid}/old"),
+        ("kv", "get", f"secret/{uid}/missing"),
+    ]
+    for command in commands:
+        direct = await _in_thread(bao, openbao.addr, openbao.root_token, *command, home=tmp_path)
+        mine = await _in_thread(bao, _url(client), CALLER_TOKEN, *command, home=tmp_path)
+        assert (mine.returncode, mine.stdout, mine.stderr) == (
+            direct.returncode,
+            direct.stdout,
+            direct.stderr,
+        ), command
+    assert "cli-pw-2" in mine.stdout or "No value found" in mine.stdout + mine.stderr
+
+
+async def test_store_down_hvac_and_cli_keep_working_within_max_age(
+    make_sidecar: SidecarFactory, tmp_path: Path, uid: str
+):
+    store = DevOpenBao(tmp_path / "store").start()
+    try:
+        store.kv_put(f"{uid}/db", {"password": "down-pw"})
+        token_file = tmp_path / "t"
+        token_file.write_text(store.root_token)
+        quick = {
+            "standard": {**CLASSES["standard"], "refresh_interval": "1s", "max_cache_age": "1h"}
+        }
+        doc = config(
+            store.addr,
+            token_file,
+            tmp_path,
+            classes=quick,
+            rules=[{"match": "**", "class": "standard"}],
+        )
+        client, _ = await make_sidecar(document=doc)
+        sidecar = _hvac(_url(client), CALLER_TOKEN)
+        await _in_thread(
+            sidecar.secrets.kv.v2.read_secret_version, f"{uid}/db", raise_on_deleted_version=True
+        )
+        before = await _in_thread(
+            bao, _url(client), CALLER_TOKEN, "kv", "get", f"secret/{uid}/db", home=tmp_path
+        )
+    finally:
+        store.kill()
+    await asyncio.sleep(1.2)
+    stale = await _in_thread(
+        sidecar.secrets.kv.v2.read_secret_version, f"{uid}/db", raise_on_deleted_version=True
+    )
+    assert stale["data"]["data"] == {"password": "down-pw"}
+    after = await _in_thread(
+        bao, _url(client), CALLER_TOKEN, "kv", "get", f"secret/{uid}/db", home=tmp_path
+    )
+    assert after.returncode == 0
+    assert after.stdout == before.stdout
+    response = await client.get(f"/v1/secret/data/{uid}/db", headers=VAULT)
+    assert response.headers["X-Cache"] == "STALE"
+    cold = await client.get(f"/v1/secret/data/{uid}/never", headers=VAULT)
+    assert cold.status == 503
+    assert (await cold.json())["errors"][0].startswith("secret_unavailable: ")
+
+
+async def test_errors_come_in_vaults_shape(
+    make_sidecar: SidecarFactory, openbao: DevOpenBao, uid: str
+):
+    client, _ = await make_sidecar(rules=[{"match": "secret/**", "class": "standard"}])
+    missing = await client.get(f"/v1/secret/data/{uid}/nothing", headers=VAULT)
+    assert (missing.status, await missing.json()) == (404, {"errors": []})
+    not_allowed = await client.get(f"/v1/kv1/{uid}/x", headers=VAULT)
+    assert not_allowed.status == 403
+    assert (await not_allowed.json())["errors"][0].startswith("path_not_allowed")
+    no_token = await client.get(f"/v1/secret/data/{uid}/x")
+    assert no_token.status == 401
+    assert "errors" in await no_token.json()
+    wrong = await client.get(f"/v1/secret/data/{uid}/x", headers={"X-Vault-Token": "nope" * 5})
+    assert wrong.status == 403
+    assert "errors" in await wrong.json()
+    bad = await client.get(f"/v1/secret/data/{uid}/x?colour=red", headers=VAULT)
+    assert bad.status == 400
+    assert "colour" in (await bad.json())["errors"][0]
+    write = await client.post(f"/v1/secret/data/{uid}/x", headers=VAULT, json={"data": {}})
+    assert write.status == 405
+    message = (await write.json())["errors"][0]
+    assert "vault_api.passthrough" in message
+    assert (await client.get("/v1/sys/health", headers=VAULT)).status == 405
+    # Vault clients list with GET ?list=true (the Go client turns LIST into that)
+    assert (await client.get("/v1/secret/metadata/?list=true", headers=VAULT)).status == 405
+    native = await client.get(f"/secrets/secret/{uid}/nothing", headers=AUTH)
+    assert (await native.json())["error"] == "secret_not_found"  # the native API keeps its own
+
+
+async def test_forbidden_and_sealed_in_vaults_shape(
+    make_sidecar: SidecarFactory, openbao: DevOpenBao, uid: str, tmp_path: Path
+):
+    openbao.kv_put(f"{uid}/denied", {"v": "d"})
+    openbao.request(
+        "POST",
+        f"sys/policies/acl/{uid}",
+        {"policy": f'path "secret/data/{uid}/allowed" {{ capabilities = ["read"] }}'},
+    )
+    token = openbao.request("POST", "auth/token/create", {"policies": [uid]})["auth"][
+        "client_token"
+    ]
+    token_file = tmp_path / "limited"
+    token_file.write_text(token)
+    client, _ = await make_sidecar(document=config(openbao.addr, token_file, tmp_path))
+    denied = await client.get(f"/v1/secret/data/{uid}/denied", headers=VAULT)
+    assert (denied.status, await denied.json()) == (403, {"errors": ["permission denied"]})
+
+
+async def test_passthrough_uses_the_callers_own_token_and_invalidates(
+    make_sidecar: SidecarFactory, openbao: DevOpenBao, uid: str, tmp_path: Path
+):
+    openbao.kv_put(f"{uid}/pt", {"v": "pt-1"})
+    writer = openbao.request(
+        "POST", "auth/token/create", {"policies": ["root"], "display_name": f"writer-{uid}"}
+    )["auth"]["client_token"]
+    client, _ = await make_sidecar(vault_api={"passthrough": True})
+    assert (await (await client.get(f"/v1/secret/data/{uid}/pt", headers=VAULT)).json())["data"][
+        "data"
+    ] == {"v": "pt-1"}
+
+    # The unmodified CLI, with the app's own store token: the write goes through.
+    put = await _in_thread(
+        bao, _url(client), writer, "kv", "put", f"secret/{uid}/pt", "v=pt-2", home=tmp_path
+    )
+    assert put.returncode == 0, put.stderr
+    writes = [
+        r
+        for r in openbao.audit_records()
+        if r["type"] == "request"
+        and r["request"]["path"] == f"secret/data/{uid}/pt"
+        and r["request"]["operation"] in ("create", "update")
+    ]
+    assert writes[-1]["auth"]["display_name"] == f"token-writer-{uid}"  # not the sidecar's
+    # The cached entry was dropped: the next read fetches version 2.
+    after = await client.get(f"/v1/secret/data/{uid}/pt", headers=VAULT)
+    assert after.headers["X-Cache"] == "MISS"
+    assert (await after.json())["data"]["data"] == {"v": "pt-2"}
+
+    # The caller token itself is never forwarded as a store token.
+    refused = await client.post(f"/v1/secret/data/{uid}/pt", headers=VAULT, json={"data": {"v": 3}})
+    assert refused.status == 403
+    # A foreign token gets no cached reads: its GET is forwarded, not answered from memory.
+    forwarded = await client.get(f"/v1/secret/data/{uid}/pt", headers={"X-Vault-Token": writer})
+    assert forwarded.status == 200
+    assert "X-Cache" not in forwarded.headers
+
+
+@pytest.mark.parametrize("raw", ["/v1/secret/data/a/../b", "/v1/secret/data//b", "/v1/a%00b"])
+async def test_bad_paths_are_400_in_vaults_shape(make_sidecar: SidecarFactory, raw: str):
+    from tests.conftest import raw_get
+
+    client, _ = await make_sidecar()
+    response = await raw_get(client, raw, headers=VAULT)
+    assert response.status == 400
+    assert "errors" in await response.json()
