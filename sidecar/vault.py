@@ -8,11 +8,12 @@ the error kinds in ``sidecar.backend`` here and nowhere else.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -462,28 +463,9 @@ class VaultBackend:
         ready = [node for node in self._ordered_nodes() if node.breaker.closed]
         if not ready:
             raise self._circuit_open()
-        node = ready[0]
-        timeout = self._settings.timeout
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(
-            self._executor,
-            self._blocking_forward,
-            node.url,
-            method,
-            api_path,
-            query,
-            body,
-            dict(headers),
+        return await self._off_loop(
+            self._blocking_forward, ready[0].url, method, api_path, query, body, dict(headers)
         )
-        try:
-            async with asyncio.timeout(timeout + 0.25):
-                return await future
-        except TimeoutError:
-            raise StoreUnavailable(
-                "timeout",
-                kind=ErrorKind.TIMEOUT,
-                detail=f"no answer within {timeout:g}s (backend.timeout)",
-            ) from None
 
     def _blocking_forward(
         self,
@@ -494,7 +476,7 @@ class VaultBackend:
         body: bytes,
         headers: dict[str, str],
     ) -> Forwarded:
-        try:
+        with self._transport_errors():
             response = self._adapter(url).request(
                 method,
                 f"/v1/{api_path}",
@@ -503,12 +485,6 @@ class VaultBackend:
                 params=query,
                 data=body or None,
             )
-        except requests.Timeout:
-            raise StoreUnavailable("timeout", kind=ErrorKind.TIMEOUT) from None
-        except requests.RequestException as exc:
-            raise StoreUnavailable(
-                "connection_failed", kind=ErrorKind.CONNECTION, detail=_root_cause(exc)
-            ) from None
         kept = {k: response.headers[k] for k in _FORWARD_HEADERS if k in response.headers}
         return Forwarded(response.status_code, response.content, kept)
 
@@ -613,20 +589,42 @@ class VaultBackend:
         json: Mapping[str, Any] | None,
         token: str | None,
     ) -> Reply:
-        timeout = self._settings.timeout
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(
-            self._executor, self._blocking_send, node.url, method, api_path, params, json, token
+        return await self._off_loop(
+            self._blocking_send, node.url, method, api_path, params, json, token
         )
+
+    async def _off_loop(self, blocking: Callable[..., T], *args: Any) -> T:
+        """Run a blocking hvac call on the bounded pool, within the backend timeout."""
+        timeout = self._settings.timeout
+        future = asyncio.get_running_loop().run_in_executor(self._executor, blocking, *args)
         try:
             # A small margin lets requests' own timeout (the better message) fire first.
             async with asyncio.timeout(timeout + 0.25):
                 return await future
         except TimeoutError:
+            raise self._timeout() from None
+
+    def _timeout(self) -> StoreUnavailable:
+        return StoreUnavailable(
+            "timeout",
+            kind=ErrorKind.TIMEOUT,
+            detail=f"no answer within {self._settings.timeout:g}s (backend.timeout)",
+        )
+
+    @contextlib.contextmanager
+    def _transport_errors(self) -> Iterator[None]:
+        """requests' exceptions, as our outage kinds."""
+        try:
+            yield
+        except requests.Timeout:
+            raise self._timeout() from None
+        except requests.ConnectionError as exc:
             raise StoreUnavailable(
-                "timeout",
-                kind=ErrorKind.TIMEOUT,
-                detail=f"no answer within {timeout:g}s (backend.timeout)",
+                "connection_failed", kind=ErrorKind.CONNECTION, detail=_root_cause(exc)
+            ) from None
+        except requests.RequestException as exc:
+            raise StoreUnavailable(
+                "connection_failed", kind=ErrorKind.CONNECTION, detail=type(exc).__name__
             ) from None
 
     def _blocking_send(
@@ -640,7 +638,7 @@ class VaultBackend:
     ) -> Reply:
         adapter = self._adapter(url)
         headers = {"X-Vault-Token": token} if token else {}
-        try:
+        with self._transport_errors():
             response = adapter.request(
                 method,
                 f"/v1/{api_path}",
@@ -649,20 +647,6 @@ class VaultBackend:
                 params=params,
                 json=json,
             )
-        except requests.Timeout:
-            raise StoreUnavailable(
-                "timeout",
-                kind=ErrorKind.TIMEOUT,
-                detail=f"no answer within {self._settings.timeout:g}s (backend.timeout)",
-            ) from None
-        except requests.ConnectionError as exc:
-            raise StoreUnavailable(
-                "connection_failed", kind=ErrorKind.CONNECTION, detail=_root_cause(exc)
-            ) from None
-        except requests.RequestException as exc:
-            raise StoreUnavailable(
-                "connection_failed", kind=ErrorKind.CONNECTION, detail=type(exc).__name__
-            ) from None
         body: Mapping[str, Any] = {}
         if response.content:
             try:

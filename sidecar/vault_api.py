@@ -23,6 +23,7 @@ from sidecar.backend import METADATA, Secret
 from sidecar.cache import Lookup
 from sidecar.vault import Forwarded, Mount
 from sidecar.web import (
+    CACHE_HEADER,
     CACHE_KEY,
     CALLER_KEY,
     PASSTHROUGH_KEY,
@@ -181,8 +182,6 @@ async def _invalidate(request: web.Request, api_path: str) -> None:
 
 # -- rendering ------------------------------------------------------------------------------
 
-_X_CACHE = {"hit": "HIT", "miss": "MISS", "coalesced": "MISS", "stale": "STALE"}
-
 
 def _vault_response(fields: Mapping[str, Any], lease_duration: int = 0) -> web.Response:
     return web.Response(
@@ -229,7 +228,7 @@ def render(lookup: Lookup, version: int | None) -> web.Response:
     if not isinstance(body, bytes):
         body = entry.vault_view = _body(entry.secret, version)
     headers = {
-        "X-Cache": _X_CACHE[lookup.outcome.value],
+        "X-Cache": CACHE_HEADER[lookup.outcome.value],
         "Age": str(int(max(0.0, lookup.age))),
         "Cache-Control": "no-store",
     }

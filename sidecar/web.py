@@ -342,7 +342,7 @@ def _view(entry: Entry) -> _View:
     return view
 
 
-_CACHE_HEADER = {"hit": "HIT", "miss": "MISS", "coalesced": "MISS", "stale": "STALE"}
+CACHE_HEADER = {"hit": "HIT", "miss": "MISS", "coalesced": "MISS", "stale": "STALE"}
 
 
 async def get_secret(request: web.Request) -> web.Response:
@@ -402,7 +402,7 @@ def render(lookup: Lookup, field: str | None) -> web.Response:
     view = _view(entry)
     age = max(0.0, lookup.age)
     headers = {
-        "X-Sidecar-Cache": _CACHE_HEADER[lookup.outcome.value],
+        "X-Sidecar-Cache": CACHE_HEADER[lookup.outcome.value],
         "Age": str(int(age)),
         "Cache-Control": "no-store",
         "X-Sidecar-Class": view.class_name,
