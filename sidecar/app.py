@@ -38,7 +38,7 @@ from sidecar.web import (
     PASSTHROUGH_KEY,
     READY_KEY,
     VERIFIER_KEY,
-    guard,
+    fallback_route,
     ops_routes,
     secrets_routes,
 )
@@ -140,7 +140,7 @@ def create_app(
         cache, audit, metrics, snapshotter, ceiling=settings.max_cache_age_ceiling, hub=hub
     )
 
-    api = web.Application(middlewares=[guard], client_max_size=64 * 1024)
+    api = web.Application(client_max_size=64 * 1024)
     api[CACHE_KEY] = cache
     api[CALLERS_KEY] = CallerCheck(caller)
     api[ADMINS_KEY] = CallerCheck(admin_secret)
@@ -149,12 +149,13 @@ def create_app(
     api[HUB_KEY] = hub
     api[ADMIN_KEY] = admin
     api[MAX_WAIT_KEY] = settings.max_wait
-    admin_routes(api)
+    secrets_routes(api)  # the hot routes first
     if settings.vault_api.enabled and isinstance(backend, VaultBackend):
         api[STORE_KEY] = backend
         api[PASSTHROUGH_KEY] = settings.vault_api.passthrough
         vault_routes(api)
-    secrets_routes(api)
+    admin_routes(api)
+    fallback_route(api)
 
     ops = web.Application()
     ops_routes(ops, metrics)

@@ -246,6 +246,8 @@ class SecretCache:
         self._backoff = backoff
         self._entries: dict[CacheKey, Entry] = {}
         self.generation = 0  # bumped on every change of the entries, to skip idle snapshots
+        self.lookups: dict[tuple[Outcome, str], int] = {}  # (outcome, class) -> reads, but:
+        self.hits: dict[str, int] = {}  # class -> hits, apart: the hot path's key is cheaper
         self._pinned: set[CacheKey] = set()  # preloaded: kept fresh whether read or not
         self._attempts: dict[CacheKey, int] = {}  # consecutive failed background fetches
         self._expired: dict[CacheKey, None] = {}  # tombstones: keys dropped for age, no values
@@ -285,7 +287,7 @@ class SecretCache:
             age = now - entry.confirmed_at
             freshness = entry.secret_class.freshness(age)
             if freshness is Freshness.FRESH and not entry.provisional:
-                self._observer.lookup(secret_class, Outcome.HIT)
+                self._looked_up(secret_class, Outcome.HIT)
                 if not entry.served:
                     self._first_served(key, entry)
                 return Lookup(entry, Outcome.HIT, age)
@@ -300,17 +302,44 @@ class SecretCache:
         except StoreUnavailable as exc:
             lookup = self._on_unavailable(key, entry, secret_class, exc, outcome)
         except StoreError:
-            self._observer.lookup(secret_class, outcome)
+            self._looked_up(secret_class, outcome)
             raise
         else:
             fresh.last_read = self._clock()
-            self._observer.lookup(secret_class, outcome)
+            self._looked_up(secret_class, outcome)
             lookup = Lookup(fresh, outcome, max(0.0, self._clock() - fresh.confirmed_at))
         if self._revoked:
             self._check_revoked(path, lookup.entry.secret.version)
         if not lookup.entry.served:
             self._first_served(key, lookup.entry)
         return lookup
+
+    def hit(self, path: str) -> tuple[Entry, float] | None:
+        """The hot path: the latest value of ``path`` if it is fresh and nothing else needs
+        doing (already served once, not provisional, no revocations to check). Synchronous:
+        no coroutine, no classification, just a dict lookup and a clock read. Anything else
+        (None) takes ``get``."""
+        entry = self._entries.get((path, None))
+        if entry is None or entry.provisional or not entry.served or self._revoked:
+            return None
+        now = self._clock()
+        age = now - entry.confirmed_at
+        if age >= entry.secret_class.refresh_interval:
+            return None
+        entry.last_read = now
+        hits = self.hits
+        name = entry.secret_class.name
+        hits[name] = hits.get(name, 0) + 1
+        return entry, age
+
+    def _looked_up(self, secret_class: SecretClass, outcome: Outcome) -> None:
+        # Plain counts, exported at scrape time: no metric locks on the request path.
+        if outcome is Outcome.HIT:
+            self.hits[secret_class.name] = self.hits.get(secret_class.name, 0) + 1
+        else:
+            key = (outcome, secret_class.name)
+            self.lookups[key] = self.lookups.get(key, 0) + 1
+        self._observer.lookup(secret_class, outcome)
 
     def _first_served(self, key: CacheKey, entry: Entry) -> None:
         entry.served = True
@@ -331,10 +360,10 @@ class SecretCache:
         try:
             lookup = self._serve_without_store(key, entry, secret_class, exc)
         except StoreUnavailable as refused:
-            self._observer.lookup(secret_class, outcome)
+            self._looked_up(secret_class, outcome)
             self._observer.unavailable(secret_class, refused.reason)
             raise
-        self._observer.lookup(secret_class, lookup.outcome)
+        self._looked_up(secret_class, lookup.outcome)
         return lookup
 
     def _serve_without_store(

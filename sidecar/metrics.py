@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
-from prometheus_client.core import GaugeHistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeHistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from sidecar import __version__
@@ -25,17 +25,10 @@ FETCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2
 class Metrics(CacheObserver, VerifyObserver):
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        self._classes: list[str] = []
         r = self.registry
         self.build_info = Info("sidecar_build", "Version of the running sidecar.", registry=r)
         self.build_info.info({"version": __version__})
-        self.cache_lookups = Counter(
-            "sidecar_cache_lookups",
-            "Secret reads by how they were answered: hit (memory), miss (fetched), "
-            "coalesced (joined a fetch under way), stale (served past refresh_interval "
-            "because the store could not confirm).",
-            ["outcome", "class"],
-            registry=r,
-        )
         self.fetch_duration = Histogram(
             "sidecar_backend_fetch_duration_seconds",
             "Time of each store read (mount discovery and re-login included), by outcome.",
@@ -53,12 +46,7 @@ class Metrics(CacheObserver, VerifyObserver):
         self.secrets_cached = Gauge(
             "sidecar_secrets_cached", "Secret values held in memory now.", registry=r
         )
-        self.requests = Counter(
-            "sidecar_http_requests",
-            "Requests to the secrets API by status code.",
-            ["status"],
-            registry=r,
-        )
+        self.http_statuses: dict[int, int] = {}  # counted on the request path, plain ints
         self.auth_events = Counter(
             "sidecar_auth_events",
             "The sidecar's own store identity: login/renew attempts by result.",
@@ -68,13 +56,6 @@ class Metrics(CacheObserver, VerifyObserver):
         self.token_expiry = Gauge(
             "sidecar_token_expiry_timestamp_seconds",
             "When the sidecar's store token expires (0: never or unknown).",
-            registry=r,
-        )
-        self.stale_served_reads = Counter(
-            "sidecar_stale_served",
-            "Reads answered with a value past refresh_interval because the store could not "
-            "confirm it (serve_stale classes, within max_cache_age).",
-            ["class"],
             registry=r,
         )
         self.fail_closed = Counter(
@@ -165,9 +146,10 @@ class Metrics(CacheObserver, VerifyObserver):
                 self.auth_events.labels(event=event, result=result)
 
     def watch_ages(self, cache: SecretCache) -> None:
-        """Export the ages of cached values (and open overlaps) at scrape time: nothing on
-        the request path."""
+        """Export what the request path only counts (lookups, statuses), the ages of cached
+        values and open overlaps, at scrape time: no metric work on the request path."""
         self.registry.register(_AgeCollector(cache))
+        self.registry.register(_CountsCollector(cache, self))
         overlap = Gauge(
             "sidecar_overlap_open",
             "Secrets whose previous version is still served (?version=previous) after a "
@@ -178,10 +160,8 @@ class Metrics(CacheObserver, VerifyObserver):
 
     def declare_classes(self, names: list[str]) -> None:
         """Export zeros for every class and outcome, so rates work from the first scrape."""
+        self._classes = list(names)
         for name in names:
-            for outcome in Outcome:
-                self.cache_lookups.labels(outcome=outcome.value, **{"class": name})
-            self.stale_served_reads.labels(name)
             self.fail_closed.labels(name)
             self.rotations.labels(name)
             self.retired_uses.labels(name)
@@ -196,11 +176,6 @@ class Metrics(CacheObserver, VerifyObserver):
             return
         self.fetch_duration.labels(outcome=error.kind.value).observe(seconds)
         self.backend_errors.labels(kind=error.kind.value).inc()
-
-    def lookup(self, secret_class: SecretClass, outcome: Outcome) -> None:
-        self.cache_lookups.labels(outcome=outcome.value, **{"class": secret_class.name}).inc()
-        if outcome is Outcome.STALE:
-            self.stale_served_reads.labels(secret_class.name).inc()
 
     def unavailable(self, secret_class: SecretClass, reason: str) -> None:
         self.unavailable_reads.labels(secret_class.name, reason).inc()
@@ -261,6 +236,50 @@ class _AgeCollector(Collector):
             buckets.append(("+Inf", float(len(ages))))
             family.add_metric([name], buckets, gsum_value=sum(ages))
         yield family
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+
+class _CountsCollector(Collector):
+    """Counters the hot path keeps as plain ints (a prometheus_client child takes a lock and a
+    label lookup per increment, which costs as much as the rest of a cache hit)."""
+
+    def __init__(self, cache: SecretCache, metrics: Metrics) -> None:
+        self._cache = cache
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        lookups = CounterMetricFamily(
+            "sidecar_cache_lookups",
+            "Secret reads by how they were answered: hit (memory), miss (fetched), coalesced "
+            "(joined a fetch under way), stale (served past refresh_interval because the store "
+            "could not confirm).",
+            labels=["outcome", "class"],
+        )
+        stale = CounterMetricFamily(
+            "sidecar_stale_served",
+            "Reads answered with a value past refresh_interval because the store could not "
+            "confirm it (serve_stale classes, within max_cache_age).",
+            labels=["class"],
+        )
+        counts = dict(self._cache.lookups)
+        counts.update({(Outcome.HIT, name): n for name, n in self._cache.hits.items()})
+        classes = sorted(set(self._metrics._classes) | {name for _, name in counts})
+        for name in classes:
+            for outcome in Outcome:
+                lookups.add_metric([outcome.value, name], counts.get((outcome, name), 0))
+            stale.add_metric([name], counts.get((Outcome.STALE, name), 0))
+        yield lookups
+        yield stale
+        statuses = CounterMetricFamily(
+            "sidecar_http_requests",
+            "Requests to the secrets API (and the Vault-compatible and admin APIs) by status.",
+            labels=["status"],
+        )
+        for status, count in sorted(self._metrics.http_statuses.items()):
+            statuses.add_metric([str(status)], count)
+        yield statuses
 
     def describe(self) -> Iterator[Metric]:
         return iter(())

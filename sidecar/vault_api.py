@@ -30,6 +30,7 @@ from sidecar.web import (
     VAULT_PREFIX,
     BadRequest,
     error_response,
+    guarded,
     validate_path,
     vault_error,
 )
@@ -238,4 +239,4 @@ def render(lookup: Lookup, version: int | None) -> web.Response:
 
 
 def vault_routes(app: web.Application) -> None:
-    app.router.add_route("*", VAULT_PREFIX + r"{tail:[\s\S]*}", handle)
+    app.router.add_route("*", VAULT_PREFIX + r"{tail:[\s\S]*}", guarded(handle))

@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from multidict import istr
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from sidecar.admin import Admin, AdminError
@@ -53,6 +54,11 @@ ReadyReport = Callable[[], Mapping[str, Any]]
 READY_KEY: web.AppKey[ReadyReport] = web.AppKey("ready")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Case-insensitive header names, made once (a plain str is converted on every lookup).
+_FORWARDED_FOR = istr("X-Forwarded-For")
+_SIDECAR_TOKEN = istr("X-Sidecar-Token")
+_VAULT_TOKEN = istr("X-Vault-Token")
 
 
 class BadRequest(Exception):
@@ -161,68 +167,79 @@ _HTTP_CODES = {
 # -- guards, before routing ---------------------------------------------------------------
 
 
-@web.middleware
-async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Refuse forwarded requests, then check the token (the admin token for /admin/, the caller
-    token for everything else: neither opens the other's door), then run the handler.
-    Refusals on the Vault-compatible API (/v1/) come in Vault's error shape."""
-    refuse = vault_error if request.path.startswith(VAULT_PREFIX) else _plain_error
-    response: web.StreamResponse
-    if "X-Forwarded-For" in request.headers:
-        # A loopback API has no business with proxies; a forwarded request smells of SSRF.
-        response = refuse(
-            400, "bad_request", "X-Forwarded-For is refused: call the sidecar directly"
-        )
-    else:
-        presented = request.headers.get("X-Sidecar-Token") or request.headers.get("X-Vault-Token")
-        admin_path = request.path.startswith(ADMIN_PREFIX)
-        if presented is None:
+def guarded(handler: Handler) -> Handler:
+    """Every route's handler runs behind this guard: refuse forwarded requests, then check the
+    token (the admin token for /admin/, the caller token for everything else: neither opens
+    the other's door), then run the handler. Refusals on the Vault-compatible API (/v1/) come
+    in Vault's error shape. (A wrapper, not an aiohttp middleware: the middleware machinery
+    costs as much per request as a whole cache hit.)"""
+
+    async def guard(request: web.Request) -> web.StreamResponse:
+        headers = request.headers
+        raw_path = request.raw_path  # undecoded: the prefixes are ASCII, and it costs nothing
+        refuse = vault_error if raw_path.startswith(VAULT_PREFIX) else _plain_error
+        response: web.StreamResponse
+        if _FORWARDED_FOR in headers:
+            # A loopback API has no business with proxies; a forwarded request smells of SSRF.
             response = refuse(
-                401,
-                "unauthorized",
-                "send the admin token in X-Sidecar-Token; it is in the sidecar's admin_token_file"
-                if admin_path
-                else "send the caller token in X-Sidecar-Token (or X-Vault-Token); "
-                "it is in the sidecar's caller_token_file",
+                400, "bad_request", "X-Forwarded-For is refused: call the sidecar directly"
             )
         else:
-            # Both comparisons, always: which one matched must not show in the timing.
-            is_caller = request.app[CALLERS_KEY](presented)
-            is_admin = request.app[ADMINS_KEY](presented)
-            if admin_path and not is_admin:
+            presented = headers.get(_SIDECAR_TOKEN) or headers.get(_VAULT_TOKEN)
+            admin_path = raw_path.startswith(ADMIN_PREFIX)
+            app = request.app
+            if presented is None:
                 response = refuse(
-                    403,
-                    "forbidden",
-                    "admin endpoints need the admin token"
-                    + (" (not the caller token)" if is_caller else ""),
-                )
-            elif (
-                not is_caller
-                and not is_admin
-                and refuse is vault_error
-                and "X-Sidecar-Token" not in request.headers
-                and request.app.get(PASSTHROUGH_KEY, False)
-            ):
-                # Vault API passthrough: a token that is not ours is the caller's own store
-                # token. It may only be forwarded, never answered from the cache.
-                request[CALLER_KEY] = False
-                response = await handler(request)
-            elif not admin_path and not is_caller:
-                response = refuse(
-                    403,
-                    "forbidden",
-                    "the admin token is for /admin/ only"
-                    if is_admin
-                    else "the caller token is wrong",
+                    401,
+                    "unauthorized",
+                    "send the admin token in X-Sidecar-Token; it is in the sidecar's "
+                    "admin_token_file"
+                    if admin_path
+                    else "send the caller token in X-Sidecar-Token (or X-Vault-Token); "
+                    "it is in the sidecar's caller_token_file",
                 )
             else:
-                try:
+                # Each comparison is constant-time; the admin one is needed only off the
+                # common path.
+                is_caller = app[CALLERS_KEY](presented)
+                is_admin = (admin_path or not is_caller) and app[ADMINS_KEY](presented)
+                if admin_path and not is_admin:
+                    response = refuse(
+                        403,
+                        "forbidden",
+                        "admin endpoints need the admin token"
+                        + (" (not the caller token)" if is_caller else ""),
+                    )
+                elif (
+                    not is_caller
+                    and not is_admin
+                    and refuse is vault_error
+                    and _SIDECAR_TOKEN not in headers
+                    and app.get(PASSTHROUGH_KEY, False)
+                ):
+                    # Vault API passthrough: a token that is not ours is the caller's own
+                    # store token. It may only be forwarded, never answered from the cache.
+                    request[CALLER_KEY] = False
                     response = await handler(request)
-                except web.HTTPException as exc:  # aiohttp's own refusals, in our shape
-                    code = _HTTP_CODES.get(exc.status, "http_error")
-                    response = refuse(exc.status, code, exc.reason)
-    request.app[METRICS_KEY].requests.labels(status=str(response.status)).inc()
-    return response
+                elif not admin_path and not is_caller:
+                    response = refuse(
+                        403,
+                        "forbidden",
+                        "the admin token is for /admin/ only"
+                        if is_admin
+                        else "the caller token is wrong",
+                    )
+                else:
+                    try:
+                        response = await handler(request)
+                    except web.HTTPException as exc:  # aiohttp's own refusals, in our shape
+                        code = _HTTP_CODES.get(exc.status, "http_error")
+                        response = refuse(exc.status, code, exc.reason)
+        statuses = request.app[METRICS_KEY].http_statuses
+        statuses[response.status] = statuses.get(response.status, 0) + 1
+        return response
+
+    return guard
 
 
 def validate_path(path: str) -> str:
@@ -308,6 +325,7 @@ class _View:
     version: str
     class_name: str
     previous_kid: bytes  # the envelope member, shown while an overlap is open
+    hit_headers: dict[str, str]  # all headers of a fresh hit but Age (copied, never changed)
 
 
 def _view(entry: Entry) -> _View:
@@ -331,12 +349,20 @@ def _view(entry: Entry) -> _View:
     previous = b""
     if secret.version is not None and secret.version > 1:
         previous = b',"previous_kid":' + orjson.dumps(f"{secret.path}#{secret.version - 1}")
+    version = "" if secret.version is None else str(secret.version)
+    # Class and version are in the envelope (headers only on ?field= answers).
+    hit_headers = {
+        "Content-Type": "application/json",
+        "X-Sidecar-Cache": "HIT",
+        "Cache-Control": "no-store",
+    }
     view = _View(
         head=orjson.dumps(document)[:-1],
         fields=fields,
-        version="" if secret.version is None else str(secret.version),
+        version=version,
         class_name=entry.secret_class.name,
         previous_kid=previous,
+        hit_headers=hit_headers,
     )
     entry.view = view
     return view
@@ -347,6 +373,12 @@ CACHE_HEADER = {"hit": "HIT", "miss": "MISS", "coalesced": "MISS", "stale": "STA
 
 async def get_secret(request: web.Request) -> web.Response:
     path = request.match_info["path"]
+    if request.method == "GET" and "?" not in request.raw_path:
+        # The hot path: a fresh value already served once. Its path was validated when it
+        # was first fetched, so nothing here but a dict lookup and pre-rendered bytes.
+        hit = request.app[CACHE_KEY].hit(path)
+        if hit is not None:
+            return _render_hit(*hit)
     if request.method != "GET":
         return _plain_error(405, "method_not_allowed", "the secrets API is read-only: use GET")
     try:
@@ -397,6 +429,17 @@ async def _previous(request: web.Request, path: str) -> Lookup:
     return previous
 
 
+def _render_hit(entry: Entry, age: float) -> web.Response:
+    view = entry.view if isinstance(entry.view, _View) else _view(entry)
+    headers = view.hit_headers.copy()
+    headers["Age"] = str(int(age))
+    overlap = b""
+    if entry.overlap_until and entry.overlap_until > time.time():
+        overlap = view.previous_kid
+    body = view.head + b'%s,"age_seconds":%.3f,"stale":false}' % (overlap, age)
+    return web.Response(body=body, headers=headers)
+
+
 def render(lookup: Lookup, field: str | None) -> web.Response:
     entry = lookup.entry
     view = _view(entry)
@@ -405,16 +448,17 @@ def render(lookup: Lookup, field: str | None) -> web.Response:
         "X-Sidecar-Cache": CACHE_HEADER[lookup.outcome.value],
         "Age": str(int(age)),
         "Cache-Control": "no-store",
-        "X-Sidecar-Class": view.class_name,
     }
-    if view.version:
-        headers["X-Sidecar-Version"] = view.version
     if lookup.stale:
         headers["Warning"] = '110 - "Response is Stale"'
     if field is not None:
         value = view.fields.get(field)
         if value is None:
             raise FieldNotFound(repr(field))
+        # A bare value has no envelope: its class and version travel as headers.
+        headers["X-Sidecar-Class"] = view.class_name
+        if view.version:
+            headers["X-Sidecar-Version"] = view.version
         return web.Response(body=value, content_type="text/plain", headers=headers)
     overlap = view.previous_kid if entry.overlap_until > time.time() else b""
     body = view.head + b'%s,"age_seconds":%.3f,"stale":%s}' % (
@@ -514,10 +558,14 @@ async def not_found(request: web.Request) -> web.Response:
 
 def secrets_routes(app: web.Application) -> None:
     # [\s\S]: a path with an encoded newline must reach the handler (and get its 400).
-    app.router.add_route("*", SECRETS_PREFIX + r"{path:[\s\S]*}", get_secret)
-    app.router.add_route("*", r"/verify/{path:[\s\S]*}", verify_secret)
-    app.router.add_route("*", "/events", events)
-    app.router.add_route("*", r"/{tail:[\s\S]*}", not_found)
+    app.router.add_route("*", SECRETS_PREFIX + r"{path:[\s\S]*}", guarded(get_secret))
+    app.router.add_route("*", r"/verify/{path:[\s\S]*}", guarded(verify_secret))
+    app.router.add_route("*", "/events", guarded(events))
+
+
+def fallback_route(app: web.Application) -> None:
+    """Last: whatever no other route took is a guarded 404."""
+    app.router.add_route("*", r"/{tail:[\s\S]*}", guarded(not_found))
 
 
 # -- the ops API: metrics, liveness, readiness ---------------------------------------------

@@ -9,7 +9,15 @@ import orjson
 from aiohttp import web
 
 from sidecar.durations import parse_duration
-from sidecar.web import ADMIN_KEY, CACHE_KEY, BadRequest, _json_body, error_response, validate_path
+from sidecar.web import (
+    ADMIN_KEY,
+    CACHE_KEY,
+    BadRequest,
+    _json_body,
+    error_response,
+    guarded,
+    validate_path,
+)
 
 
 def _json(document: dict[str, Any]) -> web.Response:
@@ -79,6 +87,6 @@ def _text(body: dict[str, Any], key: str) -> str:
 
 
 def admin_routes(app: web.Application) -> None:
-    app.router.add_post("/admin/purge", purge)
-    app.router.add_post("/admin/extend", extend)
-    app.router.add_get("/admin/status", status, allow_head=False)
+    app.router.add_post("/admin/purge", guarded(purge))
+    app.router.add_post("/admin/extend", guarded(extend))
+    app.router.add_get("/admin/status", guarded(status), allow_head=False)
