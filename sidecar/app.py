@@ -24,7 +24,7 @@ from sidecar.settings import ConfigError, Settings
 from sidecar.snapshot import SnapshotKeyError
 from sidecar.trail import AuditTrail
 from sidecar.vault import BackendObserver, VaultBackend
-from sidecar.vault_api import STORE_KEY, vault_routes
+from sidecar.vault_api import STORE_KEY, vault_hit, vault_routes
 from sidecar.verify import Verifier
 from sidecar.warmstart import Snapshotter, snapshot_key
 from sidecar.web import (
@@ -32,13 +32,18 @@ from sidecar.web import (
     ADMINS_KEY,
     CACHE_KEY,
     CALLERS_KEY,
+    FAST_PATHS_KEY,
     HUB_KEY,
     MAX_WAIT_KEY,
     METRICS_KEY,
     PASSTHROUGH_KEY,
     READY_KEY,
+    SECRETS_PREFIX,
+    VAULT_PREFIX,
     VERIFIER_KEY,
+    FastPath,
     fallback_route,
+    native_hit,
     ops_routes,
     secrets_routes,
 )
@@ -128,7 +133,17 @@ def create_app(
         if admin_token is not None
         else load_or_create(settings.admin_token_file, mode=0o600)
     )
-    snapshotter = Snapshotter(settings.snapshot, key, cache, metrics, audit) if key else None
+    snapshotter = None
+    if key:
+        snapshotter = Snapshotter(
+            settings.snapshot,
+            key,
+            cache,
+            metrics,
+            audit,
+            mounts=backend if isinstance(backend, VaultBackend) else None,
+            confirm_within=settings.startup_jitter,
+        )
     verifier = Verifier(
         cache,
         backend,
@@ -150,10 +165,13 @@ def create_app(
     api[ADMIN_KEY] = admin
     api[MAX_WAIT_KEY] = settings.max_wait
     secrets_routes(api)  # the hot routes first
+    fast_paths: dict[str, FastPath] = {SECRETS_PREFIX: native_hit(cache)}
     if settings.vault_api.enabled and isinstance(backend, VaultBackend):
         api[STORE_KEY] = backend
         api[PASSTHROUGH_KEY] = settings.vault_api.passthrough
         vault_routes(api)
+        fast_paths[VAULT_PREFIX] = vault_hit(backend, cache)
+    api[FAST_PATHS_KEY] = fast_paths
     admin_routes(api)
     fallback_route(api)
 

@@ -21,8 +21,6 @@ from pathlib import Path
 from typing import IO, Any
 
 import orjson
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from sidecar.snapshot import SnapshotKeyError, load_key
 
@@ -59,6 +57,9 @@ def fingerprint_key(key_file: Path | None, fallback: bytes | None) -> tuple[byte
         except SnapshotKeyError as exc:
             raise AuditKeyError(str(exc)) from exc
     if fallback is not None:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
         # Derived, not the snapshot key itself: a fingerprint must never be usable as, or
         # reveal anything about, the key that encrypts the snapshot.
         hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_FINGERPRINT_INFO)

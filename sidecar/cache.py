@@ -49,7 +49,7 @@ class Outcome(enum.StrEnum):
     STALE = "stale"  # the store could not confirm; an older value within limits was served
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(slots=True, eq=False, weakref_slot=True)
 class Entry:
     secret: Secret
     secret_class: SecretClass
@@ -61,6 +61,8 @@ class Entry:
     overlap_until: float = 0.0  # wall time the previous version retires (0: no overlap open)
     view: object | None = field(default=None)  # presentation memo, owned by the HTTP layer
     vault_view: object | None = field(default=None)  # the same, for the Vault-compatible API
+    serial: int = 0  # the schedule refers to entries by key and serial, never by reference
+    expiry_scheduled: bool = False
 
     def servable(self, age: float) -> bool:
         """May this value answer a read now, if the store could not be asked?"""
@@ -218,6 +220,7 @@ class _Due(enum.Enum):
     EXPIRE = "expire"  # a value reaches max_cache_age
     FETCH = "fetch"  # a preload, or a retry after a failed refresh (no entry required)
     RETIRE = "retire"  # the overlap of a rotation ends: the previous version retires
+    CONFIRM = "confirm"  # a value restored from a snapshot is checked with the store
 
 
 class SecretCache:
@@ -252,7 +255,9 @@ class SecretCache:
         self._attempts: dict[CacheKey, int] = {}  # consecutive failed background fetches
         self._expired: dict[CacheKey, None] = {}  # tombstones: keys dropped for age, no values
         self._coalescer: Coalescer[CacheKey, Entry] = Coalescer()
-        self._schedule: list[tuple[float, int, _Due, CacheKey, Entry | None]] = []
+        # (due, seq, what, key, entry serial or 0): no references to entries, so a replaced,
+        # purged or revoked value is gone from memory at once, not when its item comes due.
+        self._schedule: list[tuple[float, int, _Due, CacheKey, int]] = []
         self._seq = itertools.count()
         self._wakeup = asyncio.Event()
         self._background: set[asyncio.Task[Entry]] = set()
@@ -294,6 +299,12 @@ class SecretCache:
             if freshness is Freshness.EXPIRED:
                 self._expire(key, entry)
                 entry = None
+            elif entry.provisional and entry.secret_class.may_serve_stale(age):
+                # Restored from a snapshot: served at once, marked stale, while its
+                # confirmation with the store is due in the background (no read waits on it).
+                self._looked_up(secret_class, Outcome.STALE)
+                self._observer.stale_served(path, entry.secret_class, entry, age)
+                return self._served(key, Lookup(entry, Outcome.STALE, age))
         task, coalesced = self._coalescer.start(key, lambda: self._fetch(key))
         outcome = Outcome.COALESCED if coalesced else Outcome.MISS
         try:
@@ -308,8 +319,11 @@ class SecretCache:
             fresh.last_read = self._clock()
             self._looked_up(secret_class, outcome)
             lookup = Lookup(fresh, outcome, max(0.0, self._clock() - fresh.confirmed_at))
+        return self._served(key, lookup)
+
+    def _served(self, key: CacheKey, lookup: Lookup) -> Lookup:
         if self._revoked:
-            self._check_revoked(path, lookup.entry.secret.version)
+            self._check_revoked(key[0], lookup.entry.secret.version)
         if not lookup.entry.served:
             self._first_served(key, lookup.entry)
         return lookup
@@ -522,18 +536,30 @@ class SecretCache:
             state = (new.version, entry.overlap_until)
             if self._overlaps.get(path) != state:
                 self._overlaps[path] = state
-                self._push(now + (entry.overlap_until - wall), _Due.RETIRE, (path, None), None)
+                self._push(now + (entry.overlap_until - wall), _Due.RETIRE, (path, None))
 
     def _store(self, key: CacheKey, entry: Entry) -> None:
         self.generation += 1
+        entry.serial = next(self._seq)
         self._entries[key] = entry
         self._expired.pop(key, None)
         cls = entry.secret_class
         low, high = self._ahead
         due = entry.confirmed_at + cls.refresh_interval * (low + (high - low) * self._rng())
-        self._push(due, _Due.REFRESH, key, entry)
-        self._push(entry.confirmed_at + cls.max_cache_age, _Due.EXPIRE, key, entry)
+        # One item per value: an expiry is scheduled only once the value stops being
+        # refreshed (not wanted, or the refresh failed).
+        self._push(due, _Due.REFRESH, key, entry.serial)
         self._observer.entries_changed(len(self._entries))
+
+    def _schedule_expiry(self, key: CacheKey, entry: Entry) -> None:
+        if not entry.expiry_scheduled:
+            entry.expiry_scheduled = True
+            self._push(
+                entry.confirmed_at + entry.secret_class.max_cache_age,
+                _Due.EXPIRE,
+                key,
+                entry.serial,
+            )
 
     def _drop(self, key: CacheKey) -> None:
         if self._entries.pop(key, None) is not None:
@@ -555,8 +581,8 @@ class SecretCache:
 
     # -- background upkeep -------------------------------------------------------------
 
-    def _push(self, due: float, what: _Due, key: CacheKey, entry: Entry | None) -> None:
-        item = (due, next(self._seq), what, key, entry)
+    def _push(self, due: float, what: _Due, key: CacheKey, serial: int = 0) -> None:
+        item = (due, next(self._seq), what, key, serial)
         heapq.heappush(self._schedule, item)
         if self._schedule[0] is item:
             self._wakeup.set()
@@ -572,7 +598,7 @@ class SecretCache:
         """Act on everything due by now; return seconds until the next item (None: nothing)."""
         now = self._clock()
         while self._schedule and self._schedule[0][0] <= now:
-            _, _, what, key, entry = heapq.heappop(self._schedule)
+            _, _, what, key, serial = heapq.heappop(self._schedule)
             if what is _Due.FETCH:
                 if self._wanted(key, now):
                     self._refresh_in_background(key)
@@ -580,16 +606,23 @@ class SecretCache:
             if what is _Due.RETIRE:
                 self._retire(key[0])
                 continue
-            if entry is None or self._entries.get(key) is not entry:
+            entry = self._entries.get(key)
+            if entry is None or entry.serial != serial:
                 continue  # replaced or dropped since this was scheduled
+            if what is _Due.CONFIRM:
+                if entry.provisional:
+                    self._refresh_in_background(key)
+                continue
             if what is _Due.EXPIRE:
                 due = entry.confirmed_at + entry.secret_class.max_cache_age
                 if due > now:  # the class's window was extended meanwhile
-                    self._push(due, _Due.EXPIRE, key, entry)
+                    self._push(due, _Due.EXPIRE, key, serial)
                     continue
                 self._expire(key, entry)
             elif self._wanted(key, now):
                 self._refresh_in_background(key)
+            else:
+                self._schedule_expiry(key, entry)
         if not self._schedule:
             return None
         return max(0.0, self._schedule[0][0] - now)
@@ -609,13 +642,17 @@ class SecretCache:
         if exc is None:
             self._attempts.pop(key, None)
             return
-        # The entry (if any) stays; reads decide by class whether it may still be served.
-        # Try again after a full-jitter backoff while someone still wants the value.
+        # The entry (if any) stays; reads decide by class whether it may still be served,
+        # and it expires at max_cache_age unless a retry succeeds first. Try again after a
+        # full-jitter backoff while someone still wants the value.
+        held = self._entries.get(key)
+        if held is not None:
+            self._schedule_expiry(key, held)
         attempt = self._attempts.get(key, 0)
         self._attempts[key] = attempt + 1
         base, cap = self._backoff
         delay = max(0.05, full_jitter(attempt, base, cap, self._rng))
-        self._push(self._clock() + delay, _Due.FETCH, key, None)
+        self._push(self._clock() + delay, _Due.FETCH, key)
         log.warning(
             "background refresh failed; will retry",
             extra={
@@ -633,7 +670,7 @@ class SecretCache:
         current, until = state
         wall, now = self._wall(), self._clock()
         if wall < until:  # the wall clock moved: not yet
-            self._push(now + (until - wall), _Due.RETIRE, (path, None), None)
+            self._push(now + (until - wall), _Due.RETIRE, (path, None))
             return
         del self._overlaps[path]
         previous = current - 1
@@ -673,7 +710,7 @@ class SecretCache:
                 if remaining <= 0:
                     return None
                 if entry is None:
-                    self._push(self._clock(), _Due.FETCH, key, None)
+                    self._push(self._clock(), _Due.FETCH, key)
                 changed = self._changed.setdefault(path, asyncio.Event())
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
                 # that arrives as the event fires, and a cancelled waiter must stop.
@@ -716,7 +753,7 @@ class SecretCache:
         now = self._clock()
         for key in doomed:
             if key in self._pinned:
-                self._push(now + self._rng(), _Due.FETCH, key, None)
+                self._push(now + self._rng(), _Due.FETCH, key)
         return len(doomed)
 
     def set_revocations(
@@ -768,7 +805,13 @@ class SecretCache:
         for key, entry in self._entries.items():
             if entry.secret_class.name == secret_class.name:
                 entry.secret_class = secret_class
-                self._push(entry.confirmed_at + secret_class.max_cache_age, _Due.EXPIRE, key, entry)
+                if entry.expiry_scheduled:  # re-check against the new window
+                    self._push(
+                        entry.confirmed_at + secret_class.max_cache_age,
+                        _Due.EXPIRE,
+                        key,
+                        entry.serial,
+                    )
         if secret_class.max_cache_age < replaced.max_cache_age:
             self._wakeup.set()
         log.info(
@@ -787,12 +830,16 @@ class SecretCache:
 
     # -- warm start and preload ----------------------------------------------------------
 
-    def restore(self, items: Iterable[tuple[CacheKey, Secret, float]]) -> tuple[int, int]:
+    def restore(
+        self, items: Iterable[tuple[CacheKey, Secret, float]], confirm_within: float = 0.0
+    ) -> tuple[int, int]:
         """Warm the cache from a snapshot: ``(key, secret, confirmed_at wall time)`` each.
 
-        Returns (restored, discarded). Values are provisional: a read asks the store first
-        and serves them (stale) only if the store cannot answer. Values past max_cache_age,
-        of fail_closed classes, or no longer classified by the rules are discarded.
+        Returns (restored, discarded). Values are provisional: served at once, marked stale,
+        without asking the store; each is confirmed in the background at a random moment
+        within ``confirm_within`` seconds (so a fleet restarting together asks the store once
+        per secret, spread out). Values past max_cache_age, of fail_closed classes, or no
+        longer classified by the rules are discarded.
         """
         now, wall = self._clock(), self._wall()
         restored = discarded = 0
@@ -809,9 +856,11 @@ class SecretCache:
                 fetched_at=confirmed_wall,
                 last_read=-math.inf,
                 provisional=True,
+                serial=next(self._seq),
             )
             self._entries[key] = entry
-            self._push(entry.confirmed_at + secret_class.max_cache_age, _Due.EXPIRE, key, entry)
+            self._schedule_expiry(key, entry)
+            self._push(now + confirm_within * self._rng(), _Due.CONFIRM, key, entry.serial)
             restored += 1
         self._observer.entries_changed(len(self._entries))
         return restored, discarded
@@ -831,7 +880,8 @@ class SecretCache:
         for path in paths:
             key = (path, None)
             self._pinned.add(key)
-            self._push(now + jitter * self._rng(), _Due.FETCH, key, None)
+            if key not in self._entries:  # a restored value already has its confirmation due
+                self._push(now + jitter * self._rng(), _Due.FETCH, key)
 
     def servable(self, path: str, version: int | None = None) -> bool:
         """Could a read of this key be answered now, even if the store is down?"""

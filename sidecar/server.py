@@ -6,18 +6,32 @@ import asyncio
 import logging
 import signal
 from contextlib import suppress
+from typing import Any, cast
 
 from aiohttp import web
 
 from sidecar import __version__
 from sidecar.app import Sidecar, create_app
 from sidecar.settings import Settings, split_hostport
+from sidecar.web import Handler, hit_front
 
 log = logging.getLogger("sidecar.server")
 
 
 class ListenError(Exception):
     pass
+
+
+class SidecarRunner(web.AppRunner):
+    """aiohttp's AppRunner, with fresh cache hits answered in front of the router
+    (web.hit_front); everything else takes the application's routes as usual."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        # The application's request factory makes web.Request objects, whatever the type says.
+        routed = cast(Handler, server.request_handler)
+        server.request_handler = cast(Any, hit_front(self.app, routed))
+        return server
 
 
 async def serve(settings: Settings) -> None:
@@ -33,7 +47,7 @@ class Server:
         access = logging.getLogger("sidecar.access") if sidecar.settings.access_log else None
         # handler_cancellation: a caller that hangs up stops costing us; a fetch it started
         # is shielded (coalesce.py) and still serves the others.
-        self._api = web.AppRunner(
+        self._api = SidecarRunner(
             sidecar.api,
             handle_signals=False,
             shutdown_timeout=timeout,

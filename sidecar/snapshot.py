@@ -37,15 +37,14 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from sidecar.backend import Secret
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 FORMAT_VERSION = 1
 
@@ -160,6 +159,11 @@ def _file_keys(key: bytes, salt: bytes) -> tuple[AESGCM, bytes]:
     # A fresh key per file: random 96-bit nonces are only safe for ~2**32 messages per key,
     # which one long-lived key would reach writing tens of thousands of entries a minute.
     # It also ties each record to its file, so records cannot be spliced between snapshots.
+    # Imported here: a sidecar without a snapshot key never loads cryptography (~7 MB RSS).
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
     derived = HKDF(algorithm=hashes.SHA256(), length=64, salt=salt, info=_LABEL).derive(key)
     return AESGCM(derived[:32]), derived[32:]
 
@@ -373,6 +377,8 @@ def read_snapshot(path: Path, key: bytes) -> LoadResult:
 
 
 def _open(aead: AESGCM, index: int, meta: bytes, box: bytes) -> SnapshotEntry | None:
+    from cryptography.exceptions import InvalidTag
+
     if len(box) < _NONCE_SIZE + _TAG_SIZE:
         return None
     try:

@@ -352,6 +352,42 @@ class VaultBackend:
         )
         return mount
 
+    def export_mounts(self) -> list[dict[str, Any]]:
+        """The KV mounts discovered so far, for the snapshot (no secret in them)."""
+        return [
+            {"path": m.path, "engine": m.engine, "kv_version": m.kv_version, "info": dict(m.info)}
+            for m in self._mounts.values()
+        ]
+
+    def import_mounts(self, mounts: list[dict[str, Any]]) -> int:
+        """Mounts remembered from the snapshot: trusted for MOUNT_TTL like fresh discoveries."""
+        now = self._clock()
+        learned = 0
+        for item in mounts:
+            path, engine, kv_version = item.get("path"), item.get("engine"), item.get("kv_version")
+            if not (isinstance(path, str) and path.endswith("/") and isinstance(engine, str)):
+                continue
+            if not isinstance(kv_version, int) or path in self._mounts:
+                continue
+            info = item.get("info")
+            self._mounts[path] = Mount(
+                path, kv_version, now, engine, info if isinstance(info, dict) else {}
+            )
+            learned += 1
+        return learned
+
+    def known_mount(self, api_path: str) -> Mount | None:
+        """The mount holding ``api_path`` if already known and trusted: no store request."""
+        best: Mount | None = None
+        for mount in self._mounts.values():
+            if api_path.startswith(mount.path) and (
+                best is None or len(mount.path) > len(best.path)
+            ):
+                best = mount
+        if best is None or self._clock() - best.discovered_at >= MOUNT_TTL:
+            return None
+        return best
+
     async def mount(self, api_path: str) -> Mount:
         """The mount that holds ``api_path`` (a path as in the store's API, after /v1/)."""
         return await self._mount_for(api_path)

@@ -18,9 +18,10 @@ from typing import Any, Protocol
 
 import orjson
 from aiohttp import web
+from multidict import CIMultiDict, istr
 
 from sidecar.backend import METADATA, Secret
-from sidecar.cache import Lookup
+from sidecar.cache import Lookup, SecretCache
 from sidecar.vault import Forwarded, Mount
 from sidecar.web import (
     CACHE_HEADER,
@@ -29,6 +30,7 @@ from sidecar.web import (
     PASSTHROUGH_KEY,
     VAULT_PREFIX,
     BadRequest,
+    FastPath,
     error_response,
     guarded,
     validate_path,
@@ -46,6 +48,8 @@ READ_METHODS = frozenset({"GET", "HEAD", "LIST"})
 
 
 class VaultStore(Protocol):
+    def known_mount(self, api_path: str) -> Mount | None: ...
+
     async def mount(self, api_path: str) -> Mount: ...
 
     async def forward(
@@ -67,6 +71,22 @@ class _KVRead:
     version: int | None  # a version, METADATA, or None for the latest
 
 
+def vault_hit(store: VaultStore, cache: SecretCache) -> FastPath:
+    """The hot path, as on the native API: a known mount and a fresh value already served
+    through this API (its Vault-shaped body is rendered)."""
+
+    def fast(api_path: str) -> web.StreamResponse | None:
+        path = _latest_path(store.known_mount(api_path), api_path)
+        hit = cache.hit(path) if path else None
+        if hit is None or not isinstance(hit[0].vault_view, bytes):
+            return None
+        headers = _HIT_HEADERS.copy()
+        headers[_AGE] = str(int(hit[1]))
+        return web.Response(body=hit[0].vault_view, headers=headers)
+
+    return fast
+
+
 async def handle(request: web.Request) -> web.StreamResponse:
     api_path = request.match_info["tail"]
     try:
@@ -83,6 +103,22 @@ async def handle(request: web.Request) -> web.StreamResponse:
         return render(lookup, read.version)
     except Exception as exc:  # every failure becomes a Vault-shaped status in error_response
         return error_response(exc, api_path, vault=True)
+
+
+_HIT_HEADERS = CIMultiDict(
+    {"Content-Type": "application/json", "X-Cache": "HIT", "Cache-Control": "no-store"}
+)
+_AGE = istr("Age")
+
+
+def _latest_path(mount: Mount | None, api_path: str) -> str | None:
+    """The cache path a plain latest-version read of ``api_path`` means, if that is what it is."""
+    if mount is None or not mount.kv:
+        return None
+    if mount.kv_version == 1:
+        return api_path
+    action, _, key = api_path[len(mount.path) :].partition("/")
+    return mount.path + key if action == "data" and key else None
 
 
 async def _as_kv_read(request: web.Request, api_path: str) -> _KVRead | None:

@@ -8,9 +8,10 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sidecar.audit import AuditLog
+from sidecar.backend import Secret
 from sidecar.cache import SecretCache, restore_verdict
 from sidecar.metrics import Metrics
 from sidecar.settings import ConfigError, Settings, SnapshotSettings
@@ -40,6 +41,17 @@ def snapshot_key(settings: SnapshotSettings) -> bytes | None:
     return key
 
 
+# A record that is not a secret: the store's mounts as discovered (engine, KV version), so a
+# warm start does not ask the store again which mount holds each path. Never a valid path.
+MOUNTS_RECORD = "\x00mounts"
+
+
+class MountMemory(Protocol):
+    def export_mounts(self) -> list[dict[str, Any]]: ...
+
+    def import_mounts(self, mounts: list[dict[str, Any]]) -> int: ...
+
+
 class Snapshotter:
     def __init__(
         self,
@@ -49,7 +61,11 @@ class Snapshotter:
         metrics: Metrics,
         audit: AuditLog | None = None,
         wall: Callable[[], float] = time.time,
+        mounts: MountMemory | None = None,
+        confirm_within: float = 0.0,
     ) -> None:
+        self._mounts = mounts
+        self._confirm_within = confirm_within
         self._audit = audit
         self._path: Path = settings.path
         self._interval = settings.interval
@@ -81,8 +97,15 @@ class Snapshotter:
                     "recovered": len(result.entries),
                 },
             )
+        secrets = [e for e in result.entries if e.secret.path != MOUNTS_RECORD]
+        for record in result.entries:
+            if record.secret.path == MOUNTS_RECORD and self._mounts is not None:
+                known = record.secret.data.get("mounts")
+                if isinstance(known, list):
+                    self._mounts.import_mounts(known)
         restored, discarded = self._cache.restore(
-            ((e.secret.path, e.version_key), e.secret, e.confirmed_at) for e in result.entries
+            [((e.secret.path, e.version_key), e.secret, e.confirmed_at) for e in secrets],
+            confirm_within=self._confirm_within,
         )
         self._metrics.snapshot_entries.set(restored)
         if self._audit is not None:
@@ -115,6 +138,18 @@ class Snapshotter:
                 )
                 for key, entry in self._cache.export()
             ]
+            secrets = len(entries)
+            if self._mounts is not None:
+                mounts = self._mounts.export_mounts()
+                if mounts:
+                    entries.append(
+                        SnapshotEntry(
+                            version_key=None,
+                            secret=Secret(MOUNTS_RECORD, {"mounts": mounts}, None, kv_version=0),
+                            class_name="",
+                            confirmed_at=self._wall(),
+                        )
+                    )
             try:
                 count = await asyncio.to_thread(
                     write_snapshot, self._path, self._key, entries, now=self._wall()
@@ -127,6 +162,7 @@ class Snapshotter:
                 )
                 return
             self._saved_generation = generation
+            count = min(count, secrets)  # the mounts record is not a secret
             self._metrics.snapshot_entries.set(count)
             if self._audit is not None:
                 self._audit.record("snapshot_saved", entries=count)
@@ -150,6 +186,8 @@ def inspect_snapshot(settings: Settings, wall: Callable[[], float] = time.time) 
     now = wall()
     entries = []
     for entry in result.entries:
+        if entry.secret.path == MOUNTS_RECORD:
+            continue
         age = max(0.0, now - entry.confirmed_at)
         secret_class, why_not = restore_verdict(policy, entry.secret.path, age)
         entries.append(

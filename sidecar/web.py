@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from multidict import istr
+from multidict import CIMultiDict, istr
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from sidecar.admin import Admin, AdminError
@@ -242,6 +242,56 @@ def guarded(handler: Handler) -> Handler:
     return guard
 
 
+# -- the hit front: before routing -------------------------------------------------------
+
+# A fast path answers a fresh cache hit from the path after its prefix, or returns None (then
+# the request takes the full route). Synchronous: a hit awaits nothing.
+FastPath = Callable[[str], web.StreamResponse | None]
+FAST_PATHS_KEY = web.AppKey("fast_paths", dict)
+
+
+def hit_front(app: web.Application, routed: Handler) -> Handler:
+    """Serve fresh hits before aiohttp's router and per-route dispatch, which cost as much
+    as all of a hit's own work; everything else (misses, errors, refusals) goes ``routed``.
+    The same checks as ``guard`` come first: no X-Forwarded-For, the caller token."""
+    fast_paths: dict[str, FastPath] = app.get(FAST_PATHS_KEY, {})
+    callers = app[CALLERS_KEY]
+    statuses = app[METRICS_KEY].http_statuses
+
+    async def front(request: web.Request) -> web.StreamResponse:
+        if request.method == "GET":
+            raw = request.raw_path
+            for prefix, fast in fast_paths.items():
+                if not raw.startswith(prefix):
+                    continue
+                headers = request.headers
+                token = headers.get(_SIDECAR_TOKEN) or headers.get(_VAULT_TOKEN)
+                # Encoded or queried paths, and anything doubtful, take the full route.
+                if (
+                    token is not None
+                    and "?" not in raw
+                    and "%" not in raw
+                    and _FORWARDED_FOR not in headers
+                    and callers(token)
+                ):
+                    response = fast(raw[len(prefix) :])
+                    if response is not None:
+                        statuses[200] = statuses.get(200, 0) + 1
+                        return response
+                break
+        return await routed(request)
+
+    return front
+
+
+def native_hit(cache: SecretCache) -> FastPath:
+    def fast(path: str) -> web.StreamResponse | None:
+        hit = cache.hit(path)
+        return None if hit is None else _render_hit(*hit)
+
+    return fast
+
+
 def validate_path(path: str) -> str:
     if not path:
         raise BadRequest("the secret path is empty; use /secrets/<mount>/<path>")
@@ -316,56 +366,42 @@ def _parse_query(request: web.Request) -> Query:
 # -- the secrets handler ------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _View:
-    """What never changes for one cached value: the envelope minus its age, and each field."""
-
-    head: bytes  # the JSON envelope without its closing members
-    fields: Mapping[str, bytes]
-    version: str
-    class_name: str
-    previous_kid: bytes  # the envelope member, shown while an overlap is open
-    hit_headers: dict[str, str]  # all headers of a fresh hit but Age (copied, never changed)
-
-
-def _view(entry: Entry) -> _View:
-    view = entry.view
-    if isinstance(view, _View):
-        return view
+def _head(entry: Entry) -> bytes:
+    """The envelope without its per-request members, rendered once per cached value (and
+    kept on the entry): a hit encodes no JSON."""
+    head = entry.view
+    if isinstance(head, bytes):
+        return head
     secret = entry.secret
     fetched = datetime.fromtimestamp(entry.fetched_at, UTC).isoformat(timespec="milliseconds")
-    document = {
-        "path": secret.path,
-        "data": secret.data,
-        "version": secret.version,
-        "kid": secret.kid,
-        "fetched_at": fetched.replace("+00:00", "Z"),
-        "class": entry.secret_class.name,
-    }
-    fields = {
-        name: value.encode() if isinstance(value, str) else orjson.dumps(value)
-        for name, value in secret.data.items()
-    }
-    previous = b""
-    if secret.version is not None and secret.version > 1:
-        previous = b',"previous_kid":' + orjson.dumps(f"{secret.path}#{secret.version - 1}")
-    version = "" if secret.version is None else str(secret.version)
-    # Class and version are in the envelope (headers only on ?field= answers).
-    hit_headers = {
-        "Content-Type": "application/json",
-        "X-Sidecar-Cache": "HIT",
-        "Cache-Control": "no-store",
-    }
-    view = _View(
-        head=orjson.dumps(document)[:-1],
-        fields=fields,
-        version=version,
-        class_name=entry.secret_class.name,
-        previous_kid=previous,
-        hit_headers=hit_headers,
-    )
-    entry.view = view
-    return view
+    head = orjson.dumps(
+        {
+            "path": secret.path,
+            "data": secret.data,
+            "version": secret.version,
+            "kid": secret.kid,
+            "fetched_at": fetched.replace("+00:00", "Z"),
+            "class": entry.secret_class.name,
+        }
+    )[:-1]
+    entry.view = head
+    return head
+
+
+def _overlap_member(entry: Entry) -> bytes:
+    """``,"previous_kid": ...`` while the previous version is still served (rare: computed)."""
+    version = entry.secret.version
+    if not entry.overlap_until or version is None or entry.overlap_until <= time.time():
+        return b""
+    return b',"previous_kid":' + orjson.dumps(f"{entry.secret.path}#{version - 1}")
+
+
+# Shared by every hit (copied per response, never changed): class and version are in the
+# envelope, headers only on ?field= answers.
+_HIT_HEADERS = CIMultiDict(
+    {"Content-Type": "application/json", "X-Sidecar-Cache": "HIT", "Cache-Control": "no-store"}
+)
+_AGE = istr("Age")
 
 
 CACHE_HEADER = {"hit": "HIT", "miss": "MISS", "coalesced": "MISS", "stale": "STALE"}
@@ -430,19 +466,16 @@ async def _previous(request: web.Request, path: str) -> Lookup:
 
 
 def _render_hit(entry: Entry, age: float) -> web.Response:
-    view = entry.view if isinstance(entry.view, _View) else _view(entry)
-    headers = view.hit_headers.copy()
-    headers["Age"] = str(int(age))
-    overlap = b""
-    if entry.overlap_until and entry.overlap_until > time.time():
-        overlap = view.previous_kid
-    body = view.head + b'%s,"age_seconds":%.3f,"stale":false}' % (overlap, age)
+    head = entry.view if isinstance(entry.view, bytes) else _head(entry)
+    headers = _HIT_HEADERS.copy()
+    headers[_AGE] = str(int(age))
+    overlap = _overlap_member(entry) if entry.overlap_until else b""
+    body = head + b'%s,"age_seconds":%.3f,"stale":false}' % (overlap, age)
     return web.Response(body=body, headers=headers)
 
 
 def render(lookup: Lookup, field: str | None) -> web.Response:
     entry = lookup.entry
-    view = _view(entry)
     age = max(0.0, lookup.age)
     headers = {
         "X-Sidecar-Cache": CACHE_HEADER[lookup.outcome.value],
@@ -452,17 +485,21 @@ def render(lookup: Lookup, field: str | None) -> web.Response:
     if lookup.stale:
         headers["Warning"] = '110 - "Response is Stale"'
     if field is not None:
-        value = view.fields.get(field)
-        if value is None:
+        data = entry.secret.data
+        if field not in data:
             raise FieldNotFound(repr(field))
+        value = data[field]
         # A bare value has no envelope: its class and version travel as headers.
-        headers["X-Sidecar-Class"] = view.class_name
-        if view.version:
-            headers["X-Sidecar-Version"] = view.version
-        return web.Response(body=value, content_type="text/plain", headers=headers)
-    overlap = view.previous_kid if entry.overlap_until > time.time() else b""
-    body = view.head + b'%s,"age_seconds":%.3f,"stale":%s}' % (
-        overlap,
+        headers["X-Sidecar-Class"] = entry.secret_class.name
+        if entry.secret.version is not None:
+            headers["X-Sidecar-Version"] = str(entry.secret.version)
+        return web.Response(
+            body=value.encode() if isinstance(value, str) else orjson.dumps(value),
+            content_type="text/plain",
+            headers=headers,
+        )
+    body = _head(entry) + b'%s,"age_seconds":%.3f,"stale":%s}' % (
+        _overlap_member(entry),
         age,
         b"true" if lookup.stale else b"false",
     )

@@ -12,11 +12,13 @@ from typing import Any
 import pytest
 import yarl
 from aiohttp import ClientResponse
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.web_runner import BaseRunner
 from prometheus_client import CollectorRegistry
 
 from sidecar.app import Sidecar, create_app
 from sidecar.devstore import DevOpenBao
+from sidecar.server import SidecarRunner
 from sidecar.settings import settings_from
 
 CALLER_TOKEN = "test-caller-token-0123456789abcdef"
@@ -108,6 +110,13 @@ def config(
     return doc
 
 
+class SidecarTestServer(TestServer):
+    """The test server runs the daemon's own runner (hits answered before routing)."""
+
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        return SidecarRunner(self.app, **kwargs)
+
+
 SidecarFactory = Callable[..., Awaitable[tuple[TestClient[Any, Any], Sidecar]]]
 
 
@@ -128,7 +137,7 @@ async def make_sidecar(
             caller_token=CALLER_TOKEN,
             admin_token=ADMIN_TOKEN,
         )
-        client = await aiohttp_client(sidecar.api)
+        client = await aiohttp_client(SidecarTestServer(sidecar.api))
         return client, sidecar
 
     return factory

@@ -277,3 +277,28 @@ async def test_requests_are_counted_by_status(make_sidecar: SidecarFactory, uid:
     assert metric(sidecar, "sidecar_http_requests_total", {"status": "401"}) == 1
     assert metric(sidecar, "sidecar_http_requests_total", {"status": "404"}) == 1
     assert metric(sidecar, "sidecar_backend_errors_total", {"kind": "not_found"}) == 1
+
+
+async def test_hits_answered_before_routing_keep_every_guard(
+    make_sidecar: SidecarFactory, openbao: DevOpenBao, uid: str
+):
+    openbao.kv_put(f"{uid}/db", {"password": "pw-front"})
+    client, sidecar = await make_sidecar()
+    path = f"/secrets/secret/{uid}/db"
+    assert (await client.get(path, headers=AUTH)).status == 200
+    hit = await client.get(path, headers=AUTH)  # now a fresh, served value: the front answers
+    assert (hit.status, hit.headers["X-Sidecar-Cache"]) == (200, "HIT")
+    assert (await client.get(path)).status == 401
+    wrong = await client.get(path, headers={"X-Sidecar-Token": "x" * 34})
+    assert wrong.status == 403
+    assert b"pw-front" not in await wrong.read()
+    forwarded = await client.get(path, headers={**AUTH, "X-Forwarded-For": "10.0.0.1"})
+    assert forwarded.status == 400
+    from tests.conftest import ADMIN
+
+    assert (await client.get(path, headers=ADMIN)).status == 403
+    encoded = await raw_get(client, f"/secrets/secret/{uid}/d%62")  # takes the full route
+    assert (encoded.status, encoded.headers["X-Sidecar-Cache"]) == (200, "HIT")
+    traversal = await raw_get(client, f"/secrets/secret/{uid}/../{uid}/db")
+    assert traversal.status == 400
+    assert metric(sidecar, "sidecar_http_requests_total", {"status": "200"}) == 3

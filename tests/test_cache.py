@@ -656,21 +656,37 @@ async def test_restore_keeps_what_is_young_enough_and_of_a_persistable_class(h: 
     assert h.backend.calls == []
 
 
-async def test_restored_values_ask_the_store_first_and_are_stale_only_on_outage(
+async def test_restored_values_are_served_stale_at_once_and_confirmed_in_background(
     h: Harness,
 ) -> None:
-    h.cache.restore([_snap(APP, age=10)])
-    h.backend.error = outage()
+    h.cache.restore([_snap(APP, age=10)], confirm_within=4.0)  # rng 0.5: confirmed at +2 s
     lookup = await h.cache.get(APP)  # young (10 s < refresh_interval) but unconfirmed
     assert lookup.outcome is Outcome.STALE
     assert lookup.age == pytest.approx(10)
     assert lookup.entry.secret.data == {"value": f"{APP}@snap"}
-    h.backend.error = None
+    assert h.backend.calls == []  # nobody waited on the store
+    assert h.cache.run_due() == pytest.approx(2.0)
+    h.clock.advance(2.0)
+    h.cache.run_due()
+    await h.cache.settle()
+    assert h.backend.calls == [(APP, None)]  # one confirmation
     confirmed = await h.cache.get(APP)
-    assert confirmed.outcome is Outcome.MISS
+    assert confirmed.outcome is Outcome.HIT
     assert not confirmed.entry.provisional
+
+
+async def test_a_failed_confirmation_keeps_serving_the_restored_value(h: Harness) -> None:
+    h.cache.restore([_snap(APP, age=10)])
+    await h.cache.get(APP)  # read: wanted, so retried
+    h.backend.error = outage()
+    h.cache.run_due()
+    await h.cache.settle()
+    assert (await h.cache.get(APP)).outcome is Outcome.STALE
+    h.backend.error = None
+    h.clock.advance(h.cache.run_due() or 0)
+    h.cache.run_due()
+    await h.cache.settle()
     assert (await h.cache.get(APP)).outcome is Outcome.HIT
-    assert h.backend.calls == [(APP, None), (APP, None)]
 
 
 async def test_restored_values_expire_at_max_cache_age_counted_from_the_store(
@@ -746,3 +762,20 @@ async def test_unread_secret_is_not_retried_after_a_failed_refresh(h: Harness) -
         await h.cache.settle()
         h.clock.advance(30)
     assert len(h.backend.calls) == calls
+
+
+async def test_replaced_and_purged_values_leave_memory_at_once(h: Harness) -> None:
+    import gc
+    import weakref
+
+    first = weakref.ref((await h.cache.get(APP)).entry)
+    h.clock.advance(REFRESH + 1)
+    h.backend.latest[APP] = 2
+    await h.cache.get(APP)  # replaced by version 2
+    gc.collect()
+    assert first() is None  # the schedule does not keep the old value alive
+    second = weakref.ref((await h.cache.get(APP)).entry)
+    assert h.cache.purge(path=APP) == 1
+    await spin()  # let the loop drop its own finished futures
+    gc.collect()
+    assert second() is None
