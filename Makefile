@@ -25,13 +25,38 @@ pytest: $(STAMP)
 	$(BIN)/pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff format --check sidecar tests
-	$(BIN)/ruff check sidecar tests
+	$(BIN)/ruff format --check sidecar tests benchmarks
+	$(BIN)/ruff check sidecar tests benchmarks
 	$(BIN)/mypy
 
 format: $(STAMP)
-	$(BIN)/ruff format sidecar tests
-	$(BIN)/ruff check --fix sidecar tests
+	$(BIN)/ruff format sidecar tests benchmarks
+	$(BIN)/ruff check --fix sidecar tests benchmarks
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache
+
+# -- benchmarks (docs/performance.md) ------------------------------------------------------
+BENCH_STAMP := $(VENV)/.bench-installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+BENCH_ARGS  ?=
+
+.PHONY: bench bench-smoke
+
+$(BENCH_STAMP): $(STAMP)
+	@echo ">> installing the bench extra (matplotlib for the chart, py-spy for profiles)"
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	@rm -f $(VENV)/.bench-installed-*
+	@touch $@
+
+## bench: every benchmark side by side (a few minutes): table, benchmarks/results/latest.{json,png}, docs/performance.md
+bench: $(BENCH_STAMP)
+	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  echo ">> installing wrk from Debian's packages (best effort)" && \
+	  { apt-get install -y -q wrk >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q wrk >/dev/null 2>&1; }; }; } || true
+	@command -v wrk >/dev/null 2>&1 || echo ">> wrk is not available: the built-in load generator is used"
+	$(BIN)/python -m benchmarks --update-docs $(BENCH_ARGS)
+
+## bench-smoke: every benchmark scenario briefly, only checking that each completes (CI)
+bench-smoke: $(STAMP)
+	$(BIN)/python -m benchmarks --smoke $(BENCH_ARGS)
