@@ -1,0 +1,295 @@
+"""The sidecar's own identity in the store: a token, obtained and kept valid.
+
+Token auth uses the given token (file or environment) and renews it if renewable. AppRole and
+Kubernetes auth log in, renew at 2/3 of the TTL, and log in again when renewal is refused, when
+renewals run short, or when a 403 turns out to be a dead token. Every store request goes
+through the backend's ``call`` (so breakers, budgets and failover apply to auth too).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+from sidecar.backend import (
+    ErrorKind,
+    InvalidRequest,
+    SecretForbidden,
+    StoreError,
+    StoreUnavailable,
+)
+from sidecar.backoff import full_jitter
+from sidecar.settings import AppRoleAuth, BackendSettings, KubernetesAuth, TokenAuth
+
+log = logging.getLogger("sidecar.store")
+
+RENEW_AT = 2 / 3  # renew the sidecar's token at this fraction of its TTL, as Vault Agent does
+
+
+class StoreCall(Protocol):
+    async def call(
+        self,
+        method: str,
+        api_path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        json: Mapping[str, Any] | None = None,
+        authenticated: bool = True,
+        token: str | None = None,
+        urgent: bool = False,
+    ) -> Any: ...
+
+
+class AuthObserver(Protocol):
+    def auth_event(self, event: str, ok: bool, expires_at: float | None) -> None: ...
+
+
+class Authenticator:
+    """The sidecar's own identity in the store: a token, kept valid.
+
+    Token auth uses the given token and renews it if renewable. AppRole and Kubernetes auth log
+    in, renew at 2/3 of the TTL, and log in again when renewal is refused or the token dies.
+    """
+
+    def __init__(
+        self,
+        backend: StoreCall,
+        settings: BackendSettings,
+        observer: AuthObserver,
+        rng: Callable[[], float],
+    ) -> None:
+        self._backend = backend
+        self._method = settings.auth
+        self._backoff = settings.backoff
+        self._rng = rng
+        self._observer = observer
+        self.token: str | None = None
+        self._lock = asyncio.Lock()
+        self._renewal: asyncio.Task[None] | None = None
+        self._ttl_known = asyncio.Event()
+        self._renew_in: float | None = None
+        self._lease = 0.0  # TTL granted at the last login, to notice renewals running short
+
+    async def start(self) -> None:
+        """Authenticate in the background: start-up never waits on the store."""
+        self._renewal = asyncio.create_task(self._maintain(), name="store-auth")
+
+    async def _maintain(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                token = await self.ensure()
+                try:
+                    await self._inspect()
+                except SecretForbidden:
+                    await self.recover(token)  # dead at start: re-read the file or log in
+                    await self._inspect()
+                break
+            except StoreError as exc:
+                delay = max(
+                    0.1, full_jitter(attempt, self._backoff.base, self._backoff.cap, self._rng)
+                )
+                attempt += 1
+                log.error(
+                    "store authentication failed; retrying",
+                    extra={
+                        "method": self._method.method,
+                        "reason": exc.reason,
+                        "detail": exc.detail,
+                        "retry_in_seconds": round(delay, 2),
+                    },
+                )
+                await asyncio.sleep(delay)
+        await self._renew_forever()
+
+    async def stop(self) -> None:
+        if self._renewal is not None:
+            self._renewal.cancel()
+            await asyncio.gather(self._renewal, return_exceptions=True)
+
+    async def ensure(self) -> str:
+        if self.token is not None:
+            return self.token
+        async with self._lock:
+            if self.token is None:
+                self.token = await self._obtain()
+            return self.token
+
+    async def recover(self, failed: str) -> str | None:
+        """After a 403: a new token to retry with, or None if the token is fine (a real 403)."""
+        async with self._lock:
+            if self.token is not None and self.token != failed:
+                return self.token  # someone else already replaced it
+            try:
+                await self._backend.call(
+                    "GET", "auth/token/lookup-self", authenticated=False, token=failed
+                )
+            except SecretForbidden:
+                pass  # the token itself is dead
+            else:
+                return None
+            log.warning(
+                "the sidecar's store token is expired or revoked; authenticating again",
+                extra={"method": self._method.method},
+            )
+            self.token = None
+            self.token = await self._obtain(failed)
+            return self.token
+
+    async def _obtain(self, failed: str | None = None) -> str:
+        """A token to use: the configured one, or a fresh login. ``failed``: known dead."""
+        method = self._method
+        try:
+            if isinstance(method, TokenAuth):
+                return self._token_from(method, failed)
+            return await self._login(method)
+        except StoreError as exc:
+            self._observer.auth_event("login", False, None)
+            log.error(
+                "store authentication failed", extra={"method": method.method, "reason": str(exc)}
+            )
+            if isinstance(exc, StoreUnavailable):
+                raise
+            raise StoreUnavailable(
+                "auth_failed", kind=ErrorKind.AUTH_FAILED, detail=str(exc)
+            ) from None
+
+    def _token_from(self, method: TokenAuth, failed: str | None) -> str:
+        if method.token_file is not None:
+            token = _read_secret_file(method.token_file, "backend.auth.token_file")
+        else:
+            assert method.env_token is not None  # guaranteed by settings validation
+            token = method.env_token.get_secret_value()
+        if token == failed:
+            raise StoreUnavailable(
+                "auth_failed",
+                kind=ErrorKind.AUTH_FAILED,
+                detail="the configured token is expired or revoked; put a valid one in "
+                "backend.auth.token_file",
+            )
+        return token
+
+    async def _login(self, method: AppRoleAuth | KubernetesAuth) -> str:
+        if isinstance(method, AppRoleAuth):
+            role_id = method.role_id or _read_secret_file(
+                method.role_id_file, "backend.auth.role_id_file"
+            )
+            payload = {"role_id": role_id}
+            if method.secret_id_file is not None:
+                payload["secret_id"] = _read_secret_file(
+                    method.secret_id_file, "backend.auth.secret_id_file"
+                )
+        else:
+            payload = {
+                "role": method.role,
+                "jwt": _read_secret_file(method.jwt_file, "backend.auth.jwt_file"),
+            }
+        reply = await self._backend.call(
+            "POST", f"auth/{method.mount}/login", json=payload, authenticated=False
+        )
+        auth = reply.body.get("auth") or {}
+        token = auth.get("client_token")
+        if not isinstance(token, str) or not token:
+            raise StoreUnavailable(
+                "auth_failed", kind=ErrorKind.AUTH_FAILED, detail="login reply without a token"
+            )
+        ttl = float(auth.get("lease_duration") or 0)
+        self._lease = ttl
+        self._schedule(ttl, renewable=bool(auth.get("renewable")))
+        self._observer.auth_event("login", True, time.time() + ttl if ttl else None)
+        log.info("logged in to the store", extra={"method": method.method, "ttl_seconds": ttl})
+        return token
+
+    async def _inspect(self) -> None:
+        """Learn the token's TTL (token auth) so renewal can be scheduled."""
+        if not isinstance(self._method, TokenAuth) or self.token is None:
+            return
+        reply = await self._backend.call(
+            "GET", "auth/token/lookup-self", authenticated=False, token=self.token
+        )
+        data = reply.body.get("data") or {}
+        ttl = float(data.get("ttl") or 0)
+        self._schedule(ttl, renewable=bool(data.get("renewable")))
+        self._observer.auth_event("login", True, time.time() + ttl if ttl else None)
+
+    def _schedule(self, ttl: float, *, renewable: bool) -> None:
+        if ttl <= 0:
+            self._renew_in = None  # never expires (root or periodic without TTL)
+        elif renewable:
+            self._renew_in = ttl * RENEW_AT
+        else:
+            # Not renewable: log in again before it runs out (token auth can't; it just waits).
+            self._renew_in = ttl * RENEW_AT if not isinstance(self._method, TokenAuth) else None
+        self._ttl_known.set()
+
+    async def _renew_forever(self) -> None:
+        failures = 0
+        while True:
+            await self._ttl_known.wait()
+            self._ttl_known.clear()
+            if self._renew_in is None:
+                continue
+            await asyncio.sleep(self._renew_in)
+            try:
+                await self._renew()
+                failures = 0
+            except StoreError as exc:
+                failures += 1
+                delay = min(60.0, 2.0**failures)
+                log.warning(
+                    "token renewal failed; retrying",
+                    extra={"reason": str(exc), "retry_in_seconds": delay},
+                )
+                self._renew_in = delay
+                self._ttl_known.set()
+
+    async def _renew(self) -> None:
+        token = self.token
+        if token is None:
+            await self.ensure()
+            return
+        try:
+            reply = await self._backend.call(
+                "POST", "auth/token/renew-self", json={}, authenticated=False, token=token
+            )
+        except (SecretForbidden, InvalidRequest):
+            self._observer.auth_event("renew", False, None)
+            if isinstance(self._method, TokenAuth):
+                raise
+            async with self._lock:
+                self.token = None
+                self.token = await self._obtain()
+            return
+        auth = reply.body.get("auth") or {}
+        ttl = float(auth.get("lease_duration") or 0)
+        self._observer.auth_event("renew", True, time.time() + ttl if ttl else None)
+        log.info("store token renewed", extra={"ttl_seconds": ttl})
+        if not isinstance(self._method, TokenAuth) and ttl < self._lease / 3:
+            # The token is near its max TTL and renewals come back short: log in afresh.
+            async with self._lock:
+                self.token = None
+                self.token = await self._obtain()
+            return
+        self._schedule(ttl, renewable=bool(auth.get("renewable", True)))
+
+
+def _read_secret_file(path: Path | None, key: str) -> str:
+    if path is None:
+        raise StoreUnavailable("auth_failed", kind=ErrorKind.AUTH_FAILED, detail=f"{key} not set")
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise StoreUnavailable(
+            "auth_failed",
+            kind=ErrorKind.AUTH_FAILED,
+            detail=f"{key} {path}: cannot read it ({exc.strerror})",
+        ) from None
+    if not value:
+        raise StoreUnavailable(
+            "auth_failed", kind=ErrorKind.AUTH_FAILED, detail=f"{key} {path} is empty"
+        )
+    return value
