@@ -311,13 +311,9 @@ class VaultBackend:
         )
 
     async def _mount_for(self, path: str, *, urgent: bool = False) -> Mount:
-        now = self._clock()
-        best: Mount | None = None
-        for mount in self._mounts.values():
-            if path.startswith(mount.path) and (best is None or len(mount.path) > len(best.path)):
-                best = mount
-        if best is not None and now - best.discovered_at < MOUNT_TTL:
-            return best
+        known = self.known_mount(path)
+        if known is not None:
+            return known
         mount, _ = await self._mount_lookups.run(path, lambda: self._discover(path, urgent))
         return mount
 
