@@ -30,6 +30,10 @@ MAX_EXTENSION = 7 * 86400.0  # an incident window that lasts longer is a configu
 Revocation = tuple[str, int | None, str]
 
 
+class MalformedList(Exception):
+    """The revocation list's shape is wrong as a whole (not one bad entry)."""
+
+
 class AdminError(Exception):
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
@@ -61,9 +65,11 @@ class Admin:
         self._extended_until: dict[str, float] = {}
         self.revocations_polled_at: float | None = None
 
-    async def _persist(self) -> None:
-        if self._snapshotter is not None:
-            await self._snapshotter.save(force=True)
+    async def _persist(self, why: str) -> None:
+        """Rewrite the snapshot without what was just dropped; if that fails, remove it: a
+        purged or revoked value must not come back after a restart."""
+        if self._snapshotter is not None and not await self._snapshotter.save(force=True):
+            self._snapshotter.remove(why)
 
     # -- purge -------------------------------------------------------------------------
 
@@ -74,7 +80,7 @@ class Admin:
         scope = "path" if path is not None else "prefix" if prefix is not None else "all"
         self._audit.record("purged", scope=scope, target=path or prefix, entries=count, by=by)
         log.warning("purged", extra={"scope": scope, "target": path or prefix, "entries": count})
-        await self._persist()
+        await self._persist("purge")
         return count
 
     # -- incident cache windows --------------------------------------------------------
@@ -167,7 +173,7 @@ class Admin:
             self._audit.record("unrevoked", path=path, version=version, reason=reason)
             log.info("revocation lifted", extra={"path": path, "version": version})
         if purged:
-            await self._persist()
+            await self._persist("revocation")
 
     async def poll_revocations(
         self,
@@ -178,27 +184,34 @@ class Admin:
     ) -> None:
         """Poll the list kept in the store. It is small and polled on its own path (urgent:
         past circuit breakers and the request budget), so revoking works in a degraded store.
-        A failed poll keeps the last list: an outage never lifts a revocation."""
+        A failed poll keeps the last list: an outage never lifts a revocation, and neither does
+        a malformed list (it is refused whole, logged and counted)."""
         failing = False
         while True:
             try:
                 secret = await backend.read(list_path, None, urgent=True)
                 entries, problems = parse_revocations(secret.data)
+                if problems and not entries and secret.data.get("revoked") not in (None, []):
+                    raise MalformedList(problems[0])
                 for problem in problems:
                     log.error("revocation list entry ignored", extra={"problem": problem})
             except SecretNotFound:
                 entries = []
-            except StoreError as exc:
+            except (StoreError, MalformedList) as exc:
+                self._metrics.revocation_polls.labels("failure").inc()
                 if not failing:
                     log.warning(
                         "revocation list not readable; keeping the last one",
                         extra={"path": list_path, "reason": str(exc)},
                     )
                 failing = True
-            else:
-                failing = False
-                self.revocations_polled_at = self._wall()
-                await self.apply_revocations(entries)
+                await asyncio.sleep(interval * (0.8 + 0.4 * rng()))
+                continue
+            failing = False
+            await self.apply_revocations(entries)
+            self.revocations_polled_at = self._wall()
+            self._metrics.revocation_polls.labels("success").inc()
+            self._metrics.revocation_last_success.set(self.revocations_polled_at)
             await asyncio.sleep(interval * (0.8 + 0.4 * rng()))
 
 

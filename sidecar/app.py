@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,10 +15,12 @@ from sidecar import __version__
 from sidecar.admin import Admin
 from sidecar.audit import AuditLog, fingerprint_key
 from sidecar.backend import Backend
+from sidecar.background import supervised
 from sidecar.backoff import CircuitState
 from sidecar.cache import Fanout, SecretCache
-from sidecar.callers import CallerCheck, load_or_create
+from sidecar.callers import CallerCheck, TokenFile, load_or_create
 from sidecar.events import EventHub
+from sidecar.guard import FAST_PATHS_KEY, GUARD_KEY, FastPath, Guard
 from sidecar.metrics import Metrics
 from sidecar.settings import ConfigError, Settings
 from sidecar.snapshot import SnapshotKeyError
@@ -29,10 +31,8 @@ from sidecar.verify import Verifier
 from sidecar.warmstart import Snapshotter, snapshot_key
 from sidecar.web import (
     ADMIN_KEY,
-    ADMINS_KEY,
     CACHE_KEY,
-    CALLERS_KEY,
-    FAST_PATHS_KEY,
+    HTTP_KEY,
     HUB_KEY,
     MAX_WAIT_KEY,
     METRICS_KEY,
@@ -41,7 +41,6 @@ from sidecar.web import (
     SECRETS_PREFIX,
     VAULT_PREFIX,
     VERIFIER_KEY,
-    FastPath,
     fallback_route,
     native_hit,
     ops_routes,
@@ -69,6 +68,7 @@ class Sidecar:
     audit: AuditLog
     admin: Admin
     hub: EventHub
+    token_files: list[TokenFile] = field(default_factory=list)
     started: bool = field(default=False)
 
     def readiness(self) -> Mapping[str, Any]:
@@ -116,7 +116,11 @@ def create_app(
     trail = AuditTrail(audit, settings.backend.auth.method)
     hub = EventHub()
     if backend is None:
-        backend = VaultBackend(settings.backend, observer=_BackendFanout(metrics, trail))
+        backend = VaultBackend(
+            settings.backend,
+            observer=_BackendFanout(metrics, trail),
+            on_error=metrics.background_error,
+        )
     backoff = settings.backend.backoff
     cache = SecretCache(
         backend,
@@ -131,8 +135,27 @@ def create_app(
     admin_secret = (
         admin_token
         if admin_token is not None
-        else load_or_create(settings.admin_token_file, mode=0o600)
+        else load_or_create(
+            settings.admin_token_file, mode=0o600, key="admin_token_file", dir_mode=0o700
+        )
     )
+    callers, admins = CallerCheck(caller), CallerCheck(admin_secret)
+    # Token files given on the command line are watched; tokens passed in (tests) are not.
+    token_files = [
+        TokenFile(
+            path,
+            check,
+            token,
+            key=key,
+            grace=settings.token_rotation_grace,
+            on_rotate=_audit_rotation(audit, key),
+        )
+        for path, check, token, key, given in (
+            (settings.caller_token_file, callers, caller, "caller_token_file", caller_token),
+            (settings.admin_token_file, admins, admin_secret, "admin_token_file", admin_token),
+        )
+        if given is None
+    ]
     snapshotter = None
     if key:
         snapshotter = Snapshotter(
@@ -157,13 +180,18 @@ def create_app(
 
     api = web.Application(client_max_size=64 * 1024)
     api[CACHE_KEY] = cache
-    api[CALLERS_KEY] = CallerCheck(caller)
-    api[ADMINS_KEY] = CallerCheck(admin_secret)
+    api[GUARD_KEY] = Guard(
+        callers,
+        admins,
+        metrics,
+        passthrough=settings.vault_api.enabled and settings.vault_api.passthrough,
+    )
     api[METRICS_KEY] = metrics
     api[VERIFIER_KEY] = verifier
     api[HUB_KEY] = hub
     api[ADMIN_KEY] = admin
     api[MAX_WAIT_KEY] = settings.max_wait
+    api[HTTP_KEY] = settings.http
     secrets_routes(api)  # the hot routes first
     fast_paths: dict[str, FastPath] = {SECRETS_PREFIX: native_hit(cache)}
     if settings.vault_api.enabled and isinstance(backend, VaultBackend):
@@ -192,6 +220,7 @@ def create_app(
         audit=audit,
         admin=admin,
         hub=hub,
+        token_files=token_files,
     )
     ops[READY_KEY] = sidecar.readiness
     api.cleanup_ctx.append(_lifecycle(sidecar))
@@ -201,6 +230,10 @@ def create_app(
 
     api.on_shutdown.append(end_streams)
     return sidecar
+
+
+def _audit_rotation(audit: AuditLog, key: str) -> Callable[[], None]:
+    return lambda: audit.record("token_rotated", setting=key)
 
 
 def _audit_log(settings: Settings, snapshot_key: bytes | None) -> AuditLog:
@@ -220,12 +253,19 @@ def _lifecycle(sidecar: Sidecar) -> Any:
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
         settings = sidecar.settings
         tasks: list[asyncio.Task[None]] = []
+
+        def background(name: str, loop: Callable[[], Awaitable[None]]) -> None:
+            # Supervised: a loop that fails is logged, counted and started again, never lost.
+            task = supervised(name, loop, sidecar.metrics.background_error)
+            tasks.append(asyncio.create_task(task, name=name))
+
         sidecar.audit.record("started", version=__version__)
         # startup, before any listener opens:
         # 1. warm the cache from the snapshot, so a store outage at start is already survivable;
-        if sidecar.snapshotter is not None:
-            sidecar.snapshotter.load()
-            tasks.append(asyncio.create_task(sidecar.snapshotter.run(), name="snapshot"))
+        snapshotter = sidecar.snapshotter
+        if snapshotter is not None:
+            snapshotter.load()
+            background("snapshot", snapshotter.run)
         else:
             log.warning(
                 "no snapshot: snapshot.key_file is not set, so nothing survives a restart",
@@ -233,31 +273,48 @@ def _lifecycle(sidecar: Sidecar) -> Any:
         # 2. authenticate in the background (an outage at start is served as an outage);
         await sidecar.backend.start()
         # 3. follow the fleet-wide revocation list, if there is one;
-        if settings.revocation_list:
-            tasks.append(
-                asyncio.create_task(
-                    sidecar.admin.poll_revocations(
-                        sidecar.backend, settings.revocation_list, settings.revocation_poll_interval
-                    ),
-                    name="revocations",
-                )
+        revocation_list = settings.revocation_list
+        if revocation_list:
+            background(
+                "revocations",
+                lambda: sidecar.admin.poll_revocations(
+                    sidecar.backend, revocation_list, settings.revocation_poll_interval
+                ),
             )
-        # 4. preload with jitter, and keep read secrets fresh ahead of time.
+        # 4. watch the token files (a rotated token works at once, the old one for a grace);
+        for token_file in sidecar.token_files:
+            background("token_watch", token_file.watch)
+        # 5. preload with jitter, and keep read secrets fresh ahead of time.
         sidecar.cache.preload(sidecar.preloads, settings.startup_jitter)
-        tasks.append(asyncio.create_task(sidecar.cache.run_refresher(), name="refresh-ahead"))
+        background("refresh", sidecar.cache.run_refresher)
         sidecar.started = True
         yield
         # shutdown: stop background work, write the last snapshot, release the store client.
+        # Each step runs whatever the one before did: the "stopped" record is always written.
         sidecar.started = False
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        sidecar.admin.close()
-        if sidecar.snapshotter is not None:
-            await sidecar.snapshotter.save(force=True)
-        await sidecar.cache.close()
-        await sidecar.backend.close()
+        for name, step in (
+            ("admin", _sync(sidecar.admin.close)),
+            ("snapshot", snapshotter.save if snapshotter is not None else None),
+            ("cache", sidecar.cache.close),
+            ("store", sidecar.backend.close),
+        ):
+            if step is None:
+                continue
+            try:
+                await step()
+            except Exception:
+                log.exception("shutdown step failed; continuing", extra={"step": name})
         sidecar.audit.record("stopped")
         sidecar.audit.close()
 
     return lifecycle
+
+
+def _sync(function: Callable[[], None]) -> Callable[[], Awaitable[None]]:
+    async def step() -> None:
+        function()
+
+    return step

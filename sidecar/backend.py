@@ -61,16 +61,24 @@ class ErrorKind(enum.StrEnum):
 
 
 class StoreError(Exception):
-    """``reason`` is what callers see: a short code for outages, a sentence otherwise."""
+    """``reason`` (and ``detail``) are what callers see: our own words, a short code for outages,
+    a sentence otherwise. ``store_message`` is the store's own error text: it goes to the log
+    only (a store message may quote anything, a value included)."""
 
     kind: ErrorKind
 
     def __init__(
-        self, reason: str, *, kind: ErrorKind | None = None, detail: str | None = None
+        self,
+        reason: str,
+        *,
+        kind: ErrorKind | None = None,
+        detail: str | None = None,
+        store_message: str | None = None,
     ) -> None:
         super().__init__(reason if detail is None else f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+        self.store_message = store_message
         if kind is not None:
             self.kind = kind
 
@@ -97,8 +105,9 @@ class StoreUnavailable(StoreError):
         kind: ErrorKind | None = None,
         detail: str | None = None,
         retry_after: float | None = None,
+        store_message: str | None = None,
     ) -> None:
-        super().__init__(reason, kind=kind, detail=detail)
+        super().__init__(reason, kind=kind, detail=detail, store_message=store_message)
         self.retry_after = retry_after
 
 

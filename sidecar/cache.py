@@ -33,11 +33,13 @@ from sidecar.backend import (
 )
 from sidecar.backoff import full_jitter
 from sidecar.coalesce import Coalescer
+from sidecar.logs import LogLimiter
 from sidecar.policy import Freshness, OnOutage, Policy, SecretClass
 
 log = logging.getLogger("sidecar.cache")
 
 MAX_TOMBSTONES = 10_000  # keys remembered as "aged out", to say why a read fails (no values)
+MAX_REFUSALS = 10_000  # keys remembered as "not found"/"forbidden" (negative cache), bounded
 
 CacheKey = tuple[str, int | None]  # (path, version); version None is "the latest"
 
@@ -47,6 +49,7 @@ class Outcome(enum.StrEnum):
     MISS = "miss"  # this request fetched from the store
     COALESCED = "coalesced"  # this request waited for a fetch already under way
     STALE = "stale"  # the store could not confirm; an older value within limits was served
+    NEGATIVE = "negative"  # the store said "not found" or "forbidden" moments ago: said again
 
 
 @dataclass(slots=True, eq=False, weakref_slot=True)
@@ -267,12 +270,19 @@ class SecretCache:
         self._waiters: dict[CacheKey, int] = {}  # blocking queries waiting on a key
         self._changed: dict[str, asyncio.Event] = {}  # set when a path's latest version moves
         self._revoked: dict[str, dict[int | None, str]] = {}  # path -> {version|None: reason}
+        # The negative cache: key -> (monotonic time it ends, the store's refusal).
+        self._refusals: dict[CacheKey, tuple[float, SecretNotFound | SecretForbidden]] = {}
+        self._log_limit = LogLimiter()
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def entries(self) -> Iterator[tuple[CacheKey, Entry]]:
         return iter(list(self._entries.items()))
+
+    def allows(self, path: str) -> bool:
+        """Does a rule classify ``path`` (may it be served at all)? No store request."""
+        return self._policy.classify(path) is not None
 
     def classify(self, path: str) -> SecretClass:
         secret_class = self._policy.classify(path)
@@ -305,6 +315,14 @@ class SecretCache:
                 self._looked_up(secret_class, Outcome.STALE)
                 self._observer.stale_served(path, entry.secret_class, entry, age)
                 return self._served(key, Lookup(entry, Outcome.STALE, age))
+        elif self._refusals:
+            refusal = self._refusals.get(key)
+            if refusal is not None:
+                until, refused = refusal
+                if now < until:
+                    self._looked_up(secret_class, Outcome.NEGATIVE)
+                    raise type(refused)(refused.reason, detail=refused.detail)
+                del self._refusals[key]
         task, coalesced = self._coalescer.start(key, lambda: self._fetch(key))
         outcome = Outcome.COALESCED if coalesced else Outcome.MISS
         try:
@@ -422,21 +440,27 @@ class SecretCache:
         except StoreError as exc:
             elapsed = self._clock() - started
             self._observer.fetch_finished(path, secret_class, elapsed, exc)
-            log.warning(
-                "store fetch failed",
-                extra={
-                    "path": path,
-                    "class": secret_class.name,
-                    "version": version,
-                    "kind": exc.kind.value,
-                    "reason": exc.reason,
-                    "detail": exc.detail,
-                    "duration_ms": round(elapsed * 1000, 1),
-                },
-            )
+            dropped = self._log_limit.allow(exc.kind)
+            if dropped is not None:
+                log.warning(
+                    "store fetch failed",
+                    extra={
+                        "path": path,
+                        "class": secret_class.name,
+                        "version": version,
+                        "kind": exc.kind.value,
+                        "reason": exc.reason,
+                        "detail": exc.detail,
+                        "store_message": exc.store_message,
+                        "duration_ms": round(elapsed * 1000, 1),
+                        **({"suppressed": dropped} if dropped else {}),
+                    },
+                )
             if isinstance(exc, SecretNotFound | SecretForbidden):
-                # The store says the secret is gone or no longer ours: stop serving it at once.
+                # The store says the secret is gone or no longer ours: stop serving it at once,
+                # and remember the answer briefly (the negative cache).
                 self._drop(key)
+                self._refuse(key, secret_class, exc)
             raise
         now = self._clock()
         held = self._entries.get(key)
@@ -538,7 +562,19 @@ class SecretCache:
                 self._overlaps[path] = state
                 self._push(now + (entry.overlap_until - wall), _Due.RETIRE, (path, None))
 
+    def _refuse(
+        self, key: CacheKey, secret_class: SecretClass, exc: SecretNotFound | SecretForbidden
+    ) -> None:
+        ttl = secret_class.negative_seconds
+        if ttl <= 0:
+            return
+        self._refusals.pop(key, None)
+        self._refusals[key] = (self._clock() + ttl, exc)
+        if len(self._refusals) > MAX_REFUSALS:
+            del self._refusals[next(iter(self._refusals))]  # the oldest; bounded memory
+
     def _store(self, key: CacheKey, entry: Entry) -> None:
+        self._refusals.pop(key, None)
         self.generation += 1
         entry.serial = next(self._seq)
         self._entries[key] = entry
@@ -750,6 +786,15 @@ class SecretCache:
         if doomed:
             self.generation += 1
             self._observer.entries_changed(len(self._entries))
+        forgotten = [
+            key
+            for key in self._refusals
+            if (path is None and prefix is None)
+            or (path is not None and key[0] == path)
+            or (prefix is not None and key[0].startswith(prefix))
+        ]
+        for key in forgotten:
+            del self._refusals[key]
         now = self._clock()
         for key in doomed:
             if key in self._pinned:

@@ -6,7 +6,7 @@ import math
 import re
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)", re.ASCII)
 HINT = "e.g. 500ms, 30s, 15m, 1h, 1h30m, or a number of seconds"
 
 
@@ -28,6 +28,8 @@ def parse_duration(value: object) -> float:
 
 
 def _parse_text(text: str) -> float:
+    if not text.isascii():  # float() and \d take other scripts' digits; people write 0-9
+        raise ValueError(f"expected a duration ({HINT}), got {text!r}")
     try:
         return float(text)  # before the sign is split off, so "--5" is not read as 5
     except ValueError:

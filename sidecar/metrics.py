@@ -19,6 +19,14 @@ from sidecar.cache import CacheObserver, Outcome, SecretCache
 from sidecar.policy import SecretClass
 from sidecar.verify import Match, Verdict, VerifyObserver
 
+BACKGROUND_TASKS = (
+    "snapshot",
+    "refresh",
+    "revocations",
+    "token_watch",
+    "store_prober",
+    "store_auth",
+)
 FETCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -139,6 +147,47 @@ class Metrics(CacheObserver, VerifyObserver):
             "Entries that appeared on the revocation list.",
             registry=r,
         )
+        self.background_errors = Counter(
+            "sidecar_background_errors",
+            "Unexpected failures of a background task, which is then restarted (snapshot, "
+            "refresh, revocations, token_watch, store_prober, store_auth).",
+            ["task"],
+            registry=r,
+        )
+        self.revocation_polls = Counter(
+            "sidecar_revocation_polls",
+            "Polls of the revocation list by result: success, or failure (unreadable or "
+            "malformed: the last good list stays in force).",
+            ["result"],
+            registry=r,
+        )
+        self.revocation_last_success = Gauge(
+            "sidecar_revocation_list_last_success_timestamp_seconds",
+            "When the revocation list was last read and applied (0: never).",
+            registry=r,
+        )
+        self.connections = Gauge(
+            "sidecar_http_connections",
+            "Open client connections by listener (api: the secrets API, ops: metrics and probes).",
+            ["listener"],
+            registry=r,
+        )
+        self.connections_closed = Counter(
+            "sidecar_http_connections_closed",
+            "Connections the sidecar closed to protect itself, by listener and reason: limit "
+            "(refused at max_connections, every open one busy), evicted (an idle one closed to "
+            "make room for a new one), header_timeout (no complete request headers in time).",
+            ["listener", "reason"],
+            registry=r,
+        )
+        for task in BACKGROUND_TASKS:
+            self.background_errors.labels(task)
+        for result in ("success", "failure"):
+            self.revocation_polls.labels(result)
+        for listener in ("api", "ops"):
+            self.connections.labels(listener)
+            for reason in ("limit", "evicted", "header_timeout"):
+                self.connections_closed.labels(listener, reason)
         self.snapshot_errors.labels(operation="load")
         self.snapshot_errors.labels(operation="save")
         for event in ("login", "renew"):
@@ -166,6 +215,9 @@ class Metrics(CacheObserver, VerifyObserver):
             self.rotations.labels(name)
             self.retired_uses.labels(name)
             self.previous_served.labels(name)
+
+    def background_error(self, task: str) -> None:
+        self.background_errors.labels(task).inc()
 
     # CacheObserver
     def fetch_finished(

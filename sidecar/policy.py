@@ -32,6 +32,12 @@ class SecretClass:
     revocation_steps: str
     preload: bool = False
     overlap: float = 0.0  # seconds the previous version stays available after a rotation
+    negative_ttl: float = 5.0  # seconds a "not found"/"forbidden" answer is remembered
+
+    @property
+    def negative_seconds(self) -> float:
+        """How long a refusal is remembered: never longer than a value would be trusted."""
+        return min(self.negative_ttl, self.refresh_interval)
 
     def freshness(self, age: float) -> Freshness:
         """``age``: seconds since the store last confirmed the value."""

@@ -6,14 +6,18 @@ import asyncio
 import logging
 import signal
 from contextlib import suppress
-from typing import Any, cast
+from typing import Any
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 
 from sidecar import __version__
 from sidecar.app import Sidecar, create_app
+from sidecar.connections import ConnectionGuard, GuardedRunner, fit_to_descriptors
+from sidecar.guard import hit_front
 from sidecar.settings import Settings, split_hostport
-from sidecar.web import Handler, hit_front
+from sidecar.web import HTTP_KEY, METRICS_KEY
 
 log = logging.getLogger("sidecar.server")
 
@@ -22,16 +26,59 @@ class ListenError(Exception):
     pass
 
 
-class SidecarRunner(web.AppRunner):
-    """aiohttp's AppRunner, with fresh cache hits answered in front of the router
-    (web.hit_front); everything else takes the application's routes as usual."""
+class SidecarRunner(GuardedRunner):
+    """The secrets API's runner: connections guarded (connections.py), fresh cache hits
+    answered in front of the router (guard.hit_front); everything else takes the application's
+    routes as usual. Tests run the API through it too."""
 
-    async def _make_server(self) -> web.Server:
-        server = await super()._make_server()
-        # The application's request factory makes web.Request objects, whatever the type says.
-        routed = cast(Handler, server.request_handler)
-        server.request_handler = cast(Any, hit_front(self.app, routed))
-        return server
+    def __init__(
+        self, app: web.Application, *, max_connections: int | None = None, **kwargs: Any
+    ) -> None:
+        quiet_malformed_requests()
+        http = app[HTTP_KEY]
+        guard = ConnectionGuard(
+            "api", max_connections or http.max_connections, http.header_timeout, app[METRICS_KEY]
+        )
+        kwargs.setdefault("keepalive_timeout", http.keepalive_timeout)
+        super().__init__(app, guard, front=hit_front, **kwargs)
+
+
+class MalformedRequests(logging.Filter):
+    """aiohttp logs each malformed request it refuses (400: a bad request line, smuggling
+    attempts, oversized headers) at error level with a full traceback. One warning line says
+    all there is to say, and a flood of them must not bury the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and 400 <= (exc.code or 500) < 500:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg, record.args = "malformed HTTP request refused", ()
+            record.reason = exc.message
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_malformed_requests() -> None:
+    logger = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedRequests) for f in logger.filters):
+        logger.addFilter(MalformedRequests())
+
+
+class AccessLog(AbstractAccessLogger):
+    """One JSON line per request: method, path, the *names* of query parameters (their values
+    may be anything a caller typed), status, duration. Never a token or a header value."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info(
+            "request",
+            extra={
+                "method": request.method,
+                "path": request.raw_path.partition("?")[0][:600],
+                "query": sorted(request.query.keys())[:20],
+                "status": response.status,
+                "duration_ms": round(time * 1000, 2),
+            },
+        )
 
 
 async def serve(settings: Settings) -> None:
@@ -43,19 +90,30 @@ async def serve(settings: Settings) -> None:
 class Server:
     def __init__(self, sidecar: Sidecar) -> None:
         self.sidecar = sidecar
-        timeout = sidecar.settings.shutdown_timeout
-        access = logging.getLogger("sidecar.access") if sidecar.settings.access_log else None
+        settings = sidecar.settings
+        timeout = settings.shutdown_timeout
+        http = settings.http
+        caps = fit_to_descriptors({"api": http.max_connections, "ops": http.ops_max_connections})
+        access = logging.getLogger("sidecar.access") if settings.access_log else None
         # handler_cancellation: a caller that hangs up stops costing us; a fetch it started
         # is shielded (coalesce.py) and still serves the others.
         self._api = SidecarRunner(
             sidecar.api,
+            max_connections=caps["api"],
             handle_signals=False,
             shutdown_timeout=timeout,
             access_log=access,
+            access_log_class=AccessLog,
             handler_cancellation=True,
         )
-        self._ops = web.AppRunner(
-            sidecar.ops, handle_signals=False, shutdown_timeout=timeout, access_log=None
+        # The ops listener has its own cap: a flood of the secrets API leaves the probes room.
+        self._ops = GuardedRunner(
+            sidecar.ops,
+            ConnectionGuard("ops", caps["ops"], http.header_timeout, sidecar.metrics),
+            handle_signals=False,
+            shutdown_timeout=timeout,
+            access_log=None,
+            keepalive_timeout=http.keepalive_timeout,
         )
         self._stop = asyncio.Event()
         self._signals = 0
@@ -66,6 +124,9 @@ class Server:
             await self._stop.wait()
         finally:
             await self.shutdown()
+
+    def stop(self) -> None:
+        self._stop.set()
 
     async def startup(self) -> None:
         settings = self.sidecar.settings
@@ -99,8 +160,18 @@ class Server:
                 "metrics_listen": settings.metrics_listen,
                 "store": settings.backend.address,
                 "caller_token_file": str(settings.caller_token_file),
+                "max_connections": self._api.guard.limit,
             },
         )
+
+    @property
+    def addresses(self) -> dict[str, tuple[str, int]]:
+        """Where each listener is bound (tests bind port 0)."""
+        found: dict[str, tuple[str, int]] = {}
+        for name, runner in (("api", self._api), ("ops", self._ops)):
+            for address in runner.addresses:
+                found.setdefault(name, (str(address[0]), int(address[1])))
+        return found
 
     def _on_signal(self, signum: int) -> None:
         self._signals += 1

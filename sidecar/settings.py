@@ -19,6 +19,7 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     BeforeValidator,
+    ByteSize,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -31,6 +32,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from sidecar.durations import format_duration, parse_duration
+from sidecar.paths import check_kv_path
 from sidecar.policy import OnOutage, Policy, Rule, SecretClass, is_literal
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -100,6 +102,9 @@ class SecretClassSettings(Strict):
     revocation_steps: Text
     preload: bool = False
     overlap: Duration = 0.0  # how long the previous version stays available after a rotation
+    # How long the store's "no such secret" / "not allowed" is remembered (capped at
+    # refresh_interval), so a loop of reads of a missing path is not a loop of store reads.
+    negative_ttl: Duration = 5.0
 
     @field_validator("overlap")
     @classmethod
@@ -223,6 +228,15 @@ class BackendSettings(Strict):
     backoff: BackoffSettings = BackoffSettings()
     circuit_breaker: CircuitBreakerSettings = CircuitBreakerSettings()
     rate_limit: RateLimitSettings = RateLimitSettings()
+    # The largest store reply read (decompressed); a larger one is refused as bad_response.
+    max_response_size: ByteSize = ByteSize(4 * 1024 * 1024)
+
+    @field_validator("max_response_size")
+    @classmethod
+    def _response_size_range(cls, value: ByteSize) -> ByteSize:
+        if not 1024 <= value <= 1024**3:
+            raise ValueError(f"must be from 1KiB to 1GiB, got {value.human_readable()}")
+        return value
 
     @field_validator("address")
     @classmethod
@@ -254,6 +268,25 @@ def _http_url(value: str) -> str:
     if not value.startswith(("http://", "https://")):
         raise ValueError(f"must start with http:// or https://, got {value!r}")
     return value.rstrip("/")
+
+
+class HTTPSettings(Strict):
+    """What one local process can hold on each listener: connections are capped (an idle one
+    is closed to make room before a new one is refused), request headers must arrive within
+    ``header_timeout``, and an idle keep-alive connection is closed after
+    ``keepalive_timeout``."""
+
+    max_connections: int = Field(default=1024, ge=16, le=65536)
+    ops_max_connections: int = Field(default=128, ge=4, le=4096)
+    header_timeout: PositiveDuration = 10.0
+    keepalive_timeout: PositiveDuration = 30.0
+
+    @field_validator("header_timeout", "keepalive_timeout")
+    @classmethod
+    def _timeout_range(cls, value: float) -> float:
+        if value > 600:
+            raise ValueError(f"must be at most 10m, got {format_duration(value)}")
+        return value
 
 
 class VaultAPISettings(Strict):
@@ -288,6 +321,7 @@ class Settings(BaseSettings):
     metrics_listen: HostPort = "0.0.0.0:9102"
     allow_remote_callers: bool = False
     caller_token_file: Path = Path("/run/secrets-sidecar/token")
+    token_rotation_grace: Duration = 30.0
     log_level: LogLevel = "info"
     access_log: bool = False
     shutdown_timeout: Duration = 10.0
@@ -303,6 +337,7 @@ class Settings(BaseSettings):
     audit_fingerprint_key_file: Path | None = None
     snapshot: SnapshotSettings = SnapshotSettings()
     vault_api: VaultAPISettings = VaultAPISettings()
+    http: HTTPSettings = HTTPSettings()
     backend: BackendSettings = Field(default_factory=dict, validate_default=True)
     classes: dict[str, SecretClassSettings] = Field(min_length=1)
     secrets: list[RuleSettings] = Field(min_length=1)
@@ -318,6 +353,13 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The YAML document arrives as init kwargs; SIDECAR_* beats it, Vault's variables don't.
         return env_settings, init_settings, VaultEnvironment(settings_cls)
+
+    @field_validator("revocation_list")
+    @classmethod
+    def _revocation_path(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_kv_path(value, what="the path")
+        return value
 
     def policy(self) -> Policy:
         classes = {
@@ -438,7 +480,7 @@ def _cross_checks(settings: Settings) -> list[str]:
             )
     if settings.caller_token_file == settings.admin_token_file:
         problems.append("admin_token_file: must differ from caller_token_file")
-    if settings.listen == settings.metrics_listen:
+    if settings.listen == settings.metrics_listen and not settings.listen.endswith(":0"):
         problems.append("metrics_listen: must differ from listen (the two APIs are separate)")
     return problems
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+from sidecar import replies
 from sidecar.backend import (
     ErrorKind,
     InvalidRequest,
@@ -22,6 +23,7 @@ from sidecar.backend import (
     StoreError,
     StoreUnavailable,
 )
+from sidecar.background import supervised
 from sidecar.backoff import full_jitter
 from sidecar.settings import AppRoleAuth, BackendSettings, KubernetesAuth, TokenAuth
 
@@ -61,7 +63,9 @@ class Authenticator:
         settings: BackendSettings,
         observer: AuthObserver,
         rng: Callable[[], float],
+        on_error: Callable[[str], None] = lambda task: None,
     ) -> None:
+        self._on_error = on_error
         self._backend = backend
         self._method = settings.auth
         self._backoff = settings.backoff
@@ -76,7 +80,9 @@ class Authenticator:
 
     async def start(self) -> None:
         """Authenticate in the background: start-up never waits on the store."""
-        self._renewal = asyncio.create_task(self._maintain(), name="store-auth")
+        self._renewal = asyncio.create_task(
+            supervised("store_auth", self._maintain, self._on_error), name="store-auth"
+        )
 
     async def _maintain(self) -> None:
         attempt = 0
@@ -191,15 +197,11 @@ class Authenticator:
         reply = await self._backend.call(
             "POST", f"auth/{method.mount}/login", json=payload, authenticated=False
         )
-        auth = reply.body.get("auth") or {}
-        token = auth.get("client_token")
-        if not isinstance(token, str) or not token:
-            raise StoreUnavailable(
-                "auth_failed", kind=ErrorKind.AUTH_FAILED, detail="login reply without a token"
-            )
-        ttl = float(auth.get("lease_duration") or 0)
+        grant = replies.login(reply.body)
+        token, ttl = grant.token, grant.ttl
+        assert token is not None  # replies.login refuses a reply without one
         self._lease = ttl
-        self._schedule(ttl, renewable=bool(auth.get("renewable")))
+        self._schedule(ttl, renewable=grant.renewable)
         self._observer.auth_event("login", True, time.time() + ttl if ttl else None)
         log.info("logged in to the store", extra={"method": method.method, "ttl_seconds": ttl})
         return token
@@ -211,9 +213,9 @@ class Authenticator:
         reply = await self._backend.call(
             "GET", "auth/token/lookup-self", authenticated=False, token=self.token
         )
-        data = reply.body.get("data") or {}
-        ttl = float(data.get("ttl") or 0)
-        self._schedule(ttl, renewable=bool(data.get("renewable")))
+        grant = replies.lookup(reply.body)
+        ttl = grant.ttl
+        self._schedule(ttl, renewable=grant.renewable)
         self._observer.auth_event("login", True, time.time() + ttl if ttl else None)
 
     def _schedule(self, ttl: float, *, renewable: bool) -> None:
@@ -264,8 +266,8 @@ class Authenticator:
                 self.token = None
                 self.token = await self._obtain()
             return
-        auth = reply.body.get("auth") or {}
-        ttl = float(auth.get("lease_duration") or 0)
+        grant = replies.renewal(reply.body)
+        ttl = grant.ttl
         self._observer.auth_event("renew", True, time.time() + ttl if ttl else None)
         log.info("store token renewed", extra={"ttl_seconds": ttl})
         if not isinstance(self._method, TokenAuth) and ttl < self._lease / 3:
@@ -274,7 +276,7 @@ class Authenticator:
                 self.token = None
                 self.token = await self._obtain()
             return
-        self._schedule(ttl, renewable=bool(auth.get("renewable", True)))
+        self._schedule(ttl, renewable=grant.renewable)
 
 
 def _read_secret_file(path: Path | None, key: str) -> str:

@@ -11,8 +11,10 @@ import asyncio
 import contextlib
 import logging
 import random
+import string
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,6 +25,7 @@ import orjson
 import requests
 from hvac.adapters import RawAdapter
 
+from sidecar import replies
 from sidecar.backend import (
     METADATA,
     ErrorKind,
@@ -33,16 +36,30 @@ from sidecar.backend import (
     StoreUnavailable,
     VersionInfo,
 )
+from sidecar.background import supervised
 from sidecar.backoff import CircuitBreaker, CircuitState, TokenBucket
 from sidecar.coalesce import Coalescer
+from sidecar.paths import SAFE_CHARACTERS
 from sidecar.settings import BackendSettings
 from sidecar.store_auth import Authenticator
+from sidecar.store_http import (
+    Aborted,
+    Exchange,
+    ReplyTooLarge,
+    exchange_scope,
+    new_session,
+    read_body,
+)
 
 log = logging.getLogger("sidecar.store")
 
 T = TypeVar("T")
 
 MOUNT_TTL = 300.0  # how long a discovered mount (path, KV version) is trusted
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+# Characters left as they are in a store URL's path; anything else is percent-encoded, so no
+# path can add a query, a fragment or another host to a store request.
+_PATH_SAFE = "".join(sorted(SAFE_CHARACTERS - set(string.ascii_letters + string.digits)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,9 +83,10 @@ class Reply:
 
     @property
     def errors(self) -> str:
+        """The store's own error text: for the log only, never for callers."""
         errors = self.body.get("errors")
         if isinstance(errors, list) and errors:
-            return "; ".join(str(e).strip() for e in errors)
+            return "; ".join(str(e).strip() for e in errors)[:500]
         return f"HTTP {self.status}"
 
 
@@ -94,19 +112,26 @@ class _Node:
 
 
 def _unavailable_for(reply: Reply) -> StoreUnavailable:
+    answered = f"the store answered HTTP {reply.status}"
     if reply.status == 429:
         retry_after = _retry_after(reply.headers.get("Retry-After"))
         return StoreUnavailable(
             "rate_limited",
             kind=ErrorKind.RATE_LIMITED,
-            detail=reply.errors,
+            detail=answered,
             retry_after=retry_after,
+            store_message=reply.errors,
         )
     if reply.status == 503:
-        return StoreUnavailable("sealed", kind=ErrorKind.SEALED, detail=reply.errors)
-    if reply.status >= 500 or reply.status == 412:
-        return StoreUnavailable("server_error", kind=ErrorKind.SERVER_ERROR, detail=reply.errors)
-    return StoreUnavailable("bad_response", kind=ErrorKind.BAD_RESPONSE, detail=reply.errors)
+        kind, reason = ErrorKind.SEALED, "sealed"
+    elif reply.status >= 500 or reply.status == 412:
+        kind, reason = ErrorKind.SERVER_ERROR, "server_error"
+    elif reply.status in REDIRECTS:
+        kind, reason = ErrorKind.BAD_RESPONSE, "bad_response"
+        answered = f"the store redirected (HTTP {reply.status}) to an address not configured"
+    else:
+        kind, reason = ErrorKind.BAD_RESPONSE, "bad_response"
+    return StoreUnavailable(reason, kind=kind, detail=answered, store_message=reply.errors)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,16 +144,6 @@ class Forwarded:
 
 
 _FORWARD_HEADERS = ("Content-Type", "Retry-After", "X-Vault-Index", "Location")
-
-
-def _not_found_reason(reply: Reply) -> str:
-    """KV v2 answers 404 with metadata for a deleted or destroyed version: say which."""
-    data = reply.body.get("data")
-    meta = data.get("metadata") if isinstance(data, dict) else None
-    if isinstance(meta, dict) and meta.get("version") is not None:
-        state = "destroyed" if meta.get("destroyed") else "deleted"
-        return f"version {meta['version']} was {state}"
-    return "the store has no secret at this path"
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -150,7 +165,11 @@ class VaultBackend:
         observer: BackendObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: Callable[[], float] = random.random,
+        on_error: Callable[[str], None] = lambda task: None,
     ) -> None:
+        """``on_error(task)``: a background task (the prober, token upkeep) failed unexpectedly
+        and was restarted."""
+        self._on_error = on_error
         self._settings = settings
         self._clock = clock
         self._observer: BackendObserver = observer or _NoObserver()
@@ -179,7 +198,7 @@ class VaultBackend:
         self._bucket = TokenBucket(
             settings.rate_limit.requests_per_second, settings.rate_limit.burst, clock
         )
-        self._auth = Authenticator(self, settings, self._observer, rng)
+        self._auth = Authenticator(self, settings, self._observer, rng, on_error)
         self._trouble = asyncio.Event()  # set when a breaker opens: wakes the prober
         self._prober: asyncio.Task[None] | None = None
         for node in self._nodes:
@@ -194,7 +213,9 @@ class VaultBackend:
         return [node.url for node in self._nodes]
 
     async def start(self) -> None:
-        self._prober = asyncio.create_task(self._probe_forever(), name="store-prober")
+        self._prober = asyncio.create_task(
+            supervised("store_prober", self._probe_forever, self._on_error), name="store-prober"
+        )
         await self._auth.start()
 
     async def close(self) -> None:
@@ -219,42 +240,19 @@ class VaultBackend:
         if mount.kv_version == 2:
             params = {"version": str(version)} if version is not None else None
             reply = await self.call("GET", f"{mount.path}data/{rest}", params=params, urgent=urgent)
-            return self._kv2_secret(path, version, reply)
+            return replies.kv2_secret(path, version, reply.body)
         if version is not None:
             raise InvalidRequest(
                 f"versions exist only on KV v2 mounts; {mount.path!r} is KV version 1"
             )
         reply = await self.call("GET", path, urgent=urgent)
-        data = reply.body.get("data")
-        if not isinstance(data, dict):
-            raise StoreUnavailable(
-                "bad_response", kind=ErrorKind.BAD_RESPONSE, detail="KV v1 reply without data"
-            )
-        lease = reply.body.get("lease_duration")
-        return Secret(
-            path=path,
-            data=data,
-            version=None,
-            kv_version=1,
-            lease_duration=lease if isinstance(lease, int) else 0,
-        )
+        return replies.kv1_secret(path, reply.body)
 
     async def _metadata(self, mount: Mount, path: str, rest: str) -> Secret:
         if mount.kv_version != 2:
             raise InvalidRequest(f"metadata exists only on KV v2 mounts; {mount.path!r} is KV 1")
         reply = await self.call("GET", f"{mount.path}metadata/{rest}")
-        data = reply.body.get("data")
-        if not isinstance(data, dict):
-            raise StoreUnavailable(
-                "bad_response", kind=ErrorKind.BAD_RESPONSE, detail="metadata reply without data"
-            )
-        current = data.get("current_version")
-        return Secret(
-            path=path,
-            data=data,
-            version=current if isinstance(current, int) else None,
-            kv_version=2,
-        )
+        return replies.kv2_metadata(path, reply.body)
 
     async def version_info(self, path: str) -> VersionInfo | None:
         """The current KV v2 version from the metadata endpoint: a cheap rotation check that
@@ -271,16 +269,7 @@ class VaultBackend:
                 extra={"mount": mount.path},
             )
             return None
-        data = reply.body.get("data") or {}
-        current = data.get("current_version")
-        if not isinstance(current, int) or current < 1:
-            raise SecretNotFound("the secret has no versions")
-        state = (data.get("versions") or {}).get(str(current)) or {}
-        return VersionInfo(
-            current=current,
-            created_time=state.get("created_time"),
-            gone=bool(state.get("deletion_time")) or bool(state.get("destroyed")),
-        )
+        return replies.version_info(reply.body)
 
     @staticmethod
     def _rest(mount: Mount, path: str) -> str:
@@ -288,27 +277,6 @@ class VaultBackend:
         if not rest:
             raise InvalidRequest(f"{path!r} names the mount {mount.path!r}, not a secret in it")
         return rest
-
-    def _kv2_secret(self, path: str, version: int | None, reply: Reply) -> Secret:
-        body = reply.body.get("data")
-        if not isinstance(body, dict):
-            raise StoreUnavailable(
-                "bad_response", kind=ErrorKind.BAD_RESPONSE, detail="KV v2 reply without data"
-            )
-        meta = body.get("metadata") or {}
-        data = body.get("data")
-        if data is None:
-            # The version exists but was deleted or destroyed: it is gone for readers.
-            state = "destroyed" if meta.get("destroyed") else "deleted"
-            raise SecretNotFound(f"version {meta.get('version', version)} was {state}")
-        return Secret(
-            path=path,
-            data=data,
-            version=int(meta["version"]) if meta.get("version") is not None else version,
-            created_time=meta.get("created_time"),
-            kv_version=2,
-            custom_metadata=meta.get("custom_metadata"),
-        )
 
     async def _mount_for(self, path: str, *, urgent: bool = False) -> Mount:
         known = self.known_mount(path)
@@ -325,24 +293,20 @@ class VaultBackend:
                 f"the store refused to say which mount holds {path!r}: no mount exists "
                 "there, or the sidecar's policy grants nothing under it"
             ) from exc
-        data = reply.body.get("data") or {}
-        mount_path = data.get("path")
-        engine = data.get("type")
-        if not isinstance(mount_path, str) or not mount_path:
+        found = replies.mount(reply.body)
+        if found is None or not path.startswith(found.path):
             raise SecretNotFound(f"no secrets engine is mounted at {path!r}")
-        options = data.get("options") or {}
-        kv_version = 2 if str(options.get("version", "1")) == "2" else 1
         mount = Mount(
-            path=mount_path,
-            kv_version=kv_version if engine in ("kv", "generic") else 0,
+            path=found.path,
+            kv_version=found.kv_version,
             discovered_at=self._clock(),
-            engine=str(engine),
-            info=data,
+            engine=found.engine,
+            info=found.info,
         )
-        self._mounts[mount_path] = mount
+        self._mounts[found.path] = mount
         log.info(
             "mount discovered",
-            extra={"mount": mount_path, "engine": engine, "kv_version": mount.kv_version},
+            extra={"mount": found.path, "engine": found.engine, "kv_version": mount.kv_version},
         )
         return mount
 
@@ -412,11 +376,16 @@ class VaultBackend:
         if 200 <= reply.status < 300:
             return reply
         if reply.status == 404:
-            raise SecretNotFound(_not_found_reason(reply))
+            raise SecretNotFound(replies.not_found_reason(reply.body))
         if reply.status == 403:
-            raise SecretForbidden(f"the store refused the sidecar: {reply.errors}")
+            raise SecretForbidden(
+                "the store refused the sidecar: its policy does not grant this path",
+                store_message=reply.errors,
+            )
         if reply.status in (400, 405):
-            raise InvalidRequest(f"the store rejected the request: {reply.errors}")
+            raise InvalidRequest(
+                "the store rejected the request as invalid", store_message=reply.errors
+            )
         raise _unavailable_for(reply)
 
     async def _send(
@@ -456,7 +425,10 @@ class VaultBackend:
             try:
                 reply = await self._send_to(node, method, api_path, params, json, token)
             except StoreUnavailable as exc:
-                self._node_failed(node, exc)
+                if exc.kind is not ErrorKind.BAD_RESPONSE:
+                    # (A reply of the wrong shape or size came from a node that answers: it
+                    # is no sign that the node is down, and must not open its circuit.)
+                    self._node_failed(node, exc)
                 outcome = exc
                 continue
             if reply.status == 429:
@@ -467,8 +439,11 @@ class VaultBackend:
                 self._node_seen(node, up=True)
                 self._trouble.set()
                 return reply
-            if reply.status >= 500:
-                # Sealed, a standby without a leader, overloaded: another node may do better.
+            if reply.status in REDIRECTS:
+                reply = await self._redirected(node, reply, method, api_path, params, json, token)
+            if reply.status >= 500 or reply.status in REDIRECTS:
+                # Sealed, a standby without a leader, overloaded, sending us elsewhere: another
+                # node may do better.
                 self._node_failed(node, _unavailable_for(reply))
                 outcome = reply
                 continue
@@ -479,6 +454,46 @@ class VaultBackend:
         if isinstance(outcome, Reply):
             return outcome
         raise outcome if outcome is not None else self._circuit_open()
+
+    async def _redirected(
+        self,
+        node: _Node,
+        reply: Reply,
+        method: str,
+        api_path: str,
+        params: Mapping[str, str] | None,
+        json: Mapping[str, Any] | None,
+        token: str | None,
+    ) -> Reply:
+        """A node redirected us (a standby pointing at the active node). Followed once, and only
+        to another configured address: the same request is sent there (our path, not the
+        Location's), so the token never goes anywhere we were not told to send it."""
+        target = self._node_at(reply.headers.get("Location"), relative_to=node.url)
+        if target is None or target is node:
+            log.warning(
+                "store redirect not followed: the target is not a configured address",
+                extra={"address": node.url, "status": reply.status},
+            )
+            return reply
+        try:
+            return await self._send_to(target, method, api_path, params, json, token)
+        except StoreUnavailable as exc:
+            self._node_failed(target, exc)
+            return reply
+
+    def _node_at(self, location: str | None, *, relative_to: str) -> _Node | None:
+        if not location:
+            return None
+        url = urllib.parse.urlsplit(urllib.parse.urljoin(relative_to + "/", location))
+        for candidate in self._nodes:
+            configured = urllib.parse.urlsplit(candidate.url)
+            if (url.scheme, url.hostname, url.port) == (
+                configured.scheme,
+                configured.hostname,
+                configured.port,
+            ):
+                return candidate
+        return None
 
     async def forward(
         self,
@@ -509,14 +524,16 @@ class VaultBackend:
         with self._transport_errors():
             response = self._adapter(url).request(
                 method,
-                f"/v1/{api_path}",
+                _url_path(api_path),
                 headers=headers,
                 raise_exception=False,
                 params=query,
                 data=body or None,
+                stream=True,
             )
+            content = read_body(response, self._settings.max_response_size)
         kept = {k: response.headers[k] for k in _FORWARD_HEADERS if k in response.headers}
-        return Forwarded(response.status_code, response.content, kept)
+        return Forwarded(response.status_code, content, kept)
 
     async def _send_urgent(
         self,
@@ -535,7 +552,7 @@ class VaultBackend:
             except StoreUnavailable as exc:
                 outcome = exc
                 continue
-            if reply.status >= 500 or reply.status == 429:
+            if reply.status >= 500 or reply.status == 429 or reply.status in REDIRECTS:
                 outcome = reply
                 continue
             return reply
@@ -624,14 +641,20 @@ class VaultBackend:
         )
 
     async def _off_loop(self, blocking: Callable[..., T], *args: Any) -> T:
-        """Run a blocking hvac call on the bounded pool, within the backend timeout."""
+        """Run a blocking hvac call on the bounded pool, all of it (queueing, connecting,
+        sending, every byte of the answer) within the backend timeout. At the deadline the
+        call's connection is shut down, so its worker thread is free again at once."""
         timeout = self._settings.timeout
-        future = asyncio.get_running_loop().run_in_executor(self._executor, blocking, *args)
+        exchange = Exchange()
+        future = asyncio.get_running_loop().run_in_executor(
+            self._executor, _within, exchange, blocking, *args
+        )
         try:
             # A small margin lets requests' own timeout (the better message) fire first.
             async with asyncio.timeout(timeout + 0.25):
                 return await future
         except TimeoutError:
+            exchange.abort()
             raise self._timeout() from None
 
     def _timeout(self) -> StoreUnavailable:
@@ -646,8 +669,12 @@ class VaultBackend:
         """requests' exceptions, as our outage kinds."""
         try:
             yield
-        except requests.Timeout:
+        except (requests.Timeout, Aborted):
             raise self._timeout() from None
+        except ReplyTooLarge as exc:
+            raise StoreUnavailable(
+                "bad_response", kind=ErrorKind.BAD_RESPONSE, detail=str(exc)
+            ) from None
         except requests.ConnectionError as exc:
             raise StoreUnavailable(
                 "connection_failed", kind=ErrorKind.CONNECTION, detail=_root_cause(exc)
@@ -671,23 +698,27 @@ class VaultBackend:
         with self._transport_errors():
             response = adapter.request(
                 method,
-                f"/v1/{api_path}",
+                _url_path(api_path),
                 headers=headers,
                 raise_exception=False,
                 params=params,
                 json=json,
+                stream=True,
             )
+            content = read_body(response, self._settings.max_response_size)
         body: Mapping[str, Any] = {}
-        if response.content:
+        if content:
             try:
-                parsed = orjson.loads(response.content)
+                parsed = orjson.loads(content)
             except orjson.JSONDecodeError:
                 parsed = None
             if isinstance(parsed, dict):
                 body = parsed
             elif 200 <= response.status_code < 300:
                 raise StoreUnavailable(
-                    "bad_response", kind=ErrorKind.BAD_RESPONSE, detail="reply is not JSON"
+                    "bad_response",
+                    kind=ErrorKind.BAD_RESPONSE,
+                    detail="the reply is not a JSON object",
                 )
         return Reply(response.status_code, body, response.headers)
 
@@ -715,9 +746,21 @@ class VaultBackend:
                 verify=verify,
                 cert=cert,
                 adapter=RawAdapter,
+                allow_redirects=False,
+                session=new_session(),
             )
             adapter = adapters[url] = client.adapter
         return adapter
+
+
+def _within(exchange: Exchange, blocking: Callable[..., T], *args: Any) -> T:
+    with exchange_scope(exchange):
+        return blocking(*args)
+
+
+def _url_path(api_path: str) -> str:
+    """``/v1/<api_path>`` with anything outside the safe characters percent-encoded."""
+    return "/v1/" + urllib.parse.quote(api_path, safe=_PATH_SAFE)
 
 
 def _root_cause(exc: BaseException) -> str:

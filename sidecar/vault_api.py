@@ -21,21 +21,12 @@ from aiohttp import web
 from multidict import CIMultiDict, istr
 
 from sidecar.backend import METADATA, Secret
-from sidecar.cache import Lookup, SecretCache
+from sidecar.cache import Lookup, PathNotAllowed, SecretCache
+from sidecar.guard import CALLER_KEY, Access, FastPath, guarded
+from sidecar.http_errors import BadRequest, Refused, error_response, vault_error
+from sidecar.paths import InvalidPath, check_kv_path, check_path, kv_candidates
 from sidecar.vault import Forwarded, Mount
-from sidecar.web import (
-    CACHE_HEADER,
-    CACHE_KEY,
-    CALLER_KEY,
-    PASSTHROUGH_KEY,
-    VAULT_PREFIX,
-    BadRequest,
-    FastPath,
-    error_response,
-    guarded,
-    validate_path,
-    vault_error,
-)
+from sidecar.web import CACHE_HEADER, CACHE_KEY, PASSTHROUGH_KEY, VAULT_PREFIX, whole_number
 
 log = logging.getLogger("sidecar.vault_api")
 
@@ -91,7 +82,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     api_path = request.match_info["tail"]
     try:
         # Vault's list paths end in "/": allowed here, and never a KV read.
-        validate_path(api_path.removesuffix("/"))
+        check_path(api_path.removesuffix("/"), what="the API path")
         if not request.get(CALLER_KEY, True):
             return await _passthrough(request, api_path, request.headers["X-Vault-Token"])
         if request.method == "GET" and api_path.startswith(MOUNTS_PREFIX):
@@ -123,12 +114,19 @@ def _latest_path(mount: Mount | None, api_path: str) -> str | None:
 
 async def _as_kv_read(request: web.Request, api_path: str) -> _KVRead | None:
     """What cache entry a GET means, or None when it is not a KV read we serve."""
-    if (
-        api_path.startswith(("sys/", "auth/", "identity/", "cubbyhole/"))
-        or api_path.endswith("/")
-        or "list" in request.query
-    ):
+    if api_path.endswith("/") or "list" in request.query:
         return None
+    try:
+        check_kv_path(api_path)
+    except InvalidPath:
+        return None  # sys/, auth/...: not a KV read (refused, or passed through)
+    cache = request.app[CACHE_KEY]
+    if not any(cache.allows(path) for path in kv_candidates(api_path)):
+        # Whatever its mount turns out to be, no rule allows it: the store is not asked,
+        # not even which mount holds it.
+        if request.app[PASSTHROUGH_KEY]:
+            return None
+        raise PathNotAllowed(api_path)
     mount = await request.app[STORE_KEY].mount(api_path)
     if not mount.kv:
         return None
@@ -148,14 +146,23 @@ async def _as_kv_read(request: web.Request, api_path: str) -> _KVRead | None:
     version: int | None = None
     if "version" in query:
         text = query["version"]
-        if not text.isdigit():
+        if not whole_number(text):
             raise BadRequest(f"version must be a whole number, got {text!r}")
         version = int(text) or None  # Vault reads version=0 as "the latest"
     return _KVRead(mount.path + key, METADATA if action == "metadata" else version)
 
 
 async def _mount_info(request: web.Request, path: str) -> web.Response:
+    """The CLI's preflight: which mount holds ``path``, and its KV version. Asked of the store
+    only for a path the rules allow (the CLI names the secret as the native API does)."""
+    check_kv_path(path)
+    if not request.app[CACHE_KEY].allows(path):
+        raise PathNotAllowed(path)
     mount = await request.app[STORE_KEY].mount(path)
+    if not mount.kv:
+        raise Refused(
+            403, "path_not_allowed", f"{mount.path!r} is not a KV mount: the sidecar serves KV only"
+        )
     return _vault_response({"data": dict(mount.info)})
 
 
@@ -275,4 +282,6 @@ def render(lookup: Lookup, version: int | None) -> web.Response:
 
 
 def vault_routes(app: web.Application) -> None:
-    app.router.add_route("*", VAULT_PREFIX + r"{tail:[\s\S]*}", guarded(handle))
+    app.router.add_route(
+        "*", VAULT_PREFIX + r"{tail:[\s\S]*}", guarded(handle, Access.VAULT, VAULT_PREFIX)
+    )

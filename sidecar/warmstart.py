@@ -123,12 +123,13 @@ class Snapshotter:
         )
         return restored
 
-    async def save(self, *, force: bool = False) -> None:
-        """Write the snapshot now (in a thread: fsync must not stall the event loop)."""
+    async def save(self, *, force: bool = False) -> bool:
+        """Write the snapshot now (in a thread: fsync must not stall the event loop). False
+        when it could not be written (logged and counted; the previous file stays)."""
         async with self._lock:
             generation = self._cache.generation
             if not force and generation == self._saved_generation:
-                return
+                return True
             entries = [
                 SnapshotEntry(
                     version_key=key[1],
@@ -154,13 +155,17 @@ class Snapshotter:
                 count = await asyncio.to_thread(
                     write_snapshot, self._path, self._key, entries, now=self._wall()
                 )
-            except OSError as exc:
+            except Exception as exc:  # disk full, or anything else: the loop must go on
                 self._metrics.snapshot_errors.labels(operation="save").inc()
                 log.error(
                     "snapshot not written; the previous one stays",
-                    extra={"file": str(self._path), "error": exc.strerror or str(exc)},
+                    extra={
+                        "file": str(self._path),
+                        "error": (exc.strerror if isinstance(exc, OSError) else None)
+                        or type(exc).__name__,
+                    },
                 )
-                return
+                return False
             self._saved_generation = generation
             count = min(count, secrets)  # the mounts record is not a secret
             self._metrics.snapshot_entries.set(count)
@@ -168,6 +173,29 @@ class Snapshotter:
                 self._audit.record("snapshot_saved", entries=count)
             self._metrics.snapshot_last_success.set(self._wall())
             log.debug("snapshot saved", extra={"file": str(self._path), "entries": count})
+            return True
+
+    def remove(self, why: str) -> None:
+        """Delete the snapshot file: it holds values that must not come back after a restart
+        (purged or revoked) and could not be rewritten without them."""
+        try:
+            self._path.unlink(missing_ok=True)
+        except OSError as exc:
+            self._metrics.snapshot_errors.labels(operation="save").inc()
+            log.critical(
+                "snapshot could not be rewritten nor removed: it may still hold a value that "
+                "was purged or revoked; delete it before the next start",
+                extra={"file": str(self._path), "why": why, "error": exc.strerror},
+            )
+            return
+        self._saved_generation = None
+        if self._audit is not None:
+            self._audit.record("snapshot_removed", why=why)
+        log.error(
+            "snapshot removed: it could not be rewritten without a value that must not come "
+            "back; the next start is cold",
+            extra={"file": str(self._path), "why": why},
+        )
 
     async def run(self) -> None:
         while True:

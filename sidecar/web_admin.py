@@ -9,15 +9,9 @@ import orjson
 from aiohttp import web
 
 from sidecar.durations import parse_duration
-from sidecar.web import (
-    ADMIN_KEY,
-    CACHE_KEY,
-    BadRequest,
-    _json_body,
-    error_response,
-    guarded,
-    validate_path,
-)
+from sidecar.guard import Access, guarded
+from sidecar.http_errors import BadRequest, error_response
+from sidecar.web import ADMIN_KEY, CACHE_KEY, json_body, validate_path
 
 
 def _json(document: dict[str, Any]) -> web.Response:
@@ -31,7 +25,7 @@ def _json(document: dict[str, Any]) -> web.Response:
 async def purge(request: web.Request) -> web.Response:
     """``{"path": P}``, ``{"prefix": P}`` or ``{"all": true}``: drop from memory and snapshot."""
     try:
-        body = await _json_body(request, required=set(), optional={"path", "prefix", "all"})
+        body = await json_body(request, required=set(), optional={"path", "prefix", "all"})
         if len(body) != 1:
             raise BadRequest('give exactly one of "path", "prefix" or "all": true')
         admin = request.app[ADMIN_KEY]
@@ -51,7 +45,7 @@ async def purge(request: web.Request) -> web.Response:
 async def extend(request: web.Request) -> web.Response:
     """``{"class": C, "max_cache_age": "2h", "for": "1h"}``: a temporary, audited window."""
     try:
-        body = await _json_body(request, required={"class", "max_cache_age", "for"}, optional=set())
+        body = await json_body(request, required={"class", "max_cache_age", "for"}, optional=set())
         name = _text(body, "class")
         try:
             max_age = parse_duration(body["max_cache_age"])
@@ -87,6 +81,9 @@ def _text(body: dict[str, Any], key: str) -> str:
 
 
 def admin_routes(app: web.Application) -> None:
-    app.router.add_post("/admin/purge", guarded(purge))
-    app.router.add_post("/admin/extend", guarded(extend))
-    app.router.add_get("/admin/status", guarded(status), allow_head=False)
+    for path, handler, method in (
+        ("/admin/purge", purge, "POST"),
+        ("/admin/extend", extend, "POST"),
+        ("/admin/status", status, "GET"),
+    ):
+        app.router.add_route(method, path, guarded(handler, Access.ADMIN, path))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import copy
 import os
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from sidecar.app import Sidecar, create_app
 from sidecar.devstore import DevOpenBao
-from sidecar.server import SidecarRunner
+from sidecar.server import Server, SidecarRunner
 from sidecar.settings import settings_from
 
 CALLER_TOKEN = "test-caller-token-0123456789abcdef"
@@ -158,3 +160,68 @@ async def raw_get(
 def metric(sidecar: Sidecar, name: str, labels: dict[str, str] | None = None) -> float:
     value = sidecar.metrics.registry.get_sample_value(name, labels or {})
     return 0.0 if value is None else value
+
+
+async def raw_request(
+    client: TestClient[Any, Any],
+    method: str,
+    target: str,
+    headers: dict[str, str] | None = None,
+    body: bytes = b"",
+    *,
+    head_only: bool = False,
+) -> tuple[int, dict[str, str], bytes]:
+    """One request written byte for byte on a fresh connection (any request target: absolute-
+    form, odd escapes), answered as (status, headers, body). ``head_only``: stop after the
+    status line and headers (streams that never end)."""
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    try:
+        lines = [f"{method} {target} HTTP/1.1", f"Host: {client.host}:{client.port}"]
+        lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+        if body or method in ("POST", "PUT"):
+            lines.append(f"Content-Length: {len(body)}")
+        lines.append("Connection: close")
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        status_line, *header_lines = head.decode("latin-1").split("\r\n")
+        parsed = {}
+        for line in header_lines:
+            if ":" in line:
+                name, _, value = line.partition(":")
+                parsed[name.strip().lower()] = value.strip()
+        payload = b"" if head_only else await asyncio.wait_for(reader.read(), 10)
+        if parsed.get("transfer-encoding") == "chunked":
+            payload = _dechunk(payload)
+        return int(status_line.split()[1]), parsed, payload
+    finally:
+        writer.close()
+
+
+def _dechunk(data: bytes) -> bytes:
+    out = b""
+    while data:
+        size_line, _, data = data.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            break
+        out, data = out + data[:size], data[size + 2 :]
+    return out
+
+
+@contextlib.asynccontextmanager
+async def running(document: dict[str, Any]) -> AsyncIterator[tuple[Server, str, str]]:
+    """The daemon's own server (both listeners on real sockets, connection guards, access
+    log) for ``document``; yields it with the two base URLs."""
+    sidecar = create_app(
+        settings_from(document),
+        registry=CollectorRegistry(),
+        caller_token=CALLER_TOKEN,
+        admin_token=ADMIN_TOKEN,
+    )
+    server = Server(sidecar)
+    await server.startup()
+    try:
+        api, ops = server.addresses["api"], server.addresses["ops"]
+        yield server, f"http://{api[0]}:{api[1]}", f"http://{ops[0]}:{ops[1]}"
+    finally:
+        await server.shutdown()

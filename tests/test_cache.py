@@ -377,7 +377,64 @@ async def test_not_found_or_forbidden_on_refresh_drops_the_entry(
     assert h.observer.counts[-1] == 1
 
     h.backend.error = None
+    # The refusal is remembered for the class's negative_ttl (the negative cache), then the
+    # store is asked again.
+    calls = len(h.backend.calls)
+    with pytest.raises(type(error)):
+        await h.cache.get(path)
+    assert len(h.backend.calls) == calls
+    h.clock.advance(h.cache.classify(path).negative_seconds)
     assert (await h.cache.get(path)).outcome is Outcome.MISS
+
+
+async def test_negative_cache_remembers_refusals_briefly_and_purge_forgets_them(
+    h: Harness,
+) -> None:
+    h.backend.error = SecretNotFound("no such secret")
+    for _ in range(30):
+        with pytest.raises(SecretNotFound):
+            await h.cache.get(APP)
+    assert h.backend.calls == [(APP, None)]  # 30 reads of a missing path: one store read
+    assert Counter(outcome for _, outcome in h.observer.lookups)[Outcome.NEGATIVE] == 29
+    # each refusal is a fresh exception (a re-raised one would grow its traceback forever)
+    with pytest.raises(SecretNotFound) as first:
+        await h.cache.get(APP)
+    with pytest.raises(SecretNotFound) as second:
+        await h.cache.get(APP)
+    assert first.value is not second.value
+
+    # A secret created meanwhile is seen once the negative TTL ends...
+    h.backend.error = None
+    h.clock.advance(STANDARD.negative_seconds - 0.001)
+    with pytest.raises(SecretNotFound):
+        await h.cache.get(APP)
+    h.clock.advance(0.001)
+    assert (await h.cache.get(APP)).outcome is Outcome.MISS
+
+    # ...or at once after a purge.
+    h.backend.error = SecretForbidden("permission denied")
+    with pytest.raises(SecretForbidden):
+        await h.cache.get(OTHER)
+    h.backend.error = None
+    assert h.cache.purge(prefix="secret/app/") == 1  # the value of APP; OTHER had none
+    assert (await h.cache.get(OTHER)).outcome is Outcome.MISS
+
+
+async def test_negative_cache_can_be_turned_off_and_is_capped_by_refresh_interval() -> None:
+    import dataclasses
+
+    off = dataclasses.replace(STANDARD, negative_ttl=0.0)
+    assert off.negative_seconds == 0.0
+    long = dataclasses.replace(STANDARD, negative_ttl=3600.0)
+    assert long.negative_seconds == REFRESH
+    clock = Clock()
+    backend = FakeBackend(clock)
+    cache = SecretCache(backend, Policy([Rule("**", off)]), clock=lambda: clock.now)
+    backend.error = SecretNotFound("no")
+    for _ in range(3):
+        with pytest.raises(SecretNotFound):
+            await cache.get(APP)
+    assert len(backend.calls) == 3
 
 
 async def test_not_found_in_background_refresh_drops_the_entry(h: Harness) -> None:

@@ -508,3 +508,76 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--version"])
     assert info.value.code == 0
     assert capsys.readouterr().out.strip() == f"sidecar {__version__}"
+
+
+# -- the hardening keys --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "key", "words"),
+    [
+        (("backend", "max_response_size"), "2GiB", "backend.max_response_size", "1KiB to 1GiB"),
+        (("backend", "max_response_size"), "lots", "backend.max_response_size", ""),
+        (("http", "max_connections"), 5, "http.max_connections", ">= 16"),
+        (("http", "ops_max_connections"), 0, "http.ops_max_connections", ">= 4"),
+        (("http", "header_timeout"), "0s", "http.header_timeout", "greater than 0"),
+        (("http", "keepalive_timeout"), "1h", "http.keepalive_timeout", "at most 10m"),
+        (("http", "colour"), 1, "http.colour", "unknown key"),
+        (("classes", "standard", "negative_ttl"), "-1s", "classes.standard.negative_ttl", ""),
+        (("token_rotation_grace",), "soon", "token_rotation_grace", "duration"),
+        (("revocation_list",), "secret/a?list=true", "revocation_list", "'?'"),
+        (("revocation_list",), "sys/mounts", "revocation_list", "KV secrets only"),
+    ],
+)
+def test_hardening_keys_are_checked_and_named(
+    tmp_path: Path, path: tuple[str, ...], value: object, key: str, words: str
+) -> None:
+    document = doc()
+    target = document
+    for part in path[:-1]:
+        target = target.setdefault(part, {})
+    target[path[-1]] = value
+    problem = problem_for(problems_of(tmp_path, document), key)
+    assert words in problem
+
+
+def test_hardening_keys_have_safe_defaults(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, doc()))
+    assert settings.backend.max_response_size == 4 * 1024 * 1024
+    assert (settings.http.max_connections, settings.http.ops_max_connections) == (1024, 128)
+    assert (settings.http.header_timeout, settings.http.keepalive_timeout) == (10.0, 30.0)
+    assert settings.token_rotation_grace == 30.0
+    assert settings.policy().classify("secret/app/db").negative_ttl == 5.0  # type: ignore[union-attr]
+    sized = doc()
+    sized["backend"]["max_response_size"] = "512KiB"
+    assert load_settings(write(tmp_path, sized)).backend.max_response_size == 512 * 1024
+
+
+def test_every_key_is_in_the_example_config_and_the_readme() -> None:
+    from pydantic import BaseModel
+
+    from sidecar.settings import BackendSettings, Settings
+
+    root = Path(__file__).resolve().parent.parent
+    example = (root / "examples" / "sidecar.yaml").read_text()
+    readme = (root / "README.md").read_text()
+
+    def keys(model: type[BaseModel], prefix: str) -> list[str]:
+        found = []
+        for name, info in model.model_fields.items():
+            shown = info.alias or name
+            annotation = info.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                found += keys(annotation, f"{prefix}{shown}.")
+            else:
+                found.append(f"{prefix}{shown}")
+        return found
+
+    every = [k for k in keys(Settings, "") if k not in ("classes", "secrets")]
+    every += keys(BackendSettings, "backend.")
+    missing_example = sorted(k for k in every if f"{k.rsplit('.', 1)[-1]}:" not in example)
+    assert not missing_example, missing_example
+    missing_readme = sorted(
+        k for k in every if f"`{k}`" not in readme and f"`{k.rsplit('.', 1)[0]}." not in readme
+    )
+    assert not missing_readme, missing_readme

@@ -1,0 +1,201 @@
+"""The store's replies, checked once, where they arrive: every field the sidecar uses has the type
+it must have, or the reply is refused as ``bad_response`` (503: the store is unavailable to us,
+not the secret invalid). Nothing past this module looks at a raw reply body. Pure: no I/O.
+
+A broken or impersonated store must not be able to put a string where a secret's fields
+belong, a list where a revocation list belongs, or a float where a version belongs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sidecar.backend import ErrorKind, Secret, SecretNotFound, StoreUnavailable, VersionInfo
+
+
+def bad_response(detail: str) -> StoreUnavailable:
+    return StoreUnavailable("bad_response", kind=ErrorKind.BAD_RESPONSE, detail=detail)
+
+
+def _object(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise bad_response(f"{where} is {_kind(value)}, not an object")
+    return value
+
+
+def _optional_object(value: Any, where: str) -> dict[str, Any] | None:
+    return None if value is None else _object(value, where)
+
+
+def _whole(value: Any, where: str, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise bad_response(f"{where} is {_kind(value)}, not a whole number >= {minimum}")
+    return value
+
+
+def _optional_whole(value: Any, where: str, minimum: int = 0) -> int | None:
+    return None if value is None else _whole(value, where, minimum)
+
+
+def _optional_text(value: Any, where: str) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise bad_response(f"{where} is {_kind(value)}, not text")
+    return value
+
+
+def _flag(value: Any, where: str) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise bad_response(f"{where} is {_kind(value)}, not true or false")
+    return value
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    return {
+        str: "text",
+        int: "a whole number",
+        float: "a fractional number",
+        list: "a list",
+        dict: "an object",
+    }.get(type(value), type(value).__name__)
+
+
+# -- KV ---------------------------------------------------------------------------------
+
+
+def kv1_secret(path: str, body: Mapping[str, Any]) -> Secret:
+    data = _object(body.get("data"), "KV v1 reply: data")
+    lease = _optional_whole(body.get("lease_duration"), "KV v1 reply: lease_duration")
+    return Secret(path=path, data=data, version=None, kv_version=1, lease_duration=lease or 0)
+
+
+def kv2_secret(path: str, version: int | None, body: Mapping[str, Any]) -> Secret:
+    document = _object(body.get("data"), "KV v2 reply: data")
+    meta = _optional_object(document.get("metadata"), "KV v2 reply: data.metadata") or {}
+    number = _optional_whole(meta.get("version"), "KV v2 reply: data.metadata.version", 1)
+    destroyed = _flag(meta.get("destroyed"), "KV v2 reply: data.metadata.destroyed")
+    data = document.get("data")
+    if data is None:
+        # The version exists but was deleted or destroyed: it is gone for readers.
+        state = "destroyed" if destroyed else "deleted"
+        raise SecretNotFound(f"version {number or version} was {state}")
+    custom = _optional_object(meta.get("custom_metadata"), "KV v2 reply: custom_metadata")
+    if custom is not None and not all(isinstance(v, str) for v in custom.values()):
+        raise bad_response("KV v2 reply: custom_metadata values are not all text")
+    return Secret(
+        path=path,
+        data=_object(data, "KV v2 reply: data.data"),
+        version=number if number is not None else version,
+        created_time=_optional_text(meta.get("created_time"), "KV v2 reply: created_time"),
+        kv_version=2,
+        custom_metadata=custom,
+    )
+
+
+def kv2_metadata(path: str, body: Mapping[str, Any]) -> Secret:
+    """The metadata document, served as a secret's ``data`` (it holds no secret value)."""
+    data = _object(body.get("data"), "KV v2 metadata reply: data")
+    current = _optional_whole(data.get("current_version"), "metadata: current_version")
+    _optional_object(data.get("versions"), "metadata: versions")
+    return Secret(path=path, data=data, version=current, kv_version=2)
+
+
+def version_info(body: Mapping[str, Any]) -> VersionInfo:
+    data = _object(body.get("data"), "KV v2 metadata reply: data")
+    current = _whole(data.get("current_version", 0), "metadata: current_version")
+    if current < 1:
+        raise SecretNotFound("the secret has no versions")
+    versions = _optional_object(data.get("versions"), "metadata: versions") or {}
+    state = _optional_object(versions.get(str(current)), "metadata: versions entry") or {}
+    return VersionInfo(
+        current=current,
+        created_time=_optional_text(state.get("created_time"), "metadata: created_time"),
+        gone=bool(_optional_text(state.get("deletion_time"), "metadata: deletion_time"))
+        or _flag(state.get("destroyed"), "metadata: destroyed"),
+    )
+
+
+def not_found_reason(body: Mapping[str, Any]) -> str:
+    """KV v2 answers 404 with metadata for a deleted or destroyed version: say which."""
+    data = body.get("data")
+    meta = data.get("metadata") if isinstance(data, dict) else None
+    if isinstance(meta, dict):
+        version = meta.get("version")
+        if isinstance(version, int) and not isinstance(version, bool):
+            state = "destroyed" if meta.get("destroyed") is True else "deleted"
+            return f"version {version} was {state}"
+    return "the store has no secret at this path"
+
+
+@dataclass(frozen=True, slots=True)
+class MountReply:
+    path: str  # with trailing slash
+    engine: str
+    kv_version: int  # 0 when not KV
+    info: dict[str, Any]  # the store's own description, passed on to the CLI's preflight
+
+
+def mount(body: Mapping[str, Any]) -> MountReply | None:
+    """``sys/internal/ui/mounts/<path>``; None when no engine is mounted there."""
+    data = _optional_object(body.get("data"), "mount reply: data") or {}
+    path = _optional_text(data.get("path"), "mount reply: path")
+    if path is None:
+        return None
+    if not path.endswith("/"):
+        raise bad_response("mount reply: path does not end in '/'")
+    engine = _optional_text(data.get("type"), "mount reply: type") or ""
+    options = _optional_object(data.get("options"), "mount reply: options") or {}
+    kv_version = 2 if str(options.get("version", "1")) == "2" else 1
+    return MountReply(path, engine, kv_version if engine in ("kv", "generic") else 0, data)
+
+
+# -- the sidecar's own token ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    token: str | None  # None on lookups and renewals that do not repeat it
+    ttl: float
+    renewable: bool
+
+
+def login(body: Mapping[str, Any]) -> Grant:
+    auth = _object(body.get("auth"), "login reply: auth")
+    token = _optional_text(auth.get("client_token"), "login reply: client_token")
+    if token is None:
+        raise StoreUnavailable(
+            "auth_failed", kind=ErrorKind.AUTH_FAILED, detail="login reply without a token"
+        )
+    return Grant(token, _ttl(auth.get("lease_duration"), "login reply"), _renewable(auth))
+
+
+def renewal(body: Mapping[str, Any]) -> Grant:
+    auth = _object(body.get("auth"), "renewal reply: auth")
+    renewable = auth.get("renewable", True)
+    return Grant(
+        None,
+        _ttl(auth.get("lease_duration"), "renewal reply"),
+        _flag(renewable, "renewal reply: renewable"),
+    )
+
+
+def lookup(body: Mapping[str, Any]) -> Grant:
+    data = _object(body.get("data"), "token lookup reply: data")
+    return Grant(None, _ttl(data.get("ttl"), "token lookup reply"), _renewable(data))
+
+
+def _ttl(value: Any, where: str) -> float:
+    return float(_optional_whole(value, f"{where}: TTL") or 0)
+
+
+def _renewable(document: Mapping[str, Any]) -> bool:
+    return _flag(document.get("renewable"), "renewable")
