@@ -1,18 +1,20 @@
 """What one local process can hold on a listener: a cap on connections, a deadline for request
 headers, and room kept for the connections that do work.
 
-Every accepted connection passes through a ``ConnectionGuard`` (one per listener):
+Every accepted connection is known to a ``ConnectionGuard`` (one per listener):
 
-- at ``max_connections``, the oldest *idle* connection (no request in progress, nothing
-  waiting to be written) is closed to make room; only when every open connection is busy is
+- at ``max_connections``, the oldest *idle* connection (no request in progress, nothing held
+  back by a slow reader) is closed to make room; only when every open connection is busy is
   the new one refused. A flood of idle or trickling sockets therefore cannot lock out the
   application's reads or the kubelet's probes, and never exhausts the file descriptors;
-- request headers must be complete within ``header_timeout`` of the connection opening, or of
-  the first byte of the next request on a kept-alive connection;
-- idle keep-alive connections are closed after ``keepalive_timeout`` (aiohttp's own timer).
+- a new connection must deliver complete request headers within ``header_timeout``;
+- an idle kept-alive connection is closed after ``keepalive_timeout`` (aiohttp's own timer,
+  which also cuts a next request whose headers never complete).
 
 Each closure is counted (``sidecar_http_connections_closed_total{listener,reason}``) and logged
-(at most one line per reason every 10 seconds, with the number left out).
+(at most one line per reason every 10 seconds, with the number left out). The bookkeeping hangs
+off aiohttp's own connection hooks (``Server.connection_made``/``connection_lost``) and one
+dictionary lookup per request: a cache hit pays next to nothing for it.
 """
 
 from __future__ import annotations
@@ -32,92 +34,30 @@ from sidecar.metrics import Metrics
 log = logging.getLogger("sidecar.connections")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Answers a request at once without awaiting anything (a fresh cache hit), or None.
+Fast = Callable[[web.Request], web.StreamResponse | None]
 FD_RESERVE = 256  # descriptors kept for the store's connections, files and the other listener
 
+_REASONS = {
+    "limit": "connection refused: every open connection is busy",
+    "evicted": "idle connection closed to make room for a new one",
+    "header_timeout": "connection closed: no complete request headers in time",
+}
 
-class GuardedConnection(asyncio.Protocol):
-    """aiohttp's protocol for one connection, with the guard's bookkeeping around it."""
 
-    def __init__(self, inner: RequestHandler, guard: ConnectionGuard) -> None:
-        self.inner = inner
-        self._guard = guard
-        self._transport: asyncio.Transport | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._handling = 0
-        self._paused = False
-        self._admitted = False
+class _Connection:
+    __slots__ = ("handler", "handling", "requests", "timer", "transport")
+
+    def __init__(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
+        self.handler = handler
+        self.transport = transport
+        self.handling = 0  # requests in progress (a routed one may await for minutes)
+        self.requests = 0  # requests seen so far
+        self.timer: asyncio.TimerHandle | None = None
 
     @property
-    def busy(self) -> bool:
-        return self._handling > 0 or self._paused
-
-    # -- asyncio.Protocol -----------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)
-        if not self._guard.admit(self):
-            self._transport.abort()
-            return
-        self._admitted = True
-        self.inner.connection_made(transport)
-        self._arm()
-
-    def data_received(self, data: bytes) -> None:
-        if not self._admitted:
-            return
-        if self._timer is None and not self._handling:
-            self._arm()  # the first byte of the next request: its headers are now due
-        self.inner.data_received(data)
-
-    def eof_received(self) -> None:
-        if self._admitted:
-            self.inner.eof_received()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
-        if self._admitted:
-            self._guard.forget(self)
-            self.inner.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        self._paused = True
-        if self._admitted:
-            self.inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        self._paused = False
-        if self._admitted:
-            self.inner.resume_writing()
-
-    # -- the guard's view ------------------------------------------------------------------
-
-    def request_started(self) -> None:
-        self._handling += 1
-        self._disarm()
-
-    def request_finished(self) -> None:
-        self._handling -= 1
-
-    def close(self) -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.close()
-
-    def _arm(self) -> None:
-        self._disarm()
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self._guard.header_timeout, self._headers_late)
-
-    def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _headers_late(self) -> None:
-        self._timer = None
-        if not self._handling:
-            self._guard.closing(self, "header_timeout")
-            if self._transport is not None:
-                self._transport.abort()
+    def idle(self) -> bool:
+        return not self.handling and not self.handler.writing_paused
 
 
 class ConnectionGuard:
@@ -127,46 +67,55 @@ class ConnectionGuard:
         self.listener = listener
         self.limit = limit
         self.header_timeout = header_timeout
-        self._open: dict[GuardedConnection, None] = {}  # insertion order: oldest first
-        self._by_handler: dict[RequestHandler, GuardedConnection] = {}
+        self._open: dict[RequestHandler, _Connection] = {}  # insertion order: oldest first
         self._metrics = metrics
         self._log_limit = LogLimiter(burst=1, period=10.0)
 
     def __len__(self) -> int:
         return len(self._open)
 
-    def admit(self, connection: GuardedConnection) -> bool:
+    def opened(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
         if len(self._open) >= self.limit:
-            idle = next((c for c in self._open if not c.busy), None)
+            idle = next((c for c in self._open.values() if c.idle), None)
             if idle is None:
-                self.closing(None, "limit")
-                return False
-            self.closing(idle, "evicted")
-            self.forget(idle)
-            idle.close()
-        self._open[connection] = None
-        self._by_handler[connection.inner] = connection
+                self._closing("limit")
+                transport.abort()  # aiohttp's connection_lost follows and cleans up
+                return
+            self._closing("evicted")
+            self._forget(idle)
+            idle.transport.close()
+        connection = _Connection(handler, transport)
+        connection.timer = asyncio.get_running_loop().call_later(
+            self.header_timeout, self._headers_late, connection
+        )
+        self._open[handler] = connection
         self._gauge()
-        return True
 
-    def forget(self, connection: GuardedConnection) -> None:
-        if connection in self._open:
-            del self._open[connection]
-            self._by_handler.pop(connection.inner, None)
+    def closed(self, handler: RequestHandler) -> None:
+        connection = self._open.get(handler)
+        if connection is not None:
+            self._forget(connection)
+
+    def _forget(self, connection: _Connection) -> None:
+        if connection.timer is not None:
+            connection.timer.cancel()
+        if self._open.pop(connection.handler, None) is not None:
             self._gauge()
 
-    def closing(self, connection: GuardedConnection | None, reason: str) -> None:
+    def _headers_late(self, connection: _Connection) -> None:
+        connection.timer = None
+        if not connection.requests:
+            self._closing("header_timeout")
+            self._forget(connection)
+            connection.transport.abort()
+
+    def _closing(self, reason: str) -> None:
         if self._metrics is not None:
             self._metrics.connections_closed.labels(self.listener, reason).inc()
         dropped = self._log_limit.allow(reason)
         if dropped is not None:
-            what = {
-                "limit": "connection refused: every open connection is busy",
-                "evicted": "idle connection closed to make room for a new one",
-                "header_timeout": "connection closed: request headers incomplete in time",
-            }[reason]
             log.warning(
-                what,
+                _REASONS[reason],
                 extra={
                     "listener": self.listener,
                     "reason": reason,
@@ -176,21 +125,28 @@ class ConnectionGuard:
                 },
             )
 
-    def tracked(self, handler: Handler) -> Handler:
-        """``handler``, marking its connection busy while it runs."""
-        by_handler = self._by_handler
+    def front(self, handler: Handler, fast: Fast | None = None) -> Handler:
+        """The request handler of a guarded server: ``fast`` first (synchronous: nothing to
+        track), then ``handler`` with its connection marked busy while it runs."""
+        connections = self._open
 
-        async def track(request: web.Request) -> web.StreamResponse:
-            connection = by_handler.get(request.protocol)
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            connection = connections.get(request.protocol)
+            if connection is not None:
+                connection.requests += 1
+            if fast is not None:
+                response = fast(request)
+                if response is not None:
+                    return response
             if connection is None:
                 return await handler(request)
-            connection.request_started()
+            connection.handling += 1
             try:
                 return await handler(request)
             finally:
-                connection.request_finished()
+                connection.handling -= 1
 
-        return track
+        return guarded
 
     def _gauge(self) -> None:
         if self._metrics is not None:
@@ -198,37 +154,41 @@ class ConnectionGuard:
 
 
 class GuardedServer(web.Server):
-    """aiohttp's low-level server, each of whose connections goes through the guard."""
+    """aiohttp's low-level server, telling the guard of each connection made and lost."""
 
     guard: ConnectionGuard
 
-    def __call__(self) -> Any:
-        return GuardedConnection(super().__call__(), self.guard)
+    def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
+        super().connection_made(handler, transport)
+        self.guard.opened(handler, transport)
+
+    def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
+        super().connection_lost(handler, exc)
+        self.guard.closed(handler)
 
 
 class GuardedRunner(web.AppRunner):
-    """An AppRunner whose server guards connections; ``front`` wraps the request handler
-    (fresh hits before the router, on the secrets API)."""
+    """An AppRunner whose server guards connections; ``fast`` answers what it can before the
+    application's router (fresh cache hits, on the secrets API)."""
 
     def __init__(
         self,
         app: web.Application,
         guard: ConnectionGuard,
         *,
-        front: Callable[[web.Application, Handler], Handler] | None = None,
+        fast: Callable[[web.Application], Fast] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(app, **kwargs)
         self.guard = guard
-        self._front = front
+        self._fast = fast
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         # The application's request factory makes web.Request objects, whatever the type says.
-        handler = cast(Handler, server.request_handler)
-        if self._front is not None:
-            handler = self._front(self.app, handler)
-        server.request_handler = cast(Any, self.guard.tracked(handler))
+        routed = cast(Handler, server.request_handler)
+        fast = self._fast(self.app) if self._fast is not None else None
+        server.request_handler = cast(Any, self.guard.front(routed, fast))
         # aiohttp's Server has no slots and is built inside the runner: adopt it as ours.
         server.__class__ = GuardedServer
         cast(GuardedServer, server).guard = self.guard

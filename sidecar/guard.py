@@ -181,36 +181,38 @@ FastPath = Callable[[str], web.StreamResponse | None]
 FAST_PATHS_KEY = web.AppKey("fast_paths", dict)
 
 
-def hit_front(app: web.Application, routed: Handler) -> Handler:
-    """Serve fresh hits before aiohttp's router and per-route dispatch, which cost as much
-    as all of a hit's own work; everything else (misses, errors, refusals) goes ``routed``.
-    Only a literal prefix with no escapes and no query qualifies, with the caller token and
-    no forwarding header: the same request would pass the guard of the route it names."""
+def hit_front(app: web.Application) -> Callable[[web.Request], web.StreamResponse | None]:
+    """Fresh hits, answered before aiohttp's router and per-route dispatch (which cost as
+    much as all of a hit's own work), or None: then the request takes the full route (misses,
+    errors, refusals). Only a literal prefix with no escapes and no query qualifies, with the
+    caller token and no forwarding header: the same request would pass the guard of the route
+    it names. Synchronous: a hit awaits nothing."""
     fast_paths: dict[str, FastPath] = app.get(FAST_PATHS_KEY, {})
     guard = app[GUARD_KEY]
     callers = guard.callers
 
-    async def front(request: web.Request) -> web.StreamResponse:
-        if request.method == "GET":
-            raw = request.raw_path
-            for prefix, fast in fast_paths.items():
-                if not raw.startswith(prefix):
-                    continue
-                headers = request.headers
-                token = presented_token(headers)
-                if (
-                    token is not None
-                    and "?" not in raw
-                    and "%" not in raw
-                    and token.isascii()
-                    and forwarding_header(headers) is None
-                    and callers(token)
-                ):
-                    response = fast(raw[len(prefix) :])
-                    if response is not None:
-                        guard.count(200)
-                        return response
-                break
-        return await routed(request)
+    def front(request: web.Request) -> web.StreamResponse | None:
+        if request.method != "GET":
+            return None
+        raw = request.raw_path
+        for prefix, fast in fast_paths.items():
+            if not raw.startswith(prefix):
+                continue
+            headers = request.headers
+            token = presented_token(headers)
+            if (
+                token is not None
+                and "?" not in raw
+                and "%" not in raw
+                and token.isascii()
+                and forwarding_header(headers) is None
+                and callers(token)
+            ):
+                response = fast(raw[len(prefix) :])
+                if response is not None:
+                    guard.count(200)
+                    return response
+            return None
+        return None
 
     return front

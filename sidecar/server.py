@@ -40,7 +40,7 @@ class SidecarRunner(GuardedRunner):
             "api", max_connections or http.max_connections, http.header_timeout, app[METRICS_KEY]
         )
         kwargs.setdefault("keepalive_timeout", http.keepalive_timeout)
-        super().__init__(app, guard, front=hit_front, **kwargs)
+        super().__init__(app, guard, fast=hit_front, **kwargs)
 
 
 class MalformedRequests(logging.Filter):

@@ -272,9 +272,9 @@ def _http_url(value: str) -> str:
 
 class HTTPSettings(Strict):
     """What one local process can hold on each listener: connections are capped (an idle one
-    is closed to make room before a new one is refused), request headers must arrive within
-    ``header_timeout``, and an idle keep-alive connection is closed after
-    ``keepalive_timeout``."""
+    is closed to make room before a new one is refused), a new connection's request headers
+    (and any request body) must arrive within ``header_timeout``, and an idle kept-alive
+    connection is closed after ``keepalive_timeout``."""
 
     max_connections: int = Field(default=1024, ge=16, le=65536)
     ops_max_connections: int = Field(default=128, ge=4, le=4096)
