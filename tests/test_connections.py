@@ -218,3 +218,33 @@ def _wait_ready(port: int, timeout: float = 20) -> None:
                 return
         time.sleep(0.1)
     raise AssertionError("the sidecar did not become ready")
+
+
+async def test_streams_and_blocking_queries_are_bounded_and_released_at_shutdown(
+    openbao: DevOpenBao, store_token_file: Path, tmp_path: Path, uid: str
+):
+    openbao.kv_put(f"{uid}/db", {"password": "pw-streams"})
+    document = _doc(openbao, store_token_file, tmp_path, max_connections=64)
+    document["shutdown_timeout"] = "2s"
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async with running(document) as (server, api, _):
+            url = f"{api}/secrets/secret/{uid}/db"
+            assert (await session.get(url, headers=AUTH)).status == 200
+            streams = [await session.get(f"{api}/events", headers=AUTH) for _ in range(40)]
+            assert all(s.status == 200 for s in streams)
+            waits = [
+                asyncio.create_task(session.get(f"{url}?wait=5m", headers=AUTH)) for _ in range(24)
+            ]
+            await asyncio.sleep(0.5)
+            assert metric(server.sidecar, "sidecar_http_connections", {"listener": "api"}) == 64
+            reader, writer = (await _open(api, 1))[0]  # the 65th: every slot is busy
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+            writer.close()
+            started = time.monotonic()
+        # Leaving `running` shut the server down: every stream and query was released.
+        assert time.monotonic() - started < 6
+        for stream in streams:
+            assert await asyncio.wait_for(stream.content.read(), 5) is not None
+        done = await asyncio.wait_for(asyncio.gather(*waits, return_exceptions=True), 5)
+        assert all(isinstance(r, aiohttp.ClientError) or r.status in (200, 304, 503) for r in done)
