@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -129,33 +130,7 @@ def create_app(
         backoff=(backoff.base, backoff.cap),
     )
     metrics.watch_ages(cache)
-    caller = (
-        caller_token if caller_token is not None else load_or_create(settings.caller_token_file)
-    )
-    admin_secret = (
-        admin_token
-        if admin_token is not None
-        else load_or_create(
-            settings.admin_token_file, mode=0o600, key="admin_token_file", dir_mode=0o700
-        )
-    )
-    callers, admins = CallerCheck(caller), CallerCheck(admin_secret)
-    # Token files given on the command line are watched; tokens passed in (tests) are not.
-    token_files = [
-        TokenFile(
-            path,
-            check,
-            token,
-            key=key,
-            grace=settings.token_rotation_grace,
-            on_rotate=_audit_rotation(audit, key),
-        )
-        for path, check, token, key, given in (
-            (settings.caller_token_file, callers, caller, "caller_token_file", caller_token),
-            (settings.admin_token_file, admins, admin_secret, "admin_token_file", admin_token),
-        )
-        if given is None
-    ]
+    tokens = _tokens(settings, audit, caller_token, admin_token)
     snapshotter = None
     if key:
         snapshotter = Snapshotter(
@@ -181,8 +156,8 @@ def create_app(
     api = web.Application(client_max_size=64 * 1024)
     api[CACHE_KEY] = cache
     api[GUARD_KEY] = Guard(
-        callers,
-        admins,
+        tokens.callers,
+        tokens.admins,
         metrics,
         passthrough=settings.vault_api.enabled and settings.vault_api.passthrough,
     )
@@ -211,8 +186,8 @@ def create_app(
         metrics=metrics,
         backend=backend,
         cache=cache,
-        caller_token=caller,
-        admin_token=admin_secret,
+        caller_token=tokens.caller,
+        admin_token=tokens.admin,
         api=api,
         ops=ops,
         snapshotter=snapshotter,
@@ -220,7 +195,7 @@ def create_app(
         audit=audit,
         admin=admin,
         hub=hub,
-        token_files=token_files,
+        token_files=tokens.files,
     )
     ops[READY_KEY] = sidecar.readiness
     api.cleanup_ctx.append(_lifecycle(sidecar))
@@ -230,6 +205,55 @@ def create_app(
 
     api.on_shutdown.append(end_streams)
     return sidecar
+
+
+@dataclass(frozen=True)
+class _Tokens:
+    caller: str
+    admin: str
+    callers: CallerCheck
+    admins: CallerCheck
+    files: list[TokenFile]
+
+
+def _tokens(
+    settings: Settings, audit: AuditLog, caller_token: str | None, admin_token: str | None
+) -> _Tokens:
+    """The caller and admin tokens: given (tests), or from their files, which are then
+    watched for rotations. The two must differ, now and after any rotation."""
+    caller = (
+        caller_token if caller_token is not None else load_or_create(settings.caller_token_file)
+    )
+    admin = (
+        admin_token
+        if admin_token is not None
+        else load_or_create(
+            settings.admin_token_file, mode=0o600, key="admin_token_file", dir_mode=0o700
+        )
+    )
+    if hmac.compare_digest(caller.encode(), admin.encode()):
+        raise ConfigError(
+            ["admin_token_file: holds the same token as caller_token_file; they must differ"]
+        )
+    callers, admins = CallerCheck(caller), CallerCheck(admin)
+    files = []
+    for path, check, token, setting, given, other in (
+        (settings.caller_token_file, callers, caller, "caller_token_file", caller_token, admins),
+        (settings.admin_token_file, admins, admin, "admin_token_file", admin_token, callers),
+    ):
+        if given is None:
+            files.append(
+                TokenFile(
+                    path,
+                    check,
+                    token,
+                    key=setting,
+                    grace=settings.token_rotation_grace,
+                    on_rotate=_audit_rotation(audit, setting),
+                    taken=other,
+                )
+            )
+    return _Tokens(caller, admin, callers, admins, files)
 
 
 def _audit_rotation(audit: AuditLog, key: str) -> Callable[[], None]:

@@ -17,6 +17,7 @@ import math
 import random
 import re
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -273,6 +274,8 @@ class SecretCache:
         # The negative cache: key -> (monotonic time it ends, the store's refusal).
         self._refusals: dict[CacheKey, tuple[float, SecretNotFound | SecretForbidden]] = {}
         self._log_limit = LogLimiter()
+        self._purges = 0  # purges so far; a fetch that spans one keeps nothing
+        self._recent_purges: deque[tuple[int, str | None, str | None]] = deque(maxlen=256)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -433,6 +436,7 @@ class SecretCache:
         path, version = key
         secret_class = self.classify(path)
         started = self._clock()
+        purges = self._purges
         held = self._entries.get(key)
         try:
             unchanged = version is None and await self._unchanged(path, held)
@@ -460,7 +464,8 @@ class SecretCache:
                 # The store says the secret is gone or no longer ours: stop serving it at once,
                 # and remember the answer briefly (the negative cache).
                 self._drop(key)
-                self._refuse(key, secret_class, exc)
+                if not self._purged_since(purges, path):
+                    self._refuse(key, secret_class, exc)
             raise
         now = self._clock()
         held = self._entries.get(key)
@@ -509,10 +514,31 @@ class SecretCache:
             served=held is not None and held.served and held.secret.version == secret.version,
             overlap_until=self._overlap_until(secret_class, secret),
         )
+        if self._purged_since(purges, path):
+            # Purged while this fetch was under way: the answer may predate what the purge
+            # was for. It goes to the reads that waited for it, and is not kept.
+            log.info("fetched before a purge; not kept", extra={"path": path})
+            return entry
         if version is None:
             self._track_version(path, secret_class, held, entry)
         self._store(key, entry)
         return entry
+
+    def _purged_since(self, mark: int, path: str) -> bool:
+        """Has a purge covering ``path`` happened since ``self._purges`` was ``mark``?"""
+        if mark == self._purges:
+            return False
+        if not self._recent_purges or self._recent_purges[0][0] > mark + 1:
+            return True  # more purges than remembered: assume one covered it
+        return any(
+            seq > mark
+            and (
+                (target is None and prefix is None)
+                or target == path
+                or (prefix is not None and path.startswith(prefix))
+            )
+            for seq, target, prefix in self._recent_purges
+        )
 
     async def _unchanged(self, path: str, held: Entry | None) -> bool:
         """Is the held KV v2 value still current? Asks the metadata endpoint, which moves no
@@ -773,7 +799,11 @@ class SecretCache:
 
     def purge(self, *, path: str | None = None, prefix: str | None = None) -> int:
         """Drop values (every version) of a path, of a prefix, or all (neither given).
-        Preloaded paths are fetched again soon; anything else on its next read."""
+        Preloaded paths are fetched again soon; anything else on its next read. A fetch under
+        way keeps nothing it brings back (its answer may predate what the purge is for), and
+        the store's remembered refusals (the negative cache) are forgotten too."""
+        self._purges += 1
+        self._recent_purges.append((self._purges, path, prefix))
         doomed = [
             key
             for key in self._entries

@@ -28,14 +28,17 @@ class CallerTokenError(Exception):
     pass
 
 
+MAX_PREVIOUS = 8  # replaced tokens still in their grace, at most (oldest dropped first)
+
+
 class CallerCheck:
     """Constant-time comparison of a presented token against the expected one and, during the
-    grace after a rotation, the one before it: both are compared every time (no early exit)."""
+    grace after each rotation, the ones it replaced: every one is compared every time (no
+    early exit)."""
 
     def __init__(self, token: str, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._expected = token.encode()
-        self._previous: bytes | None = None
-        self._previous_until = 0.0
+        self._previous: list[tuple[bytes, float]] = []  # (token, monotonic end of its grace)
         self._clock = clock
 
     def __call__(self, presented: str) -> bool:
@@ -44,17 +47,20 @@ class CallerCheck:
         except UnicodeEncodeError:  # lone surrogates: invalid UTF-8 on the wire
             return False
         ok = hmac.compare_digest(given, self._expected)
-        if self._previous is not None:
-            if self._clock() < self._previous_until:
-                ok = hmac.compare_digest(given, self._previous) | ok
-            else:
-                self._previous = None
+        if self._previous:
+            now = self._clock()
+            if now >= self._previous[0][1]:  # graces end in the order they began
+                self._previous = [(t, until) for t, until in self._previous if now < until]
+            for token, _ in self._previous:
+                ok = hmac.compare_digest(given, token) | ok
         return ok
 
     def rotate(self, token: str, *, grace: float) -> None:
-        """``token`` is valid from now on; the current one for ``grace`` more seconds."""
-        self._previous = self._expected
-        self._previous_until = self._clock() + grace
+        """``token`` is valid from now on; the current one for ``grace`` more seconds (and
+        those replaced before it until their own graces end)."""
+        if grace > 0:
+            self._previous.append((self._expected, self._clock() + grace))
+            del self._previous[:-MAX_PREVIOUS]
         self._expected = token.encode()
 
 
@@ -146,7 +152,11 @@ class TokenFile:
         key: str,
         grace: float,
         on_rotate: Callable[[], None] | None = None,
+        taken: Callable[[str], bool] = lambda token: False,
     ) -> None:
+        """``taken(token)``: the token is already another file's (the admin token may never
+        become the caller token, nor the other way round)."""
+        self._taken = taken
         self.path = path
         self.check = check
         self._token = token
@@ -180,6 +190,13 @@ class TokenFile:
                 )
             return False
         if hmac.compare_digest(token.encode(), self._token.encode()):
+            return False
+        if self._taken(token):
+            log.error(
+                "token file holds the other token (caller and admin tokens must differ); the "
+                "current token stays valid",
+                extra={"file": str(self.path), "key": self._key},
+            )
             return False
         self._token = token
         self.check.rotate(token, grace=self._grace)

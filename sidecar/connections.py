@@ -3,10 +3,11 @@ headers, and room kept for the connections that do work.
 
 Every accepted connection is known to a ``ConnectionGuard`` (one per listener):
 
-- at ``max_connections``, the oldest *idle* connection (no request in progress, nothing held
-  back by a slow reader) is closed to make room; only when every open connection is busy is
-  the new one refused. A flood of idle or trickling sockets therefore cannot lock out the
-  application's reads or the kubelet's probes, and never exhausts the file descriptors;
+- at ``max_connections``, the oldest connection that is owed nothing (no request in progress,
+  or a reader that stopped reading its answers) is closed to make room; only when every open
+  connection is busy is the new one refused. A flood of idle, trickling or unread sockets
+  therefore cannot lock out the application's reads or the kubelet's probes, and never
+  exhausts the file descriptors;
 - a new connection must deliver complete request headers within ``header_timeout``;
 - an idle kept-alive connection is closed after ``keepalive_timeout`` (aiohttp's own timer,
   which also cuts a next request whose headers never complete).
@@ -56,8 +57,11 @@ class _Connection:
         self.timer: asyncio.TimerHandle | None = None
 
     @property
-    def idle(self) -> bool:
-        return not self.handling and not self.handler.writing_paused
+    def evictable(self) -> bool:
+        """Owed nothing: no request in progress, or a reader that stopped reading (its
+        writes are paused: a client that pipelines requests and never reads the answers
+        must not hold a slot)."""
+        return not self.handling or self.handler.writing_paused
 
 
 class ConnectionGuard:
@@ -76,14 +80,17 @@ class ConnectionGuard:
 
     def opened(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
         if len(self._open) >= self.limit:
-            idle = next((c for c in self._open.values() if c.idle), None)
-            if idle is None:
+            victim = next((c for c in self._open.values() if c.evictable), None)
+            if victim is None:
                 self._closing("limit")
-                transport.abort()  # aiohttp's connection_lost follows and cleans up
+                # Not now: aiohttp is still setting this connection up; aborting under it
+                # would fail its request task (a traceback per refusal). Its
+                # connection_lost follows the abort and cleans up.
+                asyncio.get_running_loop().call_soon(transport.abort)
                 return
             self._closing("evicted")
-            self._forget(idle)
-            idle.transport.close()
+            self._forget(victim)
+            victim.transport.abort()
         connection = _Connection(handler, transport)
         connection.timer = asyncio.get_running_loop().call_later(
             self.header_timeout, self._headers_late, connection

@@ -98,8 +98,10 @@ def error_response(
         status, code, reason = exc.status, _HTTP_CODES.get(exc.status, "bad_request"), exc.reason
     elif isinstance(exc, StoreUnavailable):
         status, code, reason, detail = 503, "secret_unavailable", exc.reason, exc.detail
-        retry = exc.retry_after if exc.retry_after is not None else DEFAULT_RETRY_AFTER
-        headers["Retry-After"] = str(max(1, math.ceil(retry)))
+        retry = exc.retry_after
+        if retry is None or not math.isfinite(retry):
+            retry = DEFAULT_RETRY_AFTER
+        headers["Retry-After"] = str(max(1, math.ceil(min(retry, 3600.0))))
     elif isinstance(exc, web.HTTPException):  # aiohttp's own refusals, in our shape
         status, code, reason = exc.status, _HTTP_CODES.get(exc.status, "http_error"), exc.reason
     else:

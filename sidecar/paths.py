@@ -64,15 +64,16 @@ def check_kv_path(path: str, *, what: str = "the secret path") -> str:
     return path
 
 
-def kv_candidates(api_path: str) -> list[str]:
-    """The secret paths a Vault API path can name before its mount is known: itself (KV v1, or
-    a KV v2 mount's metadata document as read by the native API), or itself without one
-    ``data``/``metadata`` segment after the mount (KV v2). Used to ask the rules before the
-    store: a path no candidate of which is allowed never causes a store request."""
+def kv_candidates(api_path: str, actions: tuple[str, ...] = KV2_ACTIONS) -> list[str]:
+    """The secret paths a Vault API path can name before its mount is known: itself (KV v1),
+    or itself without one action segment after the mount (KV v2: ``data``, ``metadata``, and
+    for writes ``delete``, ``destroy``...). Used to ask the rules before the store (a path no
+    candidate of which is allowed never causes a store request) and to drop what a write
+    through the sidecar made stale."""
     parts = api_path.split("/")
     candidates = [api_path]
     for i in range(1, len(parts) - 1):
-        if parts[i] in KV2_ACTIONS:
+        if parts[i] in actions:
             candidates.append("/".join(parts[:i] + parts[i + 1 :]))
     return candidates
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import string
 import threading
@@ -146,13 +147,21 @@ class Forwarded:
 _FORWARD_HEADERS = ("Content-Type", "Retry-After", "X-Vault-Index", "Location")
 
 
+MAX_RETRY_AFTER = 300.0  # the longest wait a store's Retry-After can impose on us
+
+
 def _retry_after(value: str | None) -> float | None:
+    """The store's Retry-After in seconds, within reason: a non-number, infinity or NaN is
+    ignored, and no store may hold a node's circuit open longer than MAX_RETRY_AFTER."""
     if value is None:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         return None
+    if not math.isfinite(seconds):
+        return None
+    return min(max(0.0, seconds), MAX_RETRY_AFTER)
 
 
 class VaultBackend:
@@ -441,9 +450,13 @@ class VaultBackend:
                 return reply
             if reply.status in REDIRECTS:
                 reply = await self._redirected(node, reply, method, api_path, params, json, token)
-            if reply.status >= 500 or reply.status in REDIRECTS:
-                # Sealed, a standby without a leader, overloaded, sending us elsewhere: another
-                # node may do better.
+                if reply.status in REDIRECTS:
+                    # Sent elsewhere and not followed: the node answers, so its circuit stays
+                    # closed; another node may do better.
+                    outcome = reply
+                    continue
+            if reply.status >= 500:
+                # Sealed, a standby without a leader, overloaded: another node may do better.
                 self._node_failed(node, _unavailable_for(reply))
                 outcome = reply
                 continue

@@ -22,16 +22,23 @@ from multidict import CIMultiDict, istr
 
 from sidecar.backend import METADATA, Secret
 from sidecar.cache import Lookup, PathNotAllowed, SecretCache
-from sidecar.guard import CALLER_KEY, Access, FastPath, guarded
+from sidecar.guard import CALLER_KEY, GUARD_KEY, Access, FastPath, guarded
 from sidecar.http_errors import BadRequest, Refused, error_response, vault_error
 from sidecar.paths import InvalidPath, check_kv_path, check_path, kv_candidates
 from sidecar.vault import Forwarded, Mount
-from sidecar.web import CACHE_HEADER, CACHE_KEY, PASSTHROUGH_KEY, VAULT_PREFIX, whole_number
+from sidecar.web import (
+    CACHE_HEADER,
+    CACHE_KEY,
+    PASSTHROUGH_KEY,
+    VAULT_PREFIX,
+    read_body,
+    whole_number,
+)
 
 log = logging.getLogger("sidecar.vault_api")
 
 MOUNTS_PREFIX = "sys/internal/ui/mounts/"
-KV2_PATHS = frozenset({"data", "metadata", "delete", "undelete", "destroy", "subkeys"})
+KV2_PATHS = ("data", "metadata", "delete", "undelete", "destroy", "subkeys")
 HOP_BY_HOP = frozenset(
     {"host", "connection", "content-length", "transfer-encoding", "keep-alive", "x-sidecar-token"}
 )
@@ -180,13 +187,14 @@ async def _not_a_kv_read(request: web.Request, api_path: str) -> web.Response:
     store_token = (
         request.headers.get("X-Vault-Token") if "X-Sidecar-Token" in request.headers else None
     )
-    if not store_token:
+    guard = request.app[GUARD_KEY]
+    if not store_token or guard.callers(store_token) or guard.admins(store_token):
         return vault_error(
             403,
             "forbidden",
-            "passthrough forwards your own store token, and the one sent is the sidecar's caller "
-            "token; send your store token in X-Vault-Token (alone, or with the caller token in "
-            "X-Sidecar-Token); the sidecar never lends its own",
+            "passthrough forwards your own store token, and the one sent is one of the "
+            "sidecar's own tokens; send your store token in X-Vault-Token (alone, or with the "
+            "caller token in X-Sidecar-Token); the sidecar never lends or forwards its own",
         )
     return await _passthrough(request, api_path, store_token)
 
@@ -194,7 +202,7 @@ async def _not_a_kv_read(request: web.Request, api_path: str) -> web.Response:
 async def _passthrough(request: web.Request, api_path: str, store_token: str) -> web.Response:
     headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
     headers["X-Vault-Token"] = store_token
-    body = await request.read()
+    body = await read_body(request)
     store = request.app[STORE_KEY]
     forwarded = await store.forward(
         request.method, api_path, list(request.query.items()), body, headers
@@ -205,23 +213,13 @@ async def _passthrough(request: web.Request, api_path: str, store_token: str) ->
 
 
 async def _invalidate(request: web.Request, api_path: str) -> None:
-    """A write went through to the store: what the sidecar held for that secret is stale."""
-    try:
-        mount = await request.app[STORE_KEY].mount(api_path)
-    except Exception:  # the write succeeded; the next refresh will catch up
-        return
-    if not mount.kv:
-        return
-    rest = api_path[len(mount.path) :]
-    path = api_path
-    if mount.kv_version == 2:
-        action, _, key = rest.partition("/")
-        if action not in KV2_PATHS or not key:
-            return
-        path = mount.path + key
-    dropped = request.app[CACHE_KEY].purge(path=path)
-    if dropped:
-        log.info("write passed through; cached values dropped", extra={"path": path})
+    """A write went through to the store: what the sidecar held for that secret is stale.
+    Every secret path the API path can name is dropped (a local purge, no store request: the
+    sidecar's identity is never used to ask about a path someone else wrote)."""
+    cache = request.app[CACHE_KEY]
+    for path in kv_candidates(api_path.removesuffix("/"), actions=KV2_PATHS):
+        if cache.purge(path=path):
+            log.info("write passed through; cached values dropped", extra={"path": path})
 
 
 # -- rendering ------------------------------------------------------------------------------

@@ -309,22 +309,27 @@ async def verify_secret(request: web.Request) -> web.Response:
     )
 
 
-async def json_body(
-    request: web.Request, *, required: set[str], optional: set[str]
-) -> dict[str, Any]:
+async def read_body(request: web.Request) -> bytes:
+    """The whole request body: at most MAX_BODY bytes, declared or chunked, and all of it
+    within ``http.header_timeout`` (a body that drips in must not hold a handler)."""
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise PayloadTooLarge(f"the body is larger than {MAX_BODY} bytes")
     deadline = request.app[HTTP_KEY].header_timeout
     try:
-        # A body that drips in holds this handler: it must arrive whole, as headers must.
         async with asyncio.timeout(deadline):
-            raw = await request.read()
+            return await request.read()
     except web.HTTPRequestEntityTooLarge:  # chunked: no Content-Length to check in advance
         raise PayloadTooLarge(f"the body is larger than {MAX_BODY} bytes") from None
     except TimeoutError:
         raise BadRequest(
             f"the body did not arrive within {deadline:g}s (http.header_timeout)"
         ) from None
+
+
+async def json_body(
+    request: web.Request, *, required: set[str], optional: set[str]
+) -> dict[str, Any]:
+    raw = await read_body(request)
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:

@@ -836,3 +836,63 @@ async def test_replaced_and_purged_values_leave_memory_at_once(h: Harness) -> No
     await spin()  # let the loop drop its own finished futures
     gc.collect()
     assert second() is None
+
+
+class _AskedThenHeld(FakeBackend):
+    """The store's answer is decided when it is asked; the reply is held back by ``gate``."""
+
+    async def read(self, path: str, version: int | None, *, urgent: bool = False) -> Secret:
+        error = self.error
+        self.calls.append((path, version))
+        if self.gate is not None:
+            await self.gate.wait()
+        if error is not None:
+            raise error
+        return Secret(path=path, data={"value": f"{path}@v1"}, version=1)
+
+
+async def test_a_fetch_under_way_during_a_purge_keeps_nothing() -> None:
+    clock = Clock()
+    backend = _AskedThenHeld(clock)
+    cache = SecretCache(backend, POLICY, clock=lambda: clock.now, rng=lambda: 0.5)
+
+    # A value fetched before the purge is given to the read that waited, and not kept.
+    backend.gate = asyncio.Event()
+    read = asyncio.create_task(cache.get(APP))
+    await _asked(backend)
+    assert cache.purge(path=APP) == 0
+    backend.gate.set()
+    assert (await read).entry.secret.data == {"value": f"{APP}@v1"}
+    assert len(cache) == 0
+    assert (await cache.get(APP)).outcome is Outcome.MISS  # asked again
+
+    # A refusal fetched before the purge is not remembered after it.
+    backend.error, backend.gate = SecretNotFound("not yet"), asyncio.Event()
+    read = asyncio.create_task(cache.get(OTHER))
+    await _asked(backend)
+    backend.error = None  # the secret is written, then the operator purges
+    cache.purge(prefix="secret/app/")
+    backend.gate.set()
+    with pytest.raises(SecretNotFound):
+        await read
+    backend.gate = None
+    assert (await cache.get(OTHER)).outcome is Outcome.MISS
+
+    # A purge of another path changes nothing for this one.
+    backend.gate = asyncio.Event()
+    read = asyncio.create_task(cache.get(CRITICAL))
+    await _asked(backend)
+    cache.purge(path=APP)
+    backend.gate.set()
+    await read
+    assert (await cache.get(CRITICAL)).outcome is Outcome.HIT
+
+
+async def _asked(backend: FakeBackend) -> None:
+    """Until the store has been asked (the fetch is under way, held at its gate)."""
+    asked = len(backend.calls)
+    for _ in range(100):
+        await asyncio.sleep(0)
+        if len(backend.calls) > asked:
+            return
+    raise AssertionError("the store was not asked")

@@ -267,3 +267,120 @@ async def test_a_failing_background_loop_is_logged_counted_and_restarted(caplog:
     assert errors == ["refresh", "refresh"]
     failed = [r for r in caplog.records if r.getMessage().startswith("background task failed")]
     assert len(failed) == 2 and failed[0].exc_info is not None
+
+
+async def test_malformed_requests_never_copy_a_token_or_a_query_value_into_the_log(
+    openbao: DevOpenBao, store_token_file: Path, tmp_path: Path, caplog: Any
+):
+    caplog.set_level(logging.DEBUG)
+    document = config(
+        openbao.addr, store_token_file, tmp_path, metrics_listen="127.0.0.1:0", access_log=True
+    )
+    async with running(document) as (_, api, _):
+        host, port = api.removeprefix("http://").split(":")
+        for request in (
+            f"GET /secrets/secret/a/db HTTP/1.1\r\nHost: x\r\nX-Sidecar-Token: {CALLER_TOKEN}"
+            "\x01\r\n\r\n".encode(),
+            b"GET /secrets/secret/a/db?x=hunter2-query-value HTTP/1.1 \x01\r\nHost: x\r\n\r\n",
+            f"GET /secrets/secret/a/db?wait=hunter2-query-value HTTP/1.1\r\nHost: x\r\n"
+            f"X-Sidecar-Token: {CALLER_TOKEN}\r\n\r\n".encode(),
+        ):
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(request)
+            assert b" 400 " in await asyncio.wait_for(reader.readline(), 5)
+            writer.close()
+        await asyncio.sleep(0.2)
+    logged = "\n".join(str(r.__dict__) for r in caplog.records)
+    assert "malformed HTTP request refused" in logged
+    assert CALLER_TOKEN not in logged and "hunter2" not in logged
+
+
+async def test_passthrough_bodies_have_a_deadline_and_own_tokens_are_never_forwarded(
+    make_sidecar: SidecarFactory, openbao: DevOpenBao, uid: str
+):
+    from tests.conftest import ADMIN_TOKEN
+
+    client, _ = await make_sidecar(
+        vault_api={"passthrough": True}, http={"header_timeout": "500ms"}
+    )
+    # A body that drips in is cut at the header timeout.
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(
+        f"POST /v1/secret/data/{uid}/x HTTP/1.1\r\nHost: x\r\nX-Vault-Token: someone-else\r\n"
+        "Content-Length: 100\r\n\r\n{".encode()
+    )
+    assert b" 400 " in await asyncio.wait_for(reader.readline(), 5)
+    writer.close()
+    # The admin token is never forwarded to the store as "the caller's own".
+    before = openbao.count_requests(f"secret/data/{uid}/x", None)
+    refused = await client.post(
+        f"/v1/secret/data/{uid}/x",
+        headers={**AUTH, "X-Vault-Token": ADMIN_TOKEN},
+        json={"data": {"v": 1}},
+    )
+    assert refused.status == 403
+    assert openbao.count_requests(f"secret/data/{uid}/x", None) == before
+
+
+async def test_a_write_passed_through_never_makes_the_sidecar_ask_about_its_path(
+    make_sidecar: SidecarFactory, openbao: DevOpenBao, uid: str
+):
+    client, _ = await make_sidecar(
+        vault_api={"passthrough": True},
+        rules=[{"match": f"secret/{uid}/app/**", "class": "standard"}],
+    )
+    for target in (f"/v1/cubbyhole/{uid}", f"/v1/secret/data/{uid}/other"):
+        response = await client.post(
+            target, headers={"X-Vault-Token": openbao.root_token}, json={"data": {"v": "w"}}
+        )
+        assert response.status in (200, 204), await response.text()
+    asked = [
+        r["request"]["path"]
+        for r in openbao.audit_records()
+        if r.get("type") == "request"
+        and r["request"]["path"].startswith("sys/internal/ui/mounts/")
+        and uid in r["request"]["path"]
+    ]
+    assert asked == []
+
+
+async def test_rotations_in_quick_succession_keep_each_replaced_token_for_its_grace(
+    openbao: DevOpenBao, tmp_path: Path, aiohttp_client: Any
+):
+    from sidecar.callers import CallerCheck
+
+    now = [0.0]
+    check = CallerCheck("token-a-0123456789", clock=lambda: now[0])
+    check.rotate("token-b-0123456789", grace=30)
+    now[0] = 1
+    check.rotate("token-c-0123456789", grace=30)
+    assert check("token-a-0123456789") and check("token-b-0123456789")
+    now[0] = 30.5
+    assert not check("token-a-0123456789") and check("token-b-0123456789")
+    now[0] = 31.5
+    assert not check("token-b-0123456789") and check("token-c-0123456789")
+
+
+async def test_the_caller_and_admin_tokens_must_differ_at_start_and_after_rotations(
+    openbao: DevOpenBao, uid: str, tmp_path: Path, aiohttp_client: Any, caplog: Any
+):
+    from sidecar.settings import ConfigError
+
+    same = "the-very-same-token-" + uid
+    (tmp_path / "caller-token").write_text(same)
+    (tmp_path / "admin-token").write_text(same)
+    (tmp_path / "admin-token").chmod(0o600)
+    with pytest.raises(ConfigError, match="admin_token_file: holds the same token"):
+        await _served(openbao, tmp_path, aiohttp_client)
+
+    (tmp_path / "admin-token").write_text("a-different-admin-token-" + uid)
+    client, sidecar = await _served(openbao, tmp_path, aiohttp_client)
+    admin = (tmp_path / "admin-token").read_text().strip()
+    (tmp_path / "caller-token").write_text(admin)  # a mistake, or an attempt
+    [caller_file] = [f for f in sidecar.token_files if f.path.name == "caller-token"]
+    assert caller_file.poll() is False
+    status = await client.get("/admin/status", headers={"X-Sidecar-Token": admin})
+    assert status.status == 200
+    read = await client.get(f"/secrets/secret/{uid}/x", headers={"X-Sidecar-Token": admin})
+    assert read.status == 403  # the admin token did not become a caller token
+    assert any("must differ" in r.getMessage() for r in caplog.records)

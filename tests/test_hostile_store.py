@@ -386,3 +386,39 @@ async def _until(condition: Any, within: float = 8.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("retry_after", ["inf", "-inf", "nan", "1e9", "99999999999999999999"])
+async def test_an_absurd_retry_after_neither_breaks_answers_nor_holds_the_node_for_ever(
+    make_sidecar: SidecarFactory,
+    openbao: DevOpenBao,
+    hostile: HostileStore,
+    uid: str,
+    retry_after: str,
+):
+    openbao.kv_put(f"{uid}/ok", {"password": "pw-after"})
+    hostile.on(
+        f"secret/data/{uid}/slow",
+        respond(429, {"errors": ["slow down"]}, {"Retry-After": retry_after}),
+    )
+    client, _ = await make_sidecar(hostile.addr)
+    assert (await client.get(f"/secrets/secret/{uid}/ok", headers=AUTH)).status == 200
+    for target in (f"/secrets/secret/{uid}/slow", f"/secrets/secret/{uid}/other"):
+        response = await client.get(target, headers=AUTH)
+        assert response.status == 503, await response.text()
+        assert 1 <= int(response.headers["Retry-After"]) <= 300
+    vault = await client.get(f"/v1/secret/data/{uid}/other", headers=AUTH)
+    assert vault.status == 503 and 1 <= int(vault.headers["Retry-After"]) <= 300
+
+
+async def test_redirects_elsewhere_do_not_open_the_nodes_circuit(
+    make_sidecar: SidecarFactory, openbao: DevOpenBao, hostile: HostileStore, uid: str
+):
+    openbao.kv_put(f"{uid}/ok", {"password": "pw-ok"})
+    hostile.on(f"secret/data/{uid}/away", redirect("http://127.0.0.1:9/v1/elsewhere"))
+    client, sidecar = await make_sidecar(hostile.addr)
+    for _ in range(5):
+        assert (await client.get(f"/secrets/secret/{uid}/away", headers=AUTH)).status == 503
+        await client.post("/admin/purge", headers=ADMIN, json={"all": True})
+    assert metric(sidecar, "sidecar_circuit_state", {"address": hostile.addr}) == 0
+    assert (await client.get(f"/secrets/secret/{uid}/ok", headers=AUTH)).status == 200
