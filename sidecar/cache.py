@@ -219,6 +219,14 @@ def restore_verdict(policy: Policy, path: str, age: float) -> tuple[SecretClass 
     return secret_class, None
 
 
+def _covers(path: str | None, prefix: str | None, candidate: str) -> bool:
+    """Does a purge of ``path``, of ``prefix``, or of everything (neither) cover
+    ``candidate``?"""
+    if path is None and prefix is None:
+        return True
+    return candidate == path or (prefix is not None and candidate.startswith(prefix))
+
+
 class _Due(enum.Enum):
     REFRESH = "refresh"  # a value nears the end of its refresh interval
     EXPIRE = "expire"  # a value reaches max_cache_age
@@ -531,12 +539,7 @@ class SecretCache:
         if not self._recent_purges or self._recent_purges[0][0] > mark + 1:
             return True  # more purges than remembered: assume one covered it
         return any(
-            seq > mark
-            and (
-                (target is None and prefix is None)
-                or target == path
-                or (prefix is not None and path.startswith(prefix))
-            )
+            seq > mark and _covers(target, prefix, path)
             for seq, target, prefix in self._recent_purges
         )
 
@@ -804,26 +807,13 @@ class SecretCache:
         the store's remembered refusals (the negative cache) are forgotten too."""
         self._purges += 1
         self._recent_purges.append((self._purges, path, prefix))
-        doomed = [
-            key
-            for key in self._entries
-            if (path is None and prefix is None)
-            or (path is not None and key[0] == path)
-            or (prefix is not None and key[0].startswith(prefix))
-        ]
+        doomed = [key for key in self._entries if _covers(path, prefix, key[0])]
         for key in doomed:
             del self._entries[key]
         if doomed:
             self.generation += 1
             self._observer.entries_changed(len(self._entries))
-        forgotten = [
-            key
-            for key in self._refusals
-            if (path is None and prefix is None)
-            or (path is not None and key[0] == path)
-            or (prefix is not None and key[0].startswith(prefix))
-        ]
-        for key in forgotten:
+        for key in [key for key in self._refusals if _covers(path, prefix, key[0])]:
             del self._refusals[key]
         now = self._clock()
         for key in doomed:
