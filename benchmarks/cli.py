@@ -22,7 +22,7 @@ from typing import Any
 
 from benchmarks import coalescing, loadgen, memory, profiling, report, storm, throughput
 from benchmarks.common import ROOT, machine, raise_fd_limit, sidecar_tree
-from sidecar.devstore import DevOpenBao, bao_binary
+from sidecar.dev.openbao import DevOpenBao, bao_binary
 
 SCENARIOS = ("throughput", "coalescing", "memory", "storm")
 RESULTS = ROOT / "benchmarks" / "results"

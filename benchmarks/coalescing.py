@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import AuditTail, BenchError, SidecarProc, request_kind
-from sidecar.devstore import DevOpenBao
+from sidecar.dev.openbao import DevOpenBao
 
 
 async def burst(

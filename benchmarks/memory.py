@@ -25,7 +25,7 @@ from benchmarks.common import (
     rss_bytes,
 )
 from benchmarks.throughput import bao_proxy
-from sidecar.devstore import DevOpenBao
+from sidecar.dev.openbao import DevOpenBao
 
 MB = 2**20
 

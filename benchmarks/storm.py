@@ -31,7 +31,7 @@ from benchmarks.common import (
     metric_sum,
     request_kind,
 )
-from sidecar.devstore import DevOpenBao
+from sidecar.dev.openbao import DevOpenBao
 
 STORM_CLASS = {
     "business_function": "restart storm benchmark",

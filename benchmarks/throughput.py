@@ -30,7 +30,7 @@ from benchmarks.common import (
     wait_port,
 )
 from benchmarks.loadgen import LoadResult, run_load
-from sidecar.devstore import DevOpenBao, bao_binary
+from sidecar.dev.openbao import DevOpenBao, bao_binary
 
 HOT_PATH = "bench/hot"  # KV v2 key on the mount "secret"
 # ~200 bytes of secret data, like a database credential with a long password

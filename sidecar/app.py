@@ -13,24 +13,14 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from sidecar import __version__
-from sidecar.admin import Admin
-from sidecar.audit import AuditLog, fingerprint_key
-from sidecar.backend import Backend
-from sidecar.background import supervised
-from sidecar.backoff import CircuitState
-from sidecar.cache import Fanout, SecretCache
-from sidecar.callers import CallerCheck, TokenFile, load_or_create
-from sidecar.events import EventHub
-from sidecar.guard import FAST_PATHS_KEY, GUARD_KEY, FastPath, Guard
-from sidecar.metrics import Metrics
-from sidecar.settings import ConfigError, Settings
-from sidecar.snapshot import SnapshotKeyError
-from sidecar.trail import AuditTrail
-from sidecar.vault import BackendObserver, VaultBackend
-from sidecar.vault_api import STORE_KEY, vault_hit, vault_routes
-from sidecar.verify import Verifier
-from sidecar.warmstart import Snapshotter, snapshot_key
-from sidecar.web import (
+from sidecar.core.backoff import CircuitState
+from sidecar.core.cache import Fanout, SecretCache
+from sidecar.core.events import EventHub
+from sidecar.core.supervise import supervised
+from sidecar.core.verify import Verifier
+from sidecar.http.admin import admin_routes
+from sidecar.http.guard import FAST_PATHS_KEY, GUARD_KEY, FastPath, Guard
+from sidecar.http.native import (
     ADMIN_KEY,
     CACHE_KEY,
     HTTP_KEY,
@@ -47,7 +37,17 @@ from sidecar.web import (
     ops_routes,
     secrets_routes,
 )
-from sidecar.web_admin import admin_routes
+from sidecar.http.tokens import CallerCheck, TokenFile, load_or_create
+from sidecar.http.vault_api import STORE_KEY, vault_hit, vault_routes
+from sidecar.ops.audit import AuditLog, fingerprint_key
+from sidecar.ops.emergency import Admin
+from sidecar.ops.metrics import Metrics
+from sidecar.ops.snapshot import SnapshotKeyError
+from sidecar.ops.trail import AuditTrail
+from sidecar.ops.warmstart import Snapshotter, snapshot_key
+from sidecar.settings import ConfigError, Settings
+from sidecar.store.client import BackendObserver, VaultBackend
+from sidecar.store.interface import Backend
 
 log = logging.getLogger("sidecar.app")
 

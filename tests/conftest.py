@@ -19,7 +19,7 @@ from aiohttp.web_runner import BaseRunner
 from prometheus_client import CollectorRegistry
 
 from sidecar.app import Sidecar, create_app
-from sidecar.devstore import DevOpenBao
+from sidecar.dev.openbao import DevOpenBao
 from sidecar.server import Server, SidecarRunner
 from sidecar.settings import settings_from
 

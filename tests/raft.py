@@ -105,7 +105,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from sidecar.devstore import DevStoreError, _die_with_parent, _is_free, bao_binary, free_port
+from sidecar.dev.openbao import DevStoreError, _die_with_parent, _is_free, bao_binary, free_port
 
 HEALTH_STATES = {200: "active", 429: "standby", 501: "uninitialized", 503: "sealed"}
 

@@ -8,8 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sidecar.devstore import DevOpenBao
-from sidecar.warmstart import MOUNTS_RECORD
+from sidecar.dev.openbao import DevOpenBao
+from sidecar.ops.warmstart import MOUNTS_RECORD
 from tests.conftest import ADMIN, AUTH, CLASSES, SidecarFactory, metric
 from tests.faultproxy import FaultProxy
 
@@ -50,7 +50,7 @@ async def test_purge_forces_a_store_read_and_rewrites_the_snapshot(
 
     one = await client.post("/admin/purge", headers=ADMIN, json={"path": f"secret/{uid}/a"})
     assert (await one.json()) == {"purged": 1}
-    from sidecar.snapshot import load_key, read_snapshot
+    from sidecar.ops.snapshot import load_key, read_snapshot
 
     on_disk = {e.secret.path for e in read_snapshot(snapshot, load_key(key_file)).entries}
     assert on_disk - {MOUNTS_RECORD} == {f"secret/{uid}/b", f"secret/{uid}/c"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.devstore import DevOpenBao
+from sidecar.dev.openbao import DevOpenBao
 from tests.conftest import AUTH, CALLER_TOKEN, SidecarFactory, metric, raw_get
 
 

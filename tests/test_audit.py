@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from sidecar.audit import AuditKeyError, AuditLog, fingerprint_key, iso_time
+from sidecar.ops.audit import AuditKeyError, AuditLog, fingerprint_key, iso_time
 
 KEY = bytes(range(32))
 T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z
@@ -169,7 +169,7 @@ def test_reserved_names_and_objects_are_refused():
     with pytest.raises(ValueError, match="set by the audit log"):
         audit.record("started", time="yesterday")
     # orjson encodes dataclasses, values included: only plain scalars get through.
-    from sidecar.backend import Secret
+    from sidecar.store.interface import Secret
 
     with pytest.raises(TypeError, match="'entry'"):
         audit.record("purged", entry=Secret("p", {"k": "v"}, 1))

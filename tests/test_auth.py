@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
-from sidecar.devstore import DevOpenBao
+from sidecar.dev.openbao import DevOpenBao
 from tests.conftest import AUTH, SidecarFactory, config, metric
 
 

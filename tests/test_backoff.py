@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.backoff import CircuitBreaker, CircuitState, TokenBucket, full_jitter
+from sidecar.core.backoff import CircuitBreaker, CircuitState, TokenBucket, full_jitter
 
 
 class Clock:

@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from sidecar.backend import (
+from sidecar.core.cache import CacheObserver, Outcome, PathNotAllowed, SecretCache
+from sidecar.core.policy import OnOutage, Policy, Rule, SecretClass
+from sidecar.store.interface import (
     ErrorKind,
     Secret,
     SecretForbidden,
@@ -18,8 +20,6 @@ from sidecar.backend import (
     StoreUnavailable,
     VersionInfo,
 )
-from sidecar.cache import CacheObserver, Outcome, PathNotAllowed, SecretCache
-from sidecar.policy import OnOutage, Policy, Rule, SecretClass
 
 REFRESH = 60.0
 MAX_AGE = 600.0

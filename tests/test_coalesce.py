@@ -7,7 +7,7 @@ import gc
 
 import pytest
 
-from sidecar.coalesce import Coalescer
+from sidecar.core.coalesce import Coalescer
 
 
 class Fetch:

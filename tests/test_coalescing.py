@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from sidecar.devstore import DevOpenBao
+from sidecar.dev.openbao import DevOpenBao
 from tests.conftest import AUTH, SidecarFactory, metric
 from tests.faultproxy import FaultProxy
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 
-from sidecar.devstore import DevOpenBao, free_port
+from sidecar.dev.openbao import DevOpenBao, free_port
 from tests.conftest import AUTH, CALLER_TOKEN, config, metric, running
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sidecar.cli import main
-from sidecar.metrics import Metrics
+from sidecar.ops.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 

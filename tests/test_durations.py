@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from sidecar.durations import HINT, format_duration, parse_duration
+from sidecar.core.durations import HINT, format_duration, parse_duration
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from sidecar.audit import AuditLog, iso_time
-from sidecar.evidence import build_report, main, render_text
+from sidecar.ops.audit import AuditLog, iso_time
+from sidecar.ops.evidence import build_report, main, render_text
 
 KEY = bytes(range(32))
 BASE = float(int(time.time()) - 3600)  # recent, so --since on the wall clock keeps it

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from sidecar.devstore import DevOpenBao
+from sidecar.dev.openbao import DevOpenBao
 from tests.conftest import AUTH, CLASSES, SidecarFactory, config, metric
 
 QUICK = {"standard": {**CLASSES["standard"], "refresh_interval": "1s", "max_cache_age": "1h"}}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.devstore import DevOpenBao
+from sidecar.dev.openbao import DevOpenBao
 from tests.conftest import ADMIN, ADMIN_TOKEN, AUTH, CALLER_TOKEN, SidecarFactory, raw_request
 
 PURGE = json.dumps({"all": True}).encode()
@@ -204,7 +204,7 @@ async def test_token_comparisons_are_constant_time_and_exhaustive(monkeypatch):
     the new and the old token are compared, whichever matches (no early exit)."""
     import hmac
 
-    from sidecar import callers
+    from sidecar.http import tokens as callers
 
     calls: list[tuple[bytes, bytes]] = []
     real = hmac.compare_digest

@@ -18,8 +18,8 @@ from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
 from sidecar.app import create_app
-from sidecar.background import supervised
-from sidecar.devstore import DevOpenBao
+from sidecar.core.supervise import supervised
+from sidecar.dev.openbao import DevOpenBao
 from sidecar.settings import settings_from
 from tests.conftest import (
     ADMIN,
@@ -347,7 +347,7 @@ async def test_a_write_passed_through_never_makes_the_sidecar_ask_about_its_path
 async def test_rotations_in_quick_succession_keep_each_replaced_token_for_its_grace(
     openbao: DevOpenBao, tmp_path: Path, aiohttp_client: Any
 ):
-    from sidecar.callers import CallerCheck
+    from sidecar.http.tokens import CallerCheck
 
     now = [0.0]
     check = CallerCheck("token-a-0123456789", clock=lambda: now[0])

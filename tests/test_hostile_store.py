@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from sidecar.devstore import DevOpenBao
+from sidecar.dev.openbao import DevOpenBao
 from tests.conftest import ADMIN, AUTH, SidecarFactory, config, metric
 from tests.hostile import HostileStore, drip, huge, redirect, respond, rewrite
 
@@ -319,7 +319,7 @@ async def test_a_failing_snapshot_write_is_counted_and_the_loop_goes_on(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ):
-    from sidecar import warmstart
+    from sidecar.ops import warmstart
 
     openbao.kv_put(f"{uid}/db", {"password": "pw-snapfail"})
     key_file = tmp_path / "snapshot.key"
@@ -352,8 +352,8 @@ async def test_a_purge_whose_snapshot_cannot_be_rewritten_removes_the_snapshot(
     monkeypatch: pytest.MonkeyPatch,
 ):
     """A purged value must not come back after a restart, even when the disk is full."""
-    from sidecar import warmstart
-    from sidecar.snapshot import load_key, read_snapshot
+    from sidecar.ops import warmstart
+    from sidecar.ops.snapshot import load_key, read_snapshot
 
     openbao.kv_put(f"{uid}/db", {"password": "pw-purged-for-good"})
     key_file = tmp_path / "snapshot.key"

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from sidecar.devstore import DevOpenBao
+from sidecar.dev.openbao import DevOpenBao
 from tests.conftest import AUTH, CLASSES, SidecarFactory, config, metric
 from tests.faultproxy import FaultProxy
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.devstore import DevOpenBao
-from sidecar.paths import InvalidPath, check_kv_path, check_path, kv_candidates
+from sidecar.core.paths import InvalidPath, check_kv_path, check_path, kv_candidates
+from sidecar.dev.openbao import DevOpenBao
 from tests.conftest import AUTH, SidecarFactory, raw_get
 
 

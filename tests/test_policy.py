@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.policy import Freshness, OnOutage, Policy, Rule, SecretClass, glob_regex
+from sidecar.core.policy import Freshness, OnOutage, Policy, Rule, SecretClass, glob_regex
 
 
 def make_class(

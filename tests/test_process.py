@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from sidecar import __version__
-from sidecar.devstore import DevOpenBao, free_port
+from sidecar.dev.openbao import DevOpenBao, free_port
 from tests.conftest import config
 
 SIDECAR = [sys.executable, "-m", "sidecar"]

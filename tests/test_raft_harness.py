@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sidecar.devstore import bao_binary
+from sidecar.dev.openbao import bao_binary
 from tests.raft import RaftCluster, RaftError
 
 SECRET = {"username": "app", "password": "correct horse battery staple"}

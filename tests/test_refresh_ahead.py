@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from sidecar.devstore import DevOpenBao
+from sidecar.dev.openbao import DevOpenBao
 from tests.conftest import AUTH, CLASSES, SidecarFactory
 
 FAST = {

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from sidecar import replies
-from sidecar.backend import ErrorKind, SecretNotFound, StoreUnavailable
-from sidecar.vault import _url_path
+from sidecar.store import replies
+from sidecar.store.client import _url_path
+from sidecar.store.interface import ErrorKind, SecretNotFound, StoreUnavailable
 
 
 def kv2(data: Any = None, **meta: Any) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.cli import main
-from sidecar.devstore import DevOpenBao
+from sidecar.dev.openbao import DevOpenBao
 from tests.conftest import AUTH, CLASSES, SidecarFactory, metric
 
 ROTATING = {

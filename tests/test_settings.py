@@ -12,7 +12,7 @@ import yaml
 
 from sidecar import __version__
 from sidecar.cli import main
-from sidecar.policy import OnOutage
+from sidecar.core.policy import OnOutage
 from sidecar.settings import ConfigError, Settings, TokenAuth, load_settings
 
 BASE: dict[str, Any] = {

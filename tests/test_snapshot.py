@@ -17,8 +17,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from sidecar.backend import Secret
-from sidecar.snapshot import (
+from sidecar.ops.snapshot import (
     FORMAT_VERSION,
     LoadResult,
     SnapshotEntry,
@@ -29,6 +28,7 @@ from sidecar.snapshot import (
     read_snapshot,
     write_snapshot,
 )
+from sidecar.store.interface import Secret
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = bytes(range(0xE0, 0x100))  # its base64 has both "+" and "/", so urlsafe differs
@@ -502,8 +502,8 @@ def test_stale_temps_of_dead_writers_are_removed(tmp_path):
 CRASH_WRITER = """
 import sys
 from pathlib import Path
-from sidecar.backend import Secret
-from sidecar.snapshot import SnapshotEntry, write_snapshot
+from sidecar.store.interface import Secret
+from sidecar.ops.snapshot import SnapshotEntry, write_snapshot
 
 path, key = Path(sys.argv[1]), bytes.fromhex(sys.argv[2])
 entries = [

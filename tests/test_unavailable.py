@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from sidecar.devstore import DevOpenBao, free_port
+from sidecar.dev.openbao import DevOpenBao, free_port
 from tests.conftest import AUTH, SidecarFactory, metric
 from tests.faultproxy import FaultProxy
 

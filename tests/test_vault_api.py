@@ -12,7 +12,7 @@ import hvac
 import pytest
 from aiohttp.test_utils import TestClient
 
-from sidecar.devstore import DevOpenBao, bao_binary
+from sidecar.dev.openbao import DevOpenBao, bao_binary
 from tests.conftest import AUTH, CALLER_TOKEN, CLASSES, SidecarFactory, config
 
 VAULT = {"X-Vault-Token": CALLER_TOKEN}

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from sidecar.cli import main
-from sidecar.devstore import DevOpenBao
+from sidecar.dev.openbao import DevOpenBao
 from sidecar.settings import ConfigError
 from tests.conftest import AUTH, CLASSES, SidecarFactory, config, metric
 

@@ -20,13 +20,11 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict, istr
 
-from sidecar.backend import METADATA, Secret
-from sidecar.cache import Lookup, PathNotAllowed, SecretCache
-from sidecar.guard import CALLER_KEY, GUARD_KEY, Access, FastPath, guarded
-from sidecar.http_errors import BadRequest, Refused, error_response, vault_error
-from sidecar.paths import InvalidPath, check_kv_path, check_path, kv_candidates
-from sidecar.vault import Forwarded, Mount
-from sidecar.web import (
+from sidecar.core.cache import Lookup, PathNotAllowed, SecretCache
+from sidecar.core.paths import InvalidPath, check_kv_path, check_path, kv_candidates
+from sidecar.http.errors import BadRequest, Refused, error_response, vault_error
+from sidecar.http.guard import CALLER_KEY, GUARD_KEY, Access, FastPath, guarded
+from sidecar.http.native import (
     CACHE_HEADER,
     CACHE_KEY,
     PASSTHROUGH_KEY,
@@ -34,6 +32,8 @@ from sidecar.web import (
     read_body,
     whole_number,
 )
+from sidecar.store.client import Forwarded, Mount
+from sidecar.store.interface import METADATA, Secret
 
 log = logging.getLogger("sidecar.vault_api")
 

@@ -55,9 +55,9 @@ from typing import IO, Any
 
 import orjson
 
-from sidecar.audit import iso_time
-from sidecar.durations import format_duration, parse_duration
-from sidecar.policy import glob_regex
+from sidecar.core.durations import format_duration, parse_duration
+from sidecar.core.policy import glob_regex
+from sidecar.ops.audit import iso_time
 
 EXIT_OK, EXIT_RETIRED_PRESENTED, EXIT_BAD_INPUT = 0, 1, 2
 

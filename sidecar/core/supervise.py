@@ -13,7 +13,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 
-from sidecar.backoff import full_jitter
+from sidecar.core.backoff import full_jitter
 
 log = logging.getLogger("sidecar.background")
 

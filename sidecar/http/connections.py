@@ -29,8 +29,8 @@ from typing import Any, cast
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-from sidecar.logs import LogLimiter
-from sidecar.metrics import Metrics
+from sidecar.core.loglimit import LogLimiter
+from sidecar.ops.metrics import Metrics
 
 log = logging.getLogger("sidecar.connections")
 

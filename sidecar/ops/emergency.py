@@ -14,14 +14,14 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from sidecar.audit import AuditLog, iso_time
-from sidecar.backend import Backend, SecretNotFound, StoreError
-from sidecar.cache import SecretCache
-from sidecar.durations import format_duration
-from sidecar.events import EventHub
-from sidecar.metrics import Metrics
-from sidecar.policy import SecretClass
-from sidecar.warmstart import Snapshotter
+from sidecar.core.cache import SecretCache
+from sidecar.core.durations import format_duration
+from sidecar.core.events import EventHub
+from sidecar.core.policy import SecretClass
+from sidecar.ops.audit import AuditLog, iso_time
+from sidecar.ops.metrics import Metrics
+from sidecar.ops.warmstart import Snapshotter
+from sidecar.store.interface import Backend, SecretNotFound, StoreError
 
 log = logging.getLogger("sidecar.admin")
 

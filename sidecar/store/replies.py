@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sidecar.backend import ErrorKind, Secret, SecretNotFound, StoreUnavailable, VersionInfo
+from sidecar.store.interface import ErrorKind, Secret, SecretNotFound, StoreUnavailable, VersionInfo
 
 
 def bad_response(detail: str) -> StoreUnavailable:

@@ -20,13 +20,12 @@ from aiohttp import web
 from multidict import CIMultiDict, istr
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from sidecar.admin import Admin
-from sidecar.backend import SecretNotFound
-from sidecar.cache import Entry, Lookup, SecretCache
-from sidecar.durations import parse_duration
-from sidecar.events import CLOSED, EventHub
-from sidecar.guard import Access, FastPath, guarded
-from sidecar.http_errors import (
+from sidecar.core.cache import Entry, Lookup, SecretCache
+from sidecar.core.durations import parse_duration
+from sidecar.core.events import CLOSED, EventHub
+from sidecar.core.paths import check_kv_path
+from sidecar.core.verify import Verifier
+from sidecar.http.errors import (
     BadRequest,
     FieldNotFound,
     PayloadTooLarge,
@@ -34,10 +33,11 @@ from sidecar.http_errors import (
     VersionRetired,
     error_response,
 )
-from sidecar.metrics import Metrics
-from sidecar.paths import check_kv_path
+from sidecar.http.guard import Access, FastPath, guarded
+from sidecar.ops.emergency import Admin
+from sidecar.ops.metrics import Metrics
 from sidecar.settings import HTTPSettings
-from sidecar.verify import Verifier
+from sidecar.store.interface import SecretNotFound
 
 log = logging.getLogger("sidecar.web")
 

@@ -10,12 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from sidecar.audit import AuditLog
-from sidecar.backend import Secret
-from sidecar.cache import SecretCache, restore_verdict
-from sidecar.metrics import Metrics
-from sidecar.settings import ConfigError, Settings, SnapshotSettings
-from sidecar.snapshot import (
+from sidecar.core.cache import SecretCache, restore_verdict
+from sidecar.ops.audit import AuditLog
+from sidecar.ops.metrics import Metrics
+from sidecar.ops.snapshot import (
     SnapshotEntry,
     SnapshotKeyError,
     key_file_mode_problem,
@@ -23,6 +21,8 @@ from sidecar.snapshot import (
     read_snapshot,
     write_snapshot,
 )
+from sidecar.settings import ConfigError, Settings, SnapshotSettings
+from sidecar.store.interface import Secret
 
 log = logging.getLogger("sidecar.snapshot")
 

@@ -16,10 +16,15 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from sidecar.admin import AdminError
-from sidecar.backend import InvalidRequest, SecretForbidden, SecretNotFound, StoreUnavailable
-from sidecar.cache import PathNotAllowed, SecretRevoked
-from sidecar.paths import InvalidPath
+from sidecar.core.cache import PathNotAllowed, SecretRevoked
+from sidecar.core.paths import InvalidPath
+from sidecar.ops.emergency import AdminError
+from sidecar.store.interface import (
+    InvalidRequest,
+    SecretForbidden,
+    SecretNotFound,
+    StoreUnavailable,
+)
 
 log = logging.getLogger("sidecar.web")
 

@@ -8,10 +8,10 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from sidecar.durations import parse_duration
-from sidecar.guard import Access, guarded
-from sidecar.http_errors import BadRequest, error_response
-from sidecar.web import ADMIN_KEY, CACHE_KEY, json_body, validate_path
+from sidecar.core.durations import parse_duration
+from sidecar.http.errors import BadRequest, error_response
+from sidecar.http.guard import Access, guarded
+from sidecar.http.native import ADMIN_KEY, CACHE_KEY, json_body, validate_path
 
 
 def _json(document: dict[str, Any]) -> web.Response:

@@ -15,17 +15,17 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from sidecar import replies
-from sidecar.backend import (
+from sidecar.core.backoff import full_jitter
+from sidecar.core.supervise import supervised
+from sidecar.settings import AppRoleAuth, BackendSettings, KubernetesAuth, TokenAuth
+from sidecar.store import replies
+from sidecar.store.interface import (
     ErrorKind,
     InvalidRequest,
     SecretForbidden,
     StoreError,
     StoreUnavailable,
 )
-from sidecar.background import supervised
-from sidecar.backoff import full_jitter
-from sidecar.settings import AppRoleAuth, BackendSettings, KubernetesAuth, TokenAuth
 
 log = logging.getLogger("sidecar.store")
 

@@ -26,8 +26,14 @@ import orjson
 import requests
 from hvac.adapters import RawAdapter
 
-from sidecar import replies
-from sidecar.backend import (
+from sidecar.core.backoff import CircuitBreaker, CircuitState, TokenBucket
+from sidecar.core.coalesce import Coalescer
+from sidecar.core.paths import SAFE_CHARACTERS
+from sidecar.core.supervise import supervised
+from sidecar.settings import BackendSettings
+from sidecar.store import replies
+from sidecar.store.identity import Authenticator
+from sidecar.store.interface import (
     METADATA,
     ErrorKind,
     InvalidRequest,
@@ -37,13 +43,7 @@ from sidecar.backend import (
     StoreUnavailable,
     VersionInfo,
 )
-from sidecar.background import supervised
-from sidecar.backoff import CircuitBreaker, CircuitState, TokenBucket
-from sidecar.coalesce import Coalescer
-from sidecar.paths import SAFE_CHARACTERS
-from sidecar.settings import BackendSettings
-from sidecar.store_auth import Authenticator
-from sidecar.store_http import (
+from sidecar.store.transport import (
     Aborted,
     Exchange,
     ReplyTooLarge,

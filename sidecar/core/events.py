@@ -7,9 +7,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from sidecar.backend import Secret
-from sidecar.cache import CacheObserver
-from sidecar.policy import SecretClass
+from sidecar.core.cache import CacheObserver
+from sidecar.core.policy import SecretClass
+from sidecar.store.interface import Secret
 
 QUEUE_SIZE = 256
 CLOSED: dict[str, Any] = {}  # sentinel: the hub is shutting down

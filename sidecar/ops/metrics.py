@@ -13,11 +13,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeHistogramMetricFami
 from prometheus_client.registry import Collector
 
 from sidecar import __version__
-from sidecar.backend import Secret, StoreError
-from sidecar.backoff import CircuitState
-from sidecar.cache import CacheObserver, Outcome, SecretCache
-from sidecar.policy import SecretClass
-from sidecar.verify import Match, Verdict, VerifyObserver
+from sidecar.core.backoff import CircuitState
+from sidecar.core.cache import CacheObserver, Outcome, SecretCache
+from sidecar.core.policy import SecretClass
+from sidecar.core.verify import Match, Verdict, VerifyObserver
+from sidecar.store.interface import Secret, StoreError
 
 BACKGROUND_TASKS = (
     "snapshot",

@@ -23,7 +23,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sidecar.backend import (
+from sidecar.core.backoff import full_jitter
+from sidecar.core.coalesce import Coalescer
+from sidecar.core.loglimit import LogLimiter
+from sidecar.core.policy import Freshness, OnOutage, Policy, SecretClass
+from sidecar.store.interface import (
     Backend,
     ErrorKind,
     Secret,
@@ -32,10 +36,6 @@ from sidecar.backend import (
     StoreError,
     StoreUnavailable,
 )
-from sidecar.backoff import full_jitter
-from sidecar.coalesce import Coalescer
-from sidecar.logs import LogLimiter
-from sidecar.policy import Freshness, OnOutage, Policy, SecretClass
 
 log = logging.getLogger("sidecar.cache")
 

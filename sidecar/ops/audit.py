@@ -22,7 +22,7 @@ from typing import IO, Any
 
 import orjson
 
-from sidecar.snapshot import SnapshotKeyError, load_key
+from sidecar.ops.snapshot import SnapshotKeyError, load_key
 
 log = logging.getLogger("sidecar.audit")
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import yaml
 
-from sidecar import logs
-from sidecar.devstore import DevOpenBao, DevStoreError, _is_free, bao_binary, free_port
+from sidecar.dev.openbao import DevOpenBao, DevStoreError, _is_free, bao_binary, free_port
+from sidecar.ops import logs
 
 DEMO_CLASSES = {
     "standard": {

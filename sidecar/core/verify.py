@@ -12,9 +12,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sidecar.backend import Backend, SecretNotFound, StoreError
-from sidecar.cache import SecretCache
-from sidecar.policy import SecretClass
+from sidecar.core.cache import SecretCache
+from sidecar.core.policy import SecretClass
+from sidecar.store.interface import Backend, SecretNotFound, StoreError
 
 Fingerprint = Callable[[str, str, Any], str]
 RETIRED_MEMO = 4096  # (path, version) fingerprint sets kept for retired versions

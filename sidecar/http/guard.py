@@ -20,9 +20,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from aiohttp import web
 from multidict import istr
 
-from sidecar.callers import CallerCheck
-from sidecar.http_errors import Refused, error_response
-from sidecar.metrics import Metrics
+from sidecar.http.errors import Refused, error_response
+from sidecar.http.tokens import CallerCheck
+from sidecar.ops.metrics import Metrics
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from sidecar.backend import Secret
+from sidecar.store.interface import Secret
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM

@@ -8,12 +8,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from sidecar.audit import AuditLog, iso_time
-from sidecar.backend import Secret, StoreError
-from sidecar.backoff import CircuitState
-from sidecar.cache import CacheObserver, Entry
-from sidecar.policy import SecretClass
-from sidecar.verify import Match, Verdict, VerifyObserver
+from sidecar.core.backoff import CircuitState
+from sidecar.core.cache import CacheObserver, Entry
+from sidecar.core.policy import SecretClass
+from sidecar.core.verify import Match, Verdict, VerifyObserver
+from sidecar.ops.audit import AuditLog, iso_time
+from sidecar.store.interface import Secret, StoreError
 
 FETCH_FAILED_EVERY = 60.0  # seconds: one fetch_failed record per path and kind, with a count
 

@@ -1,0 +1,1 @@
+"""Pure logic: imports neither aiohttp nor hvac (a test checks)."""

@@ -1,0 +1,1 @@
+"""Development only: a real OpenBao dev server and the demo (the dev extra)."""

@@ -1,0 +1,1 @@
+"""HTTP: the guard, the APIs, connection limits."""

@@ -1,0 +1,1 @@
+"""The store (Vault or OpenBao): the only layer that imports hvac."""

@@ -1,0 +1,126 @@
+"""The package's folders are its layers, and the imports keep them so (read with ``ast``, no
+import is run): core is pure, only store/ speaks to the store, only http/ (with the composition
+root and the server) speaks HTTP, and nothing at run time needs dev/."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "sidecar"
+
+HTTP_LIBRARIES = ("aiohttp", "multidict", "yarl")
+STORE_LIBRARIES = ("hvac", "requests", "urllib3")
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module ``path`` imports, anywhere in it (functions included), absolute names."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return found
+
+
+def _modules(layer: str) -> list[Path]:
+    return sorted((PACKAGE / layer).glob("*.py")) if layer else sorted(PACKAGE.glob("*.py"))
+
+
+def _named(path: Path) -> str:
+    try:
+        return str(path.relative_to(PACKAGE.parent))
+    except ValueError:
+        return str(path)
+
+
+def _offending(paths: list[Path], forbidden: tuple[str, ...]) -> list[str]:
+    return sorted(
+        f"{_named(path)} imports {name}"
+        for path in paths
+        for name in _imports(path)
+        if any(name == f or name.startswith(f + ".") for f in forbidden)
+    )
+
+
+def test_core_is_pure():
+    """No HTTP, no store client, no metrics library, and only the store's interface."""
+    forbidden = (
+        *HTTP_LIBRARIES,
+        *STORE_LIBRARIES,
+        "prometheus_client",
+        "sidecar.http",
+        "sidecar.ops",
+        "sidecar.dev",
+        "sidecar.store.client",
+        "sidecar.store.identity",
+        "sidecar.store.transport",
+        "sidecar.store.replies",
+        "sidecar.settings",
+        "sidecar.app",
+        "sidecar.server",
+        "sidecar.cli",
+    )
+    assert _offending(_modules("core"), forbidden) == []
+
+
+def test_only_the_store_client_imports_hvac_and_only_store_speaks_to_the_store():
+    everything = [p for p in PACKAGE.rglob("*.py")]
+    hvac = sorted(
+        _named(p) for p in everything if any(n.split(".")[0] == "hvac" for n in _imports(p))
+    )
+    assert hvac == ["sidecar/store/client.py"]
+    outside = [p for p in everything if p.parent.name != "store"]
+    assert _offending(outside, ("requests", "urllib3")) == []
+
+
+@pytest.mark.parametrize("layer", ["store", "ops"])
+def test_store_and_ops_speak_no_http(layer: str):
+    forbidden = (*HTTP_LIBRARIES, "sidecar.http", "sidecar.dev", "sidecar.app", "sidecar.server")
+    assert _offending(_modules(layer), forbidden) == []
+
+
+def test_http_lives_in_http_and_the_composition_root():
+    allowed = {"app.py", "server.py"}
+    elsewhere = [
+        p
+        for p in PACKAGE.rglob("*.py")
+        if p.parent.name not in ("http", "dev") and not (p.parent == PACKAGE and p.name in allowed)
+    ]
+    assert _offending(elsewhere, ("aiohttp",)) == []
+
+
+def test_nothing_at_run_time_needs_dev():
+    """dev/ (the embedded OpenBao, the demo) ships with the dev extra only; the CLI loads the
+    demo lazily, inside its command."""
+    runtime = [p for p in PACKAGE.rglob("*.py") if p.parent.name != "dev"]
+    offenders = [
+        f"{_named(p)} imports {name}"
+        for p in runtime
+        for node in ast.parse(p.read_text()).body  # module level only
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for name in _imports_of(node)
+        if name.startswith("sidecar.dev")
+    ]
+    assert offenders == []
+
+
+def _imports_of(node: ast.Import | ast.ImportFrom) -> list[str]:
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    return [node.module or ""]
+
+
+def test_the_check_itself_sees_imports(tmp_path: Path):
+    """A rule that cannot fail proves nothing: the reader finds imports in functions too."""
+    probe = tmp_path / "probe.py"
+    probe.write_text("import os\n\ndef f():\n    from aiohttp import web\n    import hvac\n")
+    assert _offending([probe], ("aiohttp", "hvac")) == [
+        f"{probe} imports aiohttp",
+        f"{probe} imports aiohttp.web",
+        f"{probe} imports hvac",
+    ]
