@@ -36,6 +36,7 @@ from sidecar.http.native import (
     native_hit,
     ops_routes,
     secrets_routes,
+    server_header,
 )
 from sidecar.http.tokens import CallerCheck, TokenFile, load_or_create
 from sidecar.http.vault_api import STORE_KEY, vault_hit, vault_routes
@@ -180,6 +181,8 @@ def create_app(
 
     ops = web.Application()
     ops_routes(ops, metrics)
+    for app in (api, ops):
+        server_header(app)
 
     sidecar = Sidecar(
         settings=settings,

@@ -21,6 +21,7 @@ async def test_metrics_health_and_readiness(
 
     health = await ops.get("/healthz")
     assert health.status == 200
+    assert health.headers["Server"] == "secrets-sidecar"  # no versions
     ready = await ops.get("/readyz")
     assert ready.status == 200
     report = await ready.json()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -246,3 +248,75 @@ async def test_bad_paths_are_400_in_vaults_shape(make_sidecar: SidecarFactory, r
     response = await raw_get(client, raw, headers=VAULT)
     assert response.status == 400
     assert "errors" in await response.json()
+
+
+async def test_deleted_and_destroyed_versions_look_as_they_do_from_the_store(
+    make_sidecar: SidecarFactory, openbao: DevOpenBao, uid: str, tmp_path: Path
+):
+    """Vault answers a deleted or destroyed KV v2 version with 404 and that version's metadata;
+    the CLI prints the metadata and exits 0. Through the sidecar: the same output."""
+    for n in (1, 2, 3):
+        openbao.kv_put(f"{uid}/app", {"password": f"del-pw-{n}"})
+    openbao.request("POST", f"secret/delete/{uid}/app", {"versions": [1]})
+    openbao.request("POST", f"secret/destroy/{uid}/app", {"versions": [2]})
+    client, _ = await make_sidecar()
+    for version in ("1", "2"):
+        for fmt in ("table", "json"):
+            command = ("kv", "get", f"-version={version}", f"-format={fmt}", f"secret/{uid}/app")
+            direct = await _in_thread(
+                bao, openbao.addr, openbao.root_token, *command, home=tmp_path
+            )
+            for _ in range(2):  # a miss, then the negative cache: both as the store says
+                mine = await _in_thread(bao, _url(client), CALLER_TOKEN, *command, home=tmp_path)
+                if fmt == "json":  # request_id differs by nature; everything else must not
+                    d, m = json.loads(direct.stdout), json.loads(mine.stdout)
+                    d.pop("request_id"), m.pop("request_id")
+                    assert (mine.returncode, m) == (direct.returncode, d), command
+                else:
+                    assert (mine.returncode, mine.stdout, mine.stderr) == (
+                        direct.returncode,
+                        direct.stdout,
+                        direct.stderr,
+                    ), command
+            assert direct.returncode == 0 and "deletion_time" in direct.stdout
+    raw = await client.get(f"/v1/secret/data/{uid}/app?version=1", headers=VAULT)
+    assert raw.status == 404
+    assert (await raw.json())["data"]["data"] is None
+    native = await client.get(f"/secrets/secret/{uid}/app?version=1", headers=VAULT)
+    assert (native.status, (await native.json())["error"]) == (404, "secret_not_found")
+
+
+async def test_every_response_has_its_own_request_id(
+    make_sidecar: SidecarFactory, openbao: DevOpenBao, uid: str
+):
+    openbao.kv_put(f"{uid}/db", {"password": "rid-pw"})
+    client, _ = await make_sidecar()
+    ids = []
+    for _ in range(5):  # a miss, then hits answered before routing
+        response = await client.get(f"/v1/secret/data/{uid}/db", headers=VAULT)
+        body = await response.json()
+        assert body["data"]["data"] == {"password": "rid-pw"}
+        ids.append(body["request_id"])
+    assert len(set(ids)) == 5
+    assert all(
+        re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", i)
+        for i in ids
+    )
+
+
+async def test_the_server_header_names_no_versions(
+    make_sidecar: SidecarFactory, openbao: DevOpenBao, uid: str
+):
+    openbao.kv_put(f"{uid}/db", {"password": "srv-pw"})
+    client, _ = await make_sidecar()
+    for path in (
+        f"/secrets/secret/{uid}/db",
+        f"/secrets/secret/{uid}/db",
+        f"/v1/secret/data/{uid}/db",
+        f"/v1/secret/data/{uid}/db",
+        "/admin/status",
+        "/nowhere",
+        f"/secrets/secret/{uid}/x",
+    ):
+        response = await client.get(path, headers=VAULT)
+        assert response.headers["Server"] == "secrets-sidecar", path

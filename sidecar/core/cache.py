@@ -332,7 +332,7 @@ class SecretCache:
                 until, refused = refusal
                 if now < until:
                     self._looked_up(secret_class, Outcome.NEGATIVE)
-                    raise type(refused)(refused.reason, detail=refused.detail)
+                    raise refused.again()  # a fresh exception: a re-raised one keeps growing
                 del self._refusals[key]
         task, coalesced = self._coalescer.start(key, lambda: self._fetch(key))
         outcome = Outcome.COALESCED if coalesced else Outcome.MISS

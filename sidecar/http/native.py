@@ -57,6 +57,8 @@ MAX_WAIT_KEY = web.AppKey("max_wait", float)
 PASSTHROUGH_KEY = web.AppKey("vault_passthrough", bool)
 HTTP_KEY = web.AppKey("http", HTTPSettings)
 ReadyReport = Callable[[], Mapping[str, Any]]
+# What every response says in Server: no versions (aiohttp's default names its own and Python's).
+SERVER = "secrets-sidecar"
 READY_KEY: web.AppKey[ReadyReport] = web.AppKey("ready")
 
 
@@ -168,7 +170,12 @@ def _overlap_member(entry: Entry) -> bytes:
 # Shared by every hit (copied per response, never changed): class and version are in the
 # envelope, headers only on ?field= answers.
 _HIT_HEADERS = CIMultiDict(
-    {"Content-Type": "application/json", "X-Sidecar-Cache": "HIT", "Cache-Control": "no-store"}
+    {
+        "Content-Type": "application/json",
+        "X-Sidecar-Cache": "HIT",
+        "Cache-Control": "no-store",
+        "Server": SERVER,
+    }
 )
 _AGE = istr("Age")
 
@@ -410,6 +417,15 @@ async def readyz(request: web.Request) -> web.Response:
     report = dict(request.app[READY_KEY]())
     status = 200 if report.get("ready") else 503
     return web.json_response(report, status=status, dumps=lambda o: orjson.dumps(o).decode())
+
+
+async def _server_header(_request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = SERVER
+
+
+def server_header(app: web.Application) -> None:
+    """Every routed response says ``Server: secrets-sidecar`` (fresh hits carry it already)."""
+    app.on_response_prepare.append(_server_header)
 
 
 def ops_routes(app: web.Application, metrics: Metrics) -> None:

@@ -10,6 +10,7 @@ rules, coalescing and outage behaviour as the native API, in Vault's response sh
 
 from __future__ import annotations
 
+import itertools
 import logging
 import uuid
 from collections.abc import Mapping
@@ -28,12 +29,13 @@ from sidecar.http.native import (
     CACHE_HEADER,
     CACHE_KEY,
     PASSTHROUGH_KEY,
+    SERVER,
     VAULT_PREFIX,
     read_body,
     whole_number,
 )
 from sidecar.store.client import Forwarded, Mount
-from sidecar.store.interface import METADATA, Secret
+from sidecar.store.interface import METADATA, Secret, SecretNotFound
 
 log = logging.getLogger("sidecar.vault_api")
 
@@ -80,7 +82,7 @@ def vault_hit(store: VaultStore, cache: SecretCache) -> FastPath:
             return None
         headers = _HIT_HEADERS.copy()
         headers[_AGE] = str(int(hit[1]))
-        return web.Response(body=hit[0].vault_view, headers=headers)
+        return web.Response(body=_with_request_id(hit[0].vault_view), headers=headers)
 
     return fast
 
@@ -97,14 +99,26 @@ async def handle(request: web.Request) -> web.StreamResponse:
         read = await _as_kv_read(request, api_path) if request.method == "GET" else None
         if read is None:
             return await _not_a_kv_read(request, api_path)
-        lookup = await request.app[CACHE_KEY].get(read.path, read.version)
+        try:
+            lookup = await request.app[CACHE_KEY].get(read.path, read.version)
+        except SecretNotFound as gone:
+            if gone.metadata is None or read.version == METADATA:
+                raise
+            # As Vault: a deleted or destroyed version is a 404 that still shows its metadata
+            # (the CLI prints it and exits 0).
+            return _vault_response({"data": {"data": None, "metadata": gone.metadata}}, status=404)
         return render(lookup, read.version)
     except Exception as exc:  # every failure becomes a Vault-shaped status in error_response
         return error_response(exc, api_path, vault=True)
 
 
 _HIT_HEADERS = CIMultiDict(
-    {"Content-Type": "application/json", "X-Cache": "HIT", "Cache-Control": "no-store"}
+    {
+        "Content-Type": "application/json",
+        "X-Cache": "HIT",
+        "Cache-Control": "no-store",
+        "Server": SERVER,
+    }
 )
 _AGE = istr("Age")
 
@@ -225,18 +239,22 @@ async def _invalidate(request: web.Request, api_path: str) -> None:
 # -- rendering ------------------------------------------------------------------------------
 
 
-def _vault_response(fields: Mapping[str, Any], lease_duration: int = 0) -> web.Response:
+def _vault_response(
+    fields: Mapping[str, Any], lease_duration: int = 0, *, status: int = 200
+) -> web.Response:
     return web.Response(
-        body=_envelope(fields, lease_duration),
+        status=status,
+        body=_with_request_id(_envelope(fields, lease_duration)),
         content_type="application/json",
         headers={"Cache-Control": "no-store"},
     )
 
 
 def _envelope(fields: Mapping[str, Any], lease_duration: int = 0) -> bytes:
+    """Vault's response envelope without its first member, ``request_id``, which every
+    response gets anew (``_with_request_id``): what is rendered once per cached value."""
     return orjson.dumps(
         {
-            "request_id": str(uuid.uuid4()),
             "lease_id": "",
             "renewable": False,
             "lease_duration": lease_duration,
@@ -245,7 +263,17 @@ def _envelope(fields: Mapping[str, Any], lease_duration: int = 0) -> bytes:
             "warnings": None,
             "auth": None,
         }
-    )
+    )[1:]
+
+
+# Request IDs as Vault gives them, one per response: UUID-shaped, a random head per process
+# and a counter (uuid4() per response would cost as much as the rest of a cache hit).
+_ID_HEAD = str(uuid.uuid4())[:24].encode()
+_ids = itertools.count()
+
+
+def _with_request_id(rest: bytes) -> bytes:
+    return b'{"request_id":"%s%012x",%s' % (_ID_HEAD, next(_ids) & 0xFFFFFFFFFFFF, rest)
 
 
 def _body(secret: Secret, version: int | None) -> bytes:
@@ -276,7 +304,9 @@ def render(lookup: Lookup, version: int | None) -> web.Response:
     }
     if lookup.stale:
         headers["Warning"] = '110 - "Response is Stale"'
-    return web.Response(body=body, content_type="application/json", headers=headers)
+    return web.Response(
+        body=_with_request_id(body), content_type="application/json", headers=headers
+    )
 
 
 def vault_routes(app: web.Application) -> None:

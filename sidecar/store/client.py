@@ -385,7 +385,9 @@ class VaultBackend:
         if 200 <= reply.status < 300:
             return reply
         if reply.status == 404:
-            raise SecretNotFound(replies.not_found_reason(reply.body))
+            raise SecretNotFound(
+                replies.not_found_reason(reply.body), metadata=replies.deleted_version(reply.body)
+            )
         if reply.status == 403:
             raise SecretForbidden(
                 "the store refused the sidecar: its policy does not grant this path",

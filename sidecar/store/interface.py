@@ -84,11 +84,32 @@ class StoreError(Exception):
 
 
 class SecretNotFound(StoreError):
+    """No such secret, or no such version. ``metadata``: for a KV v2 version that was deleted
+    or destroyed, its metadata as the store gave it (times, version; never a value), so the
+    Vault-compatible API can answer as Vault does."""
+
     kind = ErrorKind.NOT_FOUND
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        detail: str | None = None,
+        store_message: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(reason, detail=detail, store_message=store_message)
+        self.metadata = metadata
+
+    def again(self) -> SecretNotFound:
+        return SecretNotFound(self.reason, detail=self.detail, metadata=self.metadata)
 
 
 class SecretForbidden(StoreError):
     kind = ErrorKind.FORBIDDEN
+
+    def again(self) -> SecretForbidden:
+        return SecretForbidden(self.reason, detail=self.detail)
 
 
 class InvalidRequest(StoreError):

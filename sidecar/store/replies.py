@@ -87,7 +87,9 @@ def kv2_secret(path: str, version: int | None, body: Mapping[str, Any]) -> Secre
     if data is None:
         # The version exists but was deleted or destroyed: it is gone for readers.
         state = "destroyed" if destroyed else "deleted"
-        raise SecretNotFound(f"version {number or version} was {state}")
+        raise SecretNotFound(
+            f"version {number or version} was {state}", metadata=deleted_version(body)
+        )
     custom = _optional_object(meta.get("custom_metadata"), "KV v2 reply: custom_metadata")
     if custom is not None and not all(isinstance(v, str) for v in custom.values()):
         raise bad_response("KV v2 reply: custom_metadata values are not all text")
@@ -134,6 +136,30 @@ def not_found_reason(body: Mapping[str, Any]) -> str:
             state = "destroyed" if meta.get("destroyed") is True else "deleted"
             return f"version {version} was {state}"
     return "the store has no secret at this path"
+
+
+def deleted_version(body: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The metadata KV v2 sends with a deleted or destroyed version (``data.data`` null), each
+    field checked; None for any other reply."""
+    data = body.get("data")
+    if not isinstance(data, dict) or data.get("data") is not None:
+        return None
+    meta = data.get("metadata")
+    if not isinstance(meta, dict):
+        return None
+    try:
+        custom = _optional_object(meta.get("custom_metadata"), "custom_metadata")
+        if custom is not None and not all(isinstance(v, str) for v in custom.values()):
+            return None
+        return {
+            "created_time": _optional_text(meta.get("created_time"), "created_time") or "",
+            "custom_metadata": custom,
+            "deletion_time": _optional_text(meta.get("deletion_time"), "deletion_time") or "",
+            "destroyed": _flag(meta.get("destroyed"), "destroyed"),
+            "version": _whole(meta.get("version"), "version", 1),
+        }
+    except StoreUnavailable:
+        return None
 
 
 @dataclass(frozen=True, slots=True)
