@@ -14,8 +14,9 @@ from prometheus_client import CollectorRegistry
 
 from sidecar import __version__
 from sidecar.core.backoff import CircuitState
-from sidecar.core.cache import Fanout, SecretCache
+from sidecar.core.cache import SecretCache
 from sidecar.core.events import EventHub
+from sidecar.core.observer import Fanout
 from sidecar.core.supervise import supervised
 from sidecar.core.verify import Verifier
 from sidecar.http.admin import admin_routes

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from sidecar.core.cache import CacheObserver
+from sidecar.core.observer import CacheObserver
 from sidecar.core.policy import SecretClass
 from sidecar.store.interface import Secret
 

@@ -137,11 +137,11 @@ def _parse_query(request: web.Request) -> Query:
 # -- the secrets handler ------------------------------------------------------------------
 
 
-def _head(entry: Entry) -> bytes:
-    """The envelope without its per-request members, rendered once per cached value (and
-    kept on the entry): a hit encodes no JSON."""
-    head = entry.view
-    if isinstance(head, bytes):
+def _envelope_head(entry: Entry) -> bytes:
+    """The envelope without its per-request members (age, staleness, an open overlap),
+    rendered once per cached value and kept on the entry: a hit encodes no JSON."""
+    head = entry.native_body
+    if head is not None:
         return head
     secret = entry.secret
     fetched = datetime.fromtimestamp(entry.fetched_at, UTC).isoformat(timespec="milliseconds")
@@ -155,7 +155,7 @@ def _head(entry: Entry) -> bytes:
             "class": entry.secret_class.name,
         }
     )[:-1]
-    entry.view = head
+    entry.native_body = head
     return head
 
 
@@ -244,7 +244,7 @@ async def _previous(request: web.Request, path: str) -> Lookup:
 
 
 def _render_hit(entry: Entry, age: float) -> web.Response:
-    head = entry.view if isinstance(entry.view, bytes) else _head(entry)
+    head = entry.native_body or _envelope_head(entry)
     headers = _HIT_HEADERS.copy()
     headers[_AGE] = str(int(age))
     overlap = _overlap_member(entry) if entry.overlap_until else b""
@@ -276,7 +276,7 @@ def render(lookup: Lookup, field: str | None) -> web.Response:
             content_type="text/plain",
             headers=headers,
         )
-    body = _head(entry) + b'%s,"age_seconds":%.3f,"stale":%s}' % (
+    body = _envelope_head(entry) + b'%s,"age_seconds":%.3f,"stale":%s}' % (
         _overlap_member(entry),
         age,
         b"true" if lookup.stale else b"false",

@@ -78,11 +78,11 @@ def vault_hit(store: VaultStore, cache: SecretCache) -> FastPath:
     def fast(api_path: str) -> web.StreamResponse | None:
         path = _latest_path(store.known_mount(api_path), api_path)
         hit = cache.hit(path) if path else None
-        if hit is None or not isinstance(hit[0].vault_view, bytes):
+        if hit is None or hit[0].vault_body is None:
             return None
         headers = _HIT_HEADERS.copy()
         headers[_AGE] = str(int(hit[1]))
-        return web.Response(body=_with_request_id(hit[0].vault_view), headers=headers)
+        return web.Response(body=_with_request_id(hit[0].vault_body), headers=headers)
 
     return fast
 
@@ -294,9 +294,9 @@ def _body(secret: Secret, version: int | None) -> bytes:
 def render(lookup: Lookup, version: int | None) -> web.Response:
     """Pre-rendered once per cached value, like the native API; only headers vary."""
     entry = lookup.entry
-    body = entry.vault_view
-    if not isinstance(body, bytes):
-        body = entry.vault_view = _body(entry.secret, version)
+    body = entry.vault_body
+    if body is None:
+        body = entry.vault_body = _body(entry.secret, version)
     headers = {
         "X-Cache": CACHE_HEADER[lookup.outcome.value],
         "Age": str(int(max(0.0, lookup.age))),

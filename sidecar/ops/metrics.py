@@ -14,7 +14,9 @@ from prometheus_client.registry import Collector
 
 from sidecar import __version__
 from sidecar.core.backoff import CircuitState
-from sidecar.core.cache import CacheObserver, Outcome, SecretCache
+from sidecar.core.cache import SecretCache
+from sidecar.core.entries import Outcome
+from sidecar.core.observer import CacheObserver
 from sidecar.core.policy import SecretClass
 from sidecar.core.verify import Match, Verdict, VerifyObserver
 from sidecar.store.interface import Secret, StoreError

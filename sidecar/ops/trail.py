@@ -9,7 +9,8 @@ import time
 from collections.abc import Callable
 
 from sidecar.core.backoff import CircuitState
-from sidecar.core.cache import CacheObserver, Entry
+from sidecar.core.entries import Entry
+from sidecar.core.observer import CacheObserver
 from sidecar.core.policy import SecretClass
 from sidecar.core.verify import Match, Verdict, VerifyObserver
 from sidecar.ops.audit import AuditLog, iso_time

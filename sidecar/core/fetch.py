@@ -1,0 +1,184 @@
+"""Bringing a value from the store: one fetch per key at a time (the others wait for it),
+checked before it is kept (never an older version than one already served, never a revoked
+one, nothing that a purge overtook), then refreshed ahead of time by the upkeep."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from sidecar.core.coalesce import Coalescer
+from sidecar.core.entries import CacheKey, Entry, EntryTable
+from sidecar.core.loglimit import LogLimiter
+from sidecar.core.observer import CacheObserver
+from sidecar.core.policy import SecretClass
+from sidecar.core.refusals import Refusals
+from sidecar.core.revocations import Revocations
+from sidecar.core.rotation import Rotations, overlap_until
+from sidecar.core.upkeep import Upkeep
+from sidecar.store.interface import (
+    Backend,
+    ErrorKind,
+    SecretForbidden,
+    SecretNotFound,
+    StoreError,
+    StoreUnavailable,
+)
+
+log = logging.getLogger("sidecar.cache")
+
+
+class Fetcher:
+    def __init__(
+        self,
+        backend: Backend,
+        entries: EntryTable,
+        rotations: Rotations,
+        revoked: Revocations,
+        refusals: Refusals,
+        upkeep: Upkeep,
+        observer: CacheObserver,
+        *,
+        classify: Callable[[str], SecretClass],
+        clock: Callable[[], float],
+        wall: Callable[[], float],
+    ) -> None:
+        self._backend = backend
+        self._entries = entries
+        self._rotations = rotations
+        self._revoked = revoked
+        self._refusals = refusals
+        self._upkeep = upkeep
+        self._observer = observer
+        self._classify = classify
+        self._clock = clock
+        self._wall = wall
+        self._coalescer: Coalescer[CacheKey, Entry] = Coalescer()
+        self._log_limit = LogLimiter()
+
+    def start(self, key: CacheKey) -> tuple[asyncio.Task[Entry], bool]:
+        """The fetch of ``key``, and whether it was already under way (coalesced)."""
+        return self._coalescer.start(key, lambda: self._fetch(key))
+
+    async def close(self) -> None:
+        await self._coalescer.drain()
+
+    async def _fetch(self, key: CacheKey) -> Entry:
+        path, version = key
+        secret_class = self._classify(path)
+        started = self._clock()
+        purges = self._refusals.mark()
+        held = self._entries.get(key)
+        try:
+            unchanged = version is None and await self._unchanged(path, held)
+            secret = held.secret if unchanged and held else await self._backend.read(path, version)
+        except StoreError as exc:
+            self._failed(key, secret_class, self._clock() - started, exc, purges)
+            raise
+        now = self._clock()
+        held = self._entries.get(key)
+        if (
+            held is not None
+            and version is None
+            and held.secret.version is not None
+            and secret.version is not None
+            and secret.version < held.secret.version
+        ):
+            stale_read = StoreUnavailable(
+                "stale_read",
+                kind=ErrorKind.STALE_READ,
+                detail=f"store answered version {secret.version}, "
+                f"older than version {held.secret.version} already served",
+            )
+            self._observer.fetch_finished(path, secret_class, now - started, stale_read)
+            log.warning(
+                "store answered an older version; keeping ours",
+                extra={"path": path, "class": secret_class.name, "version": secret.version},
+            )
+            raise stale_read
+        self._observer.fetch_finished(path, secret_class, now - started, None)
+        log.info(
+            "store fetch",
+            extra={
+                "path": path,
+                "class": secret_class.name,
+                "version": secret.version,
+                "checked": "metadata" if unchanged else "data",
+                "duration_ms": round((now - started) * 1000, 1),
+            },
+        )
+        if self._revoked and self._revoked.covers(path, secret.version):
+            self._entries.drop(key)  # a revoked value is never kept, not even in memory
+            self._revoked.check(path, secret.version)
+        entry = Entry(
+            secret=secret,
+            secret_class=secret_class,
+            confirmed_at=now,
+            fetched_at=self._wall(),
+            last_read=held.last_read if held is not None else now,
+            served=held is not None and held.served and held.secret.version == secret.version,
+            overlap_until=overlap_until(secret_class, secret),
+        )
+        if self._refusals.purged_since(purges, path):
+            # Purged while this fetch was under way: the answer may predate what the purge
+            # was for. It goes to the reads that waited for it, and is not kept.
+            log.info("fetched before a purge; not kept", extra={"path": path})
+            return entry
+        if version is None:
+            retire = self._rotations.track(path, secret_class, held, entry)
+            if retire is not None:
+                self._upkeep.retire_at((path, None), retire)
+        self._store(key, entry)
+        return entry
+
+    def _failed(
+        self,
+        key: CacheKey,
+        secret_class: SecretClass,
+        elapsed: float,
+        exc: StoreError,
+        purges: int,
+    ) -> None:
+        path, version = key
+        self._observer.fetch_finished(path, secret_class, elapsed, exc)
+        dropped = self._log_limit.allow(exc.kind)
+        if dropped is not None:
+            log.warning(
+                "store fetch failed",
+                extra={
+                    "path": path,
+                    "class": secret_class.name,
+                    "version": version,
+                    "kind": exc.kind.value,
+                    "reason": exc.reason,
+                    "detail": exc.detail,
+                    "store_message": exc.store_message,
+                    "duration_ms": round(elapsed * 1000, 1),
+                    **({"suppressed": dropped} if dropped else {}),
+                },
+            )
+        if isinstance(exc, SecretNotFound | SecretForbidden):
+            # The store says the secret is gone or no longer ours: stop serving it at once,
+            # and remember the answer briefly (the negative cache).
+            self._entries.drop(key)
+            if not self._refusals.purged_since(purges, path):
+                self._refusals.remember(key, secret_class, exc)
+
+    async def _unchanged(self, path: str, held: Entry | None) -> bool:
+        """Is the held KV v2 value still current? Asks the metadata endpoint, which moves no
+        secret value; False when that cannot tell (then the data is read)."""
+        if held is None or held.secret.kv_version != 2 or held.secret.version is None:
+            return False
+        info = await self._backend.version_info(path)
+        if info is None:
+            return False
+        if info.gone:
+            raise SecretNotFound(f"version {info.current} was deleted or destroyed")
+        return info.current == held.secret.version
+
+    def _store(self, key: CacheKey, entry: Entry) -> None:
+        self._refusals.forget(key)
+        entry.serial = self._upkeep.schedule.serial()
+        self._entries.put(key, entry)
+        self._upkeep.held(key, entry)

@@ -1,0 +1,159 @@
+"""Rotation bookkeeping: when a new version is seen, how long the previous one stays available
+(the class's overlap), when it retires, and who is waiting for the next version."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import re
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+
+from sidecar.core.entries import CacheKey, Entry
+from sidecar.core.observer import CacheObserver
+from sidecar.core.policy import SecretClass
+from sidecar.store.interface import Secret
+
+log = logging.getLogger("sidecar.cache")
+
+_FRACTION = re.compile(r"(\.\d{6})\d+")
+
+
+def parse_store_time(text: str | None) -> float | None:
+    """The store's RFC 3339 times (nanoseconds, ``Z``) as epoch seconds; None if unreadable."""
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(_FRACTION.sub(r"\1", text).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def overlap_until(secret_class: SecretClass, secret: Secret) -> float:
+    """Wall time the previous version retires: the new version's creation plus overlap."""
+    if secret_class.overlap <= 0 or secret.version is None or secret.version < 2:
+        return 0.0
+    created = parse_store_time(secret.created_time)
+    return 0.0 if created is None else created + secret_class.overlap
+
+
+class Rotations:
+    """Per path: when the last rotation was seen, the open overlap (current version, wall time
+    the previous one retires), when the previous version was last served, and the blocking
+    queries waiting for a newer version."""
+
+    def __init__(
+        self,
+        observer: CacheObserver,
+        clock: Callable[[], float],
+        wall: Callable[[], float],
+    ) -> None:
+        self._observer = observer
+        self._clock = clock
+        self._wall = wall
+        self._rotated_at: dict[str, float] = {}  # path -> wall time the last rotation was seen
+        self._overlaps: dict[str, tuple[int, float]] = {}  # path -> (current version, until)
+        self._previous_served: dict[str, float] = {}  # path -> wall time previous last served
+        self._changed: dict[str, asyncio.Event] = {}  # set when a path's latest version moves
+        self._waiters: dict[CacheKey, int] = {}  # blocking queries waiting on a key
+
+    def track(
+        self, path: str, secret_class: SecretClass, held: Entry | None, entry: Entry
+    ) -> float | None:
+        """A new latest value is about to be held. Returns the monotonic time the previous
+        version's overlap ends when a retirement is newly due, else None."""
+        old, new = (held.secret if held else None), entry.secret
+        wall, now = self._wall(), self._clock()
+        if old is not None and new.version is not None and (old.version or 0) < new.version:
+            self._rotated_at[path] = wall
+            if held is not None and held.last_read > -math.inf:
+                self._previous_served[path] = wall - (now - held.last_read)
+            log.info(
+                "rotation detected",
+                extra={
+                    "path": path,
+                    "class": secret_class.name,
+                    "old": old.version,
+                    "new": new.version,
+                },
+            )
+            self._observer.rotated(path, secret_class, old, new)
+        if old is None or old.version != new.version:
+            event = self._changed.pop(path, None)
+            if event is not None:
+                event.set()  # wake the blocking queries on this path
+        if entry.overlap_until > wall and new.version is not None:
+            state = (new.version, entry.overlap_until)
+            if self._overlaps.get(path) != state:
+                self._overlaps[path] = state
+                return now + (entry.overlap_until - wall)
+        return None
+
+    def retire(
+        self,
+        path: str,
+        secret_class: SecretClass | None,
+        previous_entry: Callable[[CacheKey], Entry | None],
+    ) -> float | None:
+        """The overlap of ``path`` is due to end. Returns a monotonic time to try again when
+        the wall clock says it is not yet over, else None."""
+        state = self._overlaps.get(path)
+        if state is None:
+            return None
+        current, until = state
+        wall, now = self._wall(), self._clock()
+        if wall < until:  # the wall clock moved: not yet
+            return now + (until - wall)
+        del self._overlaps[path]
+        previous = current - 1
+        last = self._previous_served.pop(path, None)
+        pinned = previous_entry((path, previous))
+        if pinned is not None and pinned.last_read > -math.inf:
+            pinned_wall = wall - (now - pinned.last_read)
+            last = pinned_wall if last is None else max(last, pinned_wall)
+        if secret_class is not None:
+            log.info(
+                "previous version retired",
+                extra={"path": path, "class": secret_class.name, "version": previous},
+            )
+            self._observer.previous_retired(path, secret_class, previous, current, last)
+        return None
+
+    def since_rotation(self, path: str) -> float | None:
+        """Seconds since the last rotation of ``path`` was seen (None: never)."""
+        rotated = self._rotated_at.get(path)
+        return None if rotated is None else max(0.0, self._wall() - rotated)
+
+    def overlap(self, path: str) -> tuple[int, float] | None:
+        """(current version, wall time the previous one retires) while an overlap is open."""
+        state = self._overlaps.get(path)
+        if state is None or self._wall() >= state[1]:
+            return None
+        return state
+
+    def overlaps_open(self) -> int:
+        wall = self._wall()
+        return sum(1 for _, until in self._overlaps.values() if until > wall)
+
+    def changed(self, path: str) -> asyncio.Event:
+        """Set when the latest version of ``path`` moves."""
+        return self._changed.setdefault(path, asyncio.Event())
+
+    @contextlib.contextmanager
+    def waiting(self, key: CacheKey) -> Iterator[None]:
+        """A blocking query waits on ``key`` (which keeps it refreshed meanwhile)."""
+        self._waiters[key] = self._waiters.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            self._waiters[key] -= 1
+            if not self._waiters[key]:
+                del self._waiters[key]
+
+    def awaited(self, key: CacheKey) -> bool:
+        return bool(self._waiters.get(key))

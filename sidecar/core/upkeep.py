@@ -1,0 +1,206 @@
+"""The cache's background work: refresh-ahead of what is read, retries with backoff, expiry at
+max_cache_age, confirmation of values restored from a snapshot, and the retirement of previous
+versions. Driven by ``run_due`` with whatever clock the cache has."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterable
+
+from sidecar.core.backoff import full_jitter
+from sidecar.core.entries import CacheKey, Entry, EntryTable
+from sidecar.core.policy import Policy, SecretClass
+from sidecar.core.rotation import Rotations
+from sidecar.core.schedule import Due, Schedule
+
+log = logging.getLogger("sidecar.cache")
+
+StartFetch = Callable[[CacheKey], tuple["asyncio.Task[Entry]", bool]]
+
+
+class Upkeep:
+    def __init__(
+        self,
+        entries: EntryTable,
+        rotations: Rotations,
+        policy: Policy,
+        start_fetch: StartFetch,
+        *,
+        clock: Callable[[], float],
+        rng: Callable[[], float],
+        refresh_ahead: tuple[float, float],
+        backoff: tuple[float, float],
+    ) -> None:
+        """``start_fetch(key)``: the (coalesced) fetch of ``key`` and whether it was already
+        under way. ``refresh_ahead``: the fraction of the refresh interval at which a read
+        value is refreshed, drawn in this range; ``backoff``: (base, cap) of the full-jitter
+        delay before a failed refresh is tried again."""
+        self.schedule = Schedule()
+        self._entries = entries
+        self._rotations = rotations
+        self._policy = policy
+        self._start_fetch = start_fetch
+        self._clock = clock
+        self._rng = rng
+        self._ahead = refresh_ahead
+        self._backoff = backoff
+        self._pinned: set[CacheKey] = set()  # preloaded: kept fresh whether read or not
+        self._attempts: dict[CacheKey, int] = {}  # consecutive failed background fetches
+        self._background: set[asyncio.Task[Entry]] = set()
+
+    # -- what the cache tells it --------------------------------------------------------
+
+    def held(self, key: CacheKey, entry: Entry) -> None:
+        """A value from the store is held: refresh it ahead of its interval. (One item per
+        value: an expiry is scheduled only once the value stops being refreshed.)"""
+        low, high = self._ahead
+        fraction = low + (high - low) * self._rng()
+        due = entry.confirmed_at + entry.secret_class.refresh_interval * fraction
+        self.schedule.push(due, Due.REFRESH, key, entry.serial)
+
+    def restored(self, key: CacheKey, entry: Entry, confirm_within: float) -> None:
+        """A value from the snapshot is held: confirm it with the store at a random moment
+        within ``confirm_within`` seconds, and expire it at max_cache_age meanwhile."""
+        self.expire_later(key, entry)
+        self.schedule.push(
+            self._clock() + confirm_within * self._rng(), Due.CONFIRM, key, entry.serial
+        )
+
+    def retire_at(self, key: CacheKey, due: float) -> None:
+        self.schedule.push(due, Due.RETIRE, key)
+
+    def fetch_soon(self, key: CacheKey) -> None:
+        self.schedule.push(self._clock(), Due.FETCH, key)
+
+    def purged(self, keys: list[CacheKey]) -> None:
+        """Values were purged: the preloaded ones are fetched again soon."""
+        now = self._clock()
+        for key in keys:
+            if key in self._pinned:
+                self.schedule.push(now + self._rng(), Due.FETCH, key)
+
+    def window_changed(self, secret_class: SecretClass, shorter: bool) -> None:
+        """A class's max_cache_age changed: expiries already scheduled are checked again."""
+        for key, entry in self._entries.items():
+            if entry.secret_class.name == secret_class.name and entry.expiry_scheduled:
+                due = entry.confirmed_at + secret_class.max_cache_age
+                self.schedule.push(due, Due.EXPIRE, key, entry.serial)
+        if shorter:
+            self.schedule.wakeup.set()
+
+    def preload(self, paths: Iterable[str], jitter: float) -> None:
+        """Fetch these (latest versions) soon, each at a random moment within ``jitter``
+        seconds so a fleet restarting together does not stampede, and keep them fresh."""
+        now = self._clock()
+        for path in paths:
+            key = (path, None)
+            self._pinned.add(key)
+            if key not in self._entries:  # a restored value already has its confirmation due
+                self.schedule.push(now + jitter * self._rng(), Due.FETCH, key)
+
+    def pinned(self) -> list[str]:
+        return sorted(path for path, _ in self._pinned)
+
+    def expire_later(self, key: CacheKey, entry: Entry) -> None:
+        if not entry.expiry_scheduled:
+            entry.expiry_scheduled = True
+            due = entry.confirmed_at + entry.secret_class.max_cache_age
+            self.schedule.push(due, Due.EXPIRE, key, entry.serial)
+
+    # -- doing it ----------------------------------------------------------------------------
+
+    def wanted(self, key: CacheKey, now: float) -> bool:
+        """Worth a store request: preloaded, awaited, or read within the refresh interval."""
+        if key in self._pinned or self._rotations.awaited(key):
+            return True
+        entry = self._entries.get(key)
+        return entry is not None and now - entry.last_read <= entry.secret_class.refresh_interval
+
+    def run_due(self) -> float | None:
+        """Act on everything due by now; return seconds until the next item (None: nothing)."""
+        now = self._clock()
+        for what, key, serial in self.schedule.due(now):
+            if what is Due.FETCH:
+                if self.wanted(key, now):
+                    self._refresh_in_background(key)
+                continue
+            if what is Due.RETIRE:
+                again = self._rotations.retire(
+                    key[0], self._policy.classify(key[0]), self._entries.get
+                )
+                if again is not None:
+                    self.retire_at(key, again)
+                continue
+            entry = self._entries.get(key)
+            if entry is None or entry.serial != serial:
+                continue  # replaced or dropped since this was scheduled
+            if what is Due.CONFIRM:
+                if entry.provisional:
+                    self._refresh_in_background(key)
+                continue
+            if what is Due.EXPIRE:
+                due = entry.confirmed_at + entry.secret_class.max_cache_age
+                if due > now:  # the class's window was extended meanwhile
+                    self.schedule.push(due, Due.EXPIRE, key, serial)
+                    continue
+                self._entries.expire(key, entry)
+            elif self.wanted(key, now):
+                self._refresh_in_background(key)
+            else:
+                self.expire_later(key, entry)
+        return self.schedule.next_in(now)
+
+    def _refresh_in_background(self, key: CacheKey) -> None:
+        task, coalesced = self._start_fetch(key)
+        if coalesced:
+            return
+        self._background.add(task)
+        task.add_done_callback(lambda done: self._refresh_done(key, done))
+
+    def _refresh_done(self, key: CacheKey, task: asyncio.Task[Entry]) -> None:
+        self._background.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None:
+            self._attempts.pop(key, None)
+            return
+        # The entry (if any) stays; reads decide by class whether it may still be served,
+        # and it expires at max_cache_age unless a retry succeeds first. Try again after a
+        # full-jitter backoff while someone still wants the value.
+        held = self._entries.get(key)
+        if held is not None:
+            self.expire_later(key, held)
+        attempt = self._attempts.get(key, 0)
+        self._attempts[key] = attempt + 1
+        base, cap = self._backoff
+        delay = max(0.05, full_jitter(attempt, base, cap, self._rng))
+        self.schedule.push(self._clock() + delay, Due.FETCH, key)
+        log.warning(
+            "background refresh failed; will retry",
+            extra={
+                "path": key[0],
+                "error": type(exc).__name__,
+                "reason": str(exc),
+                "retry_in_seconds": round(delay, 2),
+            },
+        )
+
+    async def run(self, idle: float = 60.0) -> None:
+        """Forever: wake when something is due, refresh what was read recently, expire the old."""
+        wakeup = self.schedule.wakeup
+        while True:
+            wakeup.clear()
+            delay = self.run_due()
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the cancellation that
+            # stops this loop if the wakeup fires at the same moment, and shutdown would hang.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(idle if delay is None else delay):
+                    await wakeup.wait()
+
+    async def settle(self) -> None:
+        """Wait for background refreshes under way (tests, shutdown)."""
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
