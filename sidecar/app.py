@@ -48,8 +48,8 @@ from sidecar.ops.snapshot import SnapshotKeyError
 from sidecar.ops.trail import AuditTrail
 from sidecar.ops.warmstart import Snapshotter, snapshot_key
 from sidecar.settings import ConfigError, Settings
-from sidecar.store.client import BackendObserver, VaultBackend
-from sidecar.store.interface import Backend
+from sidecar.store.interface import Store, StoreObserver
+from sidecar.store.kv import KVStore
 
 log = logging.getLogger("sidecar.app")
 
@@ -60,7 +60,7 @@ class Sidecar:
 
     settings: Settings
     metrics: Metrics
-    backend: Backend
+    store: Store
     cache: SecretCache
     caller_token: str
     admin_token: str
@@ -83,13 +83,13 @@ class Sidecar:
             "ready": self.started and servable == len(preload),
             "preloaded_servable": servable,
             "preloaded_total": len(preload),
-            "store_authenticated": bool(getattr(self.backend, "authenticated", True)),
+            "store_authenticated": self.store.authenticated,
             "secrets_cached": len(self.cache),
         }
 
 
-class _BackendFanout:
-    def __init__(self, *observers: BackendObserver) -> None:
+class _StoreFanout:
+    def __init__(self, *observers: StoreObserver) -> None:
         self._observers = observers
 
     def auth_event(self, event: str, ok: bool, expires_at: float | None) -> None:
@@ -104,13 +104,13 @@ class _BackendFanout:
 def create_app(
     settings: Settings,
     *,
-    backend: Backend | None = None,
+    store: Store | None = None,
     registry: CollectorRegistry | None = None,
     caller_token: str | None = None,
     admin_token: str | None = None,
 ) -> Sidecar:
-    """Build the sidecar from settings. Tests pass a registry, tokens and, for pure logic, a
-    backend; everything else comes from the settings."""
+    """Build the sidecar from settings. Tests pass a registry, tokens and, where they need one,
+    a store; everything else comes from the settings."""
     metrics = Metrics(registry)
     policy = settings.policy()
     metrics.declare_classes(sorted(settings.classes))
@@ -118,15 +118,15 @@ def create_app(
     audit = _audit_log(settings, key)
     trail = AuditTrail(audit, settings.backend.auth.method)
     hub = EventHub()
-    if backend is None:
-        backend = VaultBackend(
+    if store is None:
+        store = KVStore(
             settings.backend,
-            observer=_BackendFanout(metrics, trail),
+            observer=_StoreFanout(metrics, trail),
             on_error=metrics.background_error,
         )
     backoff = settings.backend.backoff
     cache = SecretCache(
-        backend,
+        store,
         policy,
         observer=Fanout(metrics, trail, hub),
         backoff=(backoff.base, backoff.cap),
@@ -141,12 +141,12 @@ def create_app(
             cache,
             metrics,
             audit,
-            mounts=backend if isinstance(backend, VaultBackend) else None,
+            mounts=store,
             confirm_within=settings.startup_jitter,
         )
     verifier = Verifier(
         cache,
-        backend,
+        store,
         audit.fingerprint_value,
         lookback=settings.verify_lookback,
         observers=(metrics, trail),
@@ -171,11 +171,11 @@ def create_app(
     api[HTTP_KEY] = settings.http
     secrets_routes(api)  # the hot routes first
     fast_paths: dict[str, FastPath] = {SECRETS_PREFIX: native_hit(cache)}
-    if settings.vault_api.enabled and isinstance(backend, VaultBackend):
-        api[STORE_KEY] = backend
+    if settings.vault_api.enabled:
+        api[STORE_KEY] = store
         api[PASSTHROUGH_KEY] = settings.vault_api.passthrough
         vault_routes(api)
-        fast_paths[VAULT_PREFIX] = vault_hit(backend, cache)
+        fast_paths[VAULT_PREFIX] = vault_hit(store, cache)
     api[FAST_PATHS_KEY] = fast_paths
     admin_routes(api)
     fallback_route(api)
@@ -188,7 +188,7 @@ def create_app(
     sidecar = Sidecar(
         settings=settings,
         metrics=metrics,
-        backend=backend,
+        store=store,
         cache=cache,
         caller_token=tokens.caller,
         admin_token=tokens.admin,
@@ -299,14 +299,14 @@ def _lifecycle(sidecar: Sidecar) -> Any:
                 "no snapshot: snapshot.key_file is not set, so nothing survives a restart",
             )
         # 2. authenticate in the background (an outage at start is served as an outage);
-        await sidecar.backend.start()
+        await sidecar.store.start()
         # 3. follow the fleet-wide revocation list, if there is one;
         revocation_list = settings.revocation_list
         if revocation_list:
             background(
                 "revocations",
                 lambda: sidecar.admin.poll_revocations(
-                    sidecar.backend, revocation_list, settings.revocation_poll_interval
+                    sidecar.store, revocation_list, settings.revocation_poll_interval
                 ),
             )
         # 4. watch the token files (a rotated token works at once, the old one for a grace);
@@ -327,7 +327,7 @@ def _lifecycle(sidecar: Sidecar) -> Any:
             ("admin", _sync(sidecar.admin.close)),
             ("snapshot", snapshotter.save if snapshotter is not None else None),
             ("cache", sidecar.cache.close),
-            ("store", sidecar.backend.close),
+            ("store", sidecar.store.close),
         ):
             if step is None:
                 continue

@@ -15,7 +15,7 @@ import logging
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -34,8 +34,7 @@ from sidecar.http.native import (
     read_body,
     whole_number,
 )
-from sidecar.store.client import Forwarded, Mount
-from sidecar.store.interface import METADATA, Secret, SecretNotFound
+from sidecar.store.interface import METADATA, Mount, Secret, SecretNotFound, Store
 
 log = logging.getLogger("sidecar.vault_api")
 
@@ -47,22 +46,7 @@ HOP_BY_HOP = frozenset(
 READ_METHODS = frozenset({"GET", "HEAD", "LIST"})
 
 
-class VaultStore(Protocol):
-    def known_mount(self, api_path: str) -> Mount | None: ...
-
-    async def mount(self, api_path: str) -> Mount: ...
-
-    async def forward(
-        self,
-        method: str,
-        api_path: str,
-        query: list[tuple[str, str]],
-        body: bytes,
-        headers: Mapping[str, str],
-    ) -> Forwarded: ...
-
-
-STORE_KEY = web.AppKey("vault_store", VaultStore)
+STORE_KEY = web.AppKey("store", Store)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +55,7 @@ class _KVRead:
     version: int | None  # a version, METADATA, or None for the latest
 
 
-def vault_hit(store: VaultStore, cache: SecretCache) -> FastPath:
+def vault_hit(store: Store, cache: SecretCache) -> FastPath:
     """The hot path, as on the native API: a known mount and a fresh value already served
     through this API (its Vault-shaped body is rendered)."""
 

@@ -1,4 +1,5 @@
-"""The store as the cache sees it: one read operation, one value type, and the error kinds.
+"""The store as the rest of the sidecar sees it: the value type, the error kinds, and the
+protocols (``Backend`` for the cache, ``Store`` for everything). Pure: no hvac here.
 
 Every failure the store can produce is one of four kinds, and the kind decides the incident:
 ``SecretNotFound``/``SecretForbidden`` mean the secret is invalid (the store answered, and
@@ -10,8 +11,10 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from sidecar.core.backoff import CircuitState
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +136,8 @@ class StoreUnavailable(StoreError):
 
 
 class Backend(Protocol):
+    """What the cache needs of the store: values, and cheap version checks."""
+
     async def start(self) -> None:
         """Authenticate and start background upkeep (token renewal). Must not raise on outage."""
 
@@ -145,3 +150,66 @@ class Backend(Protocol):
         """The current version, cheaply (no value moved), or None if that cannot be known."""
 
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Mount:
+    """A secrets engine mounted in the store, as discovered (no secret in it)."""
+
+    path: str  # with trailing slash, e.g. "secret/"
+    kv_version: int  # 0 when the engine is not KV
+    discovered_at: float
+    engine: str = "kv"
+    info: Mapping[str, Any] = field(default_factory=dict)  # the store's own description
+
+    @property
+    def kv(self) -> bool:
+        return self.engine in ("kv", "generic")
+
+
+@dataclass(frozen=True, slots=True)
+class Forwarded:
+    """A store answer passed back unchanged (Vault API passthrough)."""
+
+    status: int
+    body: bytes
+    headers: Mapping[str, str]
+
+
+class Store(Backend, Protocol):
+    """The store as the whole sidecar sees it: the cache's reads, plus the mount table (for
+    the Vault-compatible API and the snapshot), passthrough, and the state of its identity."""
+
+    @property
+    def authenticated(self) -> bool: ...
+
+    @property
+    def addresses(self) -> list[str]: ...
+
+    def known_mount(self, api_path: str) -> Mount | None:
+        """The mount holding ``api_path`` if already known and trusted: no store request."""
+
+    async def mount(self, api_path: str) -> Mount:
+        """The mount holding ``api_path`` (a path as in the store's API, after /v1/)."""
+
+    def export_mounts(self) -> list[dict[str, Any]]: ...
+
+    def import_mounts(self, mounts: list[dict[str, Any]]) -> int: ...
+
+    async def forward(
+        self,
+        method: str,
+        api_path: str,
+        query: list[tuple[str, str]],
+        body: bytes,
+        headers: Mapping[str, str],
+    ) -> Forwarded:
+        """One request passed through as it came, with the caller's own token."""
+
+
+class StoreObserver(Protocol):
+    """What the store client reports: its identity's logins and renewals, each node's state."""
+
+    def auth_event(self, event: str, ok: bool, expires_at: float | None) -> None: ...
+
+    def node_state(self, address: str, up: bool, circuit: CircuitState) -> None: ...

@@ -8,11 +8,94 @@ belong, a list where a revocation list belongs, or a float where a version belon
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sidecar.store.interface import ErrorKind, Secret, SecretNotFound, StoreUnavailable, VersionInfo
+from sidecar.store.interface import (
+    ErrorKind,
+    InvalidRequest,
+    Secret,
+    SecretForbidden,
+    SecretNotFound,
+    StoreUnavailable,
+    VersionInfo,
+)
+
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+MAX_RETRY_AFTER = 300.0  # the longest wait a store's Retry-After can impose on us
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One answer of the store: its status, its JSON body (empty when none), its headers."""
+
+    status: int
+    body: Mapping[str, Any]
+    headers: Mapping[str, str]
+
+    @property
+    def errors(self) -> str:
+        """The store's own error text: for the log only, never for callers."""
+        errors = self.body.get("errors")
+        if isinstance(errors, list) and errors:
+            return "; ".join(str(e).strip() for e in errors)[:500]
+        return f"HTTP {self.status}"
+
+
+def refusal(reply: Reply) -> Exception:
+    """What a non-2xx answer means, as one of the error kinds: the one place statuses are
+    mapped. (Returned, not raised, so the caller's traceback is where it is raised.)"""
+    if reply.status == 404:
+        return SecretNotFound(not_found_reason(reply.body), metadata=deleted_version(reply.body))
+    if reply.status == 403:
+        return SecretForbidden(
+            "the store refused the sidecar: its policy does not grant this path",
+            store_message=reply.errors,
+        )
+    if reply.status in (400, 405):
+        return InvalidRequest(
+            "the store rejected the request as invalid", store_message=reply.errors
+        )
+    return unavailable_for(reply)
+
+
+def unavailable_for(reply: Reply) -> StoreUnavailable:
+    """An answer that means the store cannot serve us now (429, 5xx, redirects elsewhere...)."""
+    answered = f"the store answered HTTP {reply.status}"
+    if reply.status == 429:
+        return StoreUnavailable(
+            "rate_limited",
+            kind=ErrorKind.RATE_LIMITED,
+            detail=answered,
+            retry_after=retry_after(reply.headers.get("Retry-After")),
+            store_message=reply.errors,
+        )
+    if reply.status == 503:
+        kind, reason = ErrorKind.SEALED, "sealed"
+    elif reply.status >= 500 or reply.status == 412:
+        kind, reason = ErrorKind.SERVER_ERROR, "server_error"
+    elif reply.status in REDIRECTS:
+        kind, reason = ErrorKind.BAD_RESPONSE, "bad_response"
+        answered = f"the store redirected (HTTP {reply.status}) to an address not configured"
+    else:
+        kind, reason = ErrorKind.BAD_RESPONSE, "bad_response"
+    return StoreUnavailable(reason, kind=kind, detail=answered, store_message=reply.errors)
+
+
+def retry_after(value: str | None) -> float | None:
+    """The store's Retry-After in seconds, within reason: a non-number, infinity or NaN is
+    ignored, and no store may hold a node's circuit open longer than MAX_RETRY_AFTER."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    if not math.isfinite(seconds):
+        return None
+    return min(max(0.0, seconds), MAX_RETRY_AFTER)
 
 
 def bad_response(detail: str) -> StoreUnavailable:

@@ -1,0 +1,238 @@
+"""The store as the sidecar uses it (the ``Store`` protocol): KV v1 and v2 reads, cheap version
+checks, the mount table, passthrough, and the sidecar's own identity, over the store's nodes
+(``nodes.py``) and the one hvac client (``client.py``)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from sidecar.core.coalesce import Coalescer
+from sidecar.core.supervise import supervised
+from sidecar.settings import BackendSettings
+from sidecar.store import replies
+from sidecar.store.client import HvacClient
+from sidecar.store.identity import Authenticator
+from sidecar.store.interface import (
+    METADATA,
+    Forwarded,
+    InvalidRequest,
+    Mount,
+    Secret,
+    SecretForbidden,
+    SecretNotFound,
+    StoreObserver,
+    VersionInfo,
+)
+from sidecar.store.mounts import MountTable
+from sidecar.store.nodes import Node, Nodes
+from sidecar.store.replies import Reply
+
+log = logging.getLogger("sidecar.store")
+
+
+class _Quiet:
+    def auth_event(self, event: str, ok: bool, expires_at: float | None) -> None:
+        pass
+
+    def node_state(self, address: str, up: bool, circuit: Any) -> None:
+        pass
+
+
+class KVStore:
+    """Reads KV v1 and v2 secrets; discovers each mount's KV version as the CLI does."""
+
+    def __init__(
+        self,
+        settings: BackendSettings,
+        *,
+        observer: StoreObserver | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        rng: Callable[[], float] = random.random,
+        on_error: Callable[[str], None] = lambda task: None,
+    ) -> None:
+        """``on_error(task)``: a background task (the prober, token upkeep) failed unexpectedly
+        and was restarted."""
+        self._on_error = on_error
+        observer = observer or _Quiet()
+        self._client = HvacClient(settings)
+        self._nodes = Nodes(settings, observer, clock=clock, rng=rng)
+        self._mounts = MountTable(clock)
+        self._mount_lookups: Coalescer[str, Mount] = Coalescer()
+        self._auth = Authenticator(self, settings, observer, rng, on_error)
+        self._prober: asyncio.Task[None] | None = None
+
+    @property
+    def authenticated(self) -> bool:
+        return self._auth.token is not None
+
+    @property
+    def addresses(self) -> list[str]:
+        return self._nodes.addresses
+
+    async def start(self) -> None:
+        health = self._health
+        self._prober = asyncio.create_task(
+            supervised("store_prober", lambda: self._nodes.probe_forever(health), self._on_error),
+            name="store-prober",
+        )
+        await self._auth.start()
+
+    async def close(self) -> None:
+        if self._prober is not None:
+            self._prober.cancel()
+            await asyncio.gather(self._prober, return_exceptions=True)
+        await self._auth.stop()
+        await self._mount_lookups.drain()
+        self._client.close()
+
+    # -- reads -------------------------------------------------------------------------
+
+    async def read(self, path: str, version: int | None, *, urgent: bool = False) -> Secret:
+        mount = await self._mount_for(path, urgent=urgent)
+        if not mount.kv:
+            raise InvalidRequest(
+                f"{mount.path!r} is a {mount.engine!r} secrets engine; the sidecar serves KV only"
+            )
+        rest = _rest(mount, path)
+        if version == METADATA:
+            if mount.kv_version != 2:
+                raise InvalidRequest(
+                    f"metadata exists only on KV v2 mounts; {mount.path!r} is KV 1"
+                )
+            reply = await self.call("GET", f"{mount.path}metadata/{rest}")
+            return replies.kv2_metadata(path, reply.body)
+        if mount.kv_version == 2:
+            params = {"version": str(version)} if version is not None else None
+            reply = await self.call("GET", f"{mount.path}data/{rest}", params=params, urgent=urgent)
+            return replies.kv2_secret(path, version, reply.body)
+        if version is not None:
+            raise InvalidRequest(
+                f"versions exist only on KV v2 mounts; {mount.path!r} is KV version 1"
+            )
+        reply = await self.call("GET", path, urgent=urgent)
+        return replies.kv1_secret(path, reply.body)
+
+    async def version_info(self, path: str) -> VersionInfo | None:
+        """The current KV v2 version from the metadata endpoint: a cheap rotation check that
+        moves no secret value. None when it cannot tell (KV v1, or no metadata permission)."""
+        mount = await self._mount_for(path)
+        if mount.kv_version != 2 or mount.path in self._mounts.no_metadata:
+            return None
+        try:
+            reply = await self.call("GET", f"{mount.path}metadata/{_rest(mount, path)}")
+        except SecretForbidden:
+            self._mounts.no_metadata.add(mount.path)
+            log.info(
+                "no read permission on KV metadata; refreshes read the data instead",
+                extra={"mount": mount.path},
+            )
+            return None
+        return replies.version_info(reply.body)
+
+    # -- the mount table ---------------------------------------------------------------
+
+    def known_mount(self, api_path: str) -> Mount | None:
+        """The mount holding ``api_path`` if already known and trusted: no store request."""
+        return self._mounts.known(api_path)
+
+    async def mount(self, api_path: str) -> Mount:
+        """The mount that holds ``api_path`` (a path as in the store's API, after /v1/)."""
+        return await self._mount_for(api_path)
+
+    def export_mounts(self) -> list[dict[str, Any]]:
+        return self._mounts.export()
+
+    def import_mounts(self, mounts: list[dict[str, Any]]) -> int:
+        return self._mounts.import_(mounts)
+
+    async def _mount_for(self, path: str, *, urgent: bool = False) -> Mount:
+        known = self._mounts.known(path)
+        if known is not None:
+            return known
+        mount, _ = await self._mount_lookups.run(path, lambda: self._discover(path, urgent))
+        return mount
+
+    async def _discover(self, path: str, urgent: bool) -> Mount:
+        try:
+            reply = await self.call("GET", f"sys/internal/ui/mounts/{path}", urgent=urgent)
+        except SecretForbidden as exc:
+            raise SecretForbidden(
+                f"the store refused to say which mount holds {path!r}: no mount exists "
+                "there, or the sidecar's policy grants nothing under it"
+            ) from exc
+        found = replies.mount(reply.body)
+        if found is None or not path.startswith(found.path):
+            raise SecretNotFound(f"no secrets engine is mounted at {path!r}")
+        return self._mounts.learned(found)
+
+    # -- requests ------------------------------------------------------------------------
+
+    async def call(
+        self,
+        method: str,
+        api_path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        json: Mapping[str, Any] | None = None,
+        authenticated: bool = True,
+        token: str | None = None,
+        urgent: bool = False,
+    ) -> Reply:
+        """One store request with the sidecar's token; a 403 from a dead token logs in again
+        once and retries. Any non-2xx answer raises a StoreError kind. ``urgent`` requests
+        (the revocation list) try every node regardless of breakers and the request budget."""
+        if authenticated and token is None:
+            token = await self._auth.ensure()
+        reply = await self._send(method, api_path, params, json, token, urgent)
+        if reply.status == 403 and authenticated and token is not None:
+            retry_token = await self._auth.recover(token)
+            if retry_token is not None:
+                reply = await self._send(method, api_path, params, json, retry_token, urgent)
+        if 200 <= reply.status < 300:
+            return reply
+        raise replies.refusal(reply)
+
+    async def _send(
+        self,
+        method: str,
+        api_path: str,
+        params: Mapping[str, str] | None,
+        json: Mapping[str, Any] | None,
+        token: str | None,
+        urgent: bool,
+    ) -> Reply:
+        async def attempt(node: Node) -> Reply:
+            return await self._client.send(node.url, method, api_path, params, json, token)
+
+        return await self._nodes.send(attempt, urgent=urgent)
+
+    async def _health(self, node: Node) -> Reply:
+        return await self._client.send(
+            node.url, "GET", "sys/health", {"standbyok": "true", "perfstandbyok": "true"}
+        )
+
+    async def forward(
+        self,
+        method: str,
+        api_path: str,
+        query: list[tuple[str, str]],
+        body: bytes,
+        headers: Mapping[str, str],
+    ) -> Forwarded:
+        """Pass one request through to the store as it came, with the caller's own token
+        (in ``headers``), never the sidecar's: the sidecar must not become everyone's way in.
+        One node, no retry elsewhere: a write must not be sent twice."""
+        node = self._nodes.first_ready()
+        return await self._client.forward(node.url, method, api_path, query, body, headers)
+
+
+def _rest(mount: Mount, path: str) -> str:
+    rest = path[len(mount.path) :]
+    if not rest:
+        raise InvalidRequest(f"{path!r} names the mount {mount.path!r}, not a secret in it")
+    return rest
