@@ -79,6 +79,7 @@ class SecretCache:
         self._wall = wall
         self._rng = rng
         self._entries = EntryTable(self._observer.entries_changed)
+        self._held = self._entries.by_key  # the hot path's one dict lookup
         self.lookups: dict[tuple[Outcome, str], int] = {}  # (outcome, class) -> reads, but:
         self.hits: dict[str, int] = {}  # class -> hits, apart: the hot path's key is cheaper
         self._rotations = Rotations(self._observer, clock, wall)
@@ -151,8 +152,8 @@ class SecretCache:
         doing (already served once, not provisional, no revocations to check). Synchronous:
         no coroutine, no classification, just a dict lookup and a clock read. Anything else
         (None) takes ``get``."""
-        entry = self._entries.get((path, None))
-        if entry is None or entry.provisional or not entry.served or self._revoked:
+        entry = self._held.get((path, None))
+        if entry is None or entry.provisional or not entry.served or self._revoked.active:
             return None
         now = self._clock()
         age = now - entry.confirmed_at
@@ -166,7 +167,7 @@ class SecretCache:
 
     async def get(self, path: str, version: int | None = None) -> Lookup:
         secret_class = self.classify(path)
-        if self._revoked:
+        if self._revoked.active:
             self._revoked.check(path, version)
         key = (path, version)
         now = self._clock()
@@ -211,7 +212,7 @@ class SecretCache:
         return self._served(key, lookup)
 
     def _served(self, key: CacheKey, lookup: Lookup) -> Lookup:
-        if self._revoked:
+        if self._revoked.active:
             self._revoked.check(key[0], lookup.entry.secret.version)
         if not lookup.entry.served:
             self._first_served(key, lookup.entry)
@@ -282,7 +283,7 @@ class SecretCache:
             while True:
                 entry = self._entries.get(key)
                 if entry is not None and (entry.secret.version or 0) > newer_than:
-                    if self._revoked:
+                    if self._revoked.active:
                         self._revoked.check(path, entry.secret.version)
                     entry.last_read = self._clock()
                     if not entry.served:

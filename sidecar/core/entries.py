@@ -77,7 +77,9 @@ class EntryTable:
     a tombstone (the key only, bounded), so a failing read can say why."""
 
     def __init__(self, on_count: Callable[[int], None]) -> None:
-        self._entries: dict[CacheKey, Entry] = {}
+        # Read directly by the cache's hot path (one dict lookup); changed only through here.
+        self.by_key: dict[CacheKey, Entry] = {}
+        self._entries = self.by_key
         self._aged_out: dict[CacheKey, None] = {}
         self._on_count = on_count
         self.generation = 0

@@ -108,7 +108,7 @@ class Fetcher:
                 "duration_ms": round((now - started) * 1000, 1),
             },
         )
-        if self._revoked and self._revoked.covers(path, secret.version):
+        if self._revoked.active and self._revoked.covers(path, secret.version):
             self._entries.drop(key)  # a revoked value is never kept, not even in memory
             self._revoked.check(path, secret.version)
         entry = Entry(

@@ -22,9 +22,7 @@ class SecretRevoked(Exception):
 class Revocations:
     def __init__(self) -> None:
         self._table: dict[str, dict[int | None, str]] = {}  # path -> {version|None: reason}
-
-    def __bool__(self) -> bool:
-        return bool(self._table)
+        self.active = False  # anything listed (a plain attribute: the hot path reads it)
 
     def replace(self, revoked: Iterable[Revocation]) -> tuple[list[Revocation], list[Revocation]]:
         """The new list in force; returns (added, removed)."""
@@ -36,6 +34,7 @@ class Revocations:
         added = [(p, v, r) for (p, v), r in new.items() if (p, v) not in old]
         removed = [(p, v, r) for (p, v), r in old.items() if (p, v) not in new]
         self._table = table
+        self.active = bool(table)
         return added, removed
 
     def covers(self, path: str, version: int | None) -> bool:
