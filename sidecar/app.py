@@ -13,21 +13,20 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from sidecar import __version__
-from sidecar.core.backoff import CircuitState
 from sidecar.core.cache import SecretCache
 from sidecar.core.events import EventHub
-from sidecar.core.observer import Fanout
-from sidecar.core.supervise import supervised
+from sidecar.core.facts import Bus
+from sidecar.core.supervise import listener_of_failures, supervised
 from sidecar.core.verify import Verifier
 from sidecar.http.admin import admin_routes
 from sidecar.http.guard import FAST_PATHS_KEY, GUARD_KEY, FastPath, Guard
 from sidecar.http.native import (
     ADMIN_KEY,
     CACHE_KEY,
+    FACTS_KEY,
     HTTP_KEY,
     HUB_KEY,
     MAX_WAIT_KEY,
-    METRICS_KEY,
     PASSTHROUGH_KEY,
     READY_KEY,
     SECRETS_PREFIX,
@@ -48,7 +47,7 @@ from sidecar.ops.snapshot import SnapshotKeyError
 from sidecar.ops.trail import AuditTrail
 from sidecar.ops.warmstart import Snapshotter, snapshot_key
 from sidecar.settings import ConfigError, Settings
-from sidecar.store.interface import Store, StoreObserver
+from sidecar.store.interface import Store
 from sidecar.store.kv import KVStore
 
 log = logging.getLogger("sidecar.app")
@@ -60,6 +59,7 @@ class Sidecar:
 
     settings: Settings
     metrics: Metrics
+    facts: Bus
     store: Store
     cache: SecretCache
     caller_token: str
@@ -88,19 +88,6 @@ class Sidecar:
         }
 
 
-class _StoreFanout:
-    def __init__(self, *observers: StoreObserver) -> None:
-        self._observers = observers
-
-    def auth_event(self, event: str, ok: bool, expires_at: float | None) -> None:
-        for o in self._observers:
-            o.auth_event(event, ok, expires_at)
-
-    def node_state(self, address: str, up: bool, circuit: CircuitState) -> None:
-        for o in self._observers:
-            o.node_state(address, up, circuit)
-
-
 def create_app(
     settings: Settings,
     *,
@@ -118,17 +105,16 @@ def create_app(
     audit = _audit_log(settings, key)
     trail = AuditTrail(audit, settings.backend.auth.method)
     hub = EventHub()
+    # One way for facts to travel: everything that reports tells the bus; metrics, the audit
+    # trail and the event stream each take what they need from it.
+    facts = Bus(metrics, trail, hub)
     if store is None:
-        store = KVStore(
-            settings.backend,
-            observer=_StoreFanout(metrics, trail),
-            on_error=metrics.background_error,
-        )
+        store = KVStore(settings.backend, listener=facts)
     backoff = settings.backend.backoff
     cache = SecretCache(
         store,
         policy,
-        observer=Fanout(metrics, trail, hub),
+        listener=facts,
         backoff=(backoff.base, backoff.cap),
     )
     metrics.watch_ages(cache)
@@ -139,7 +125,7 @@ def create_app(
             settings.snapshot,
             key,
             cache,
-            metrics,
+            facts,
             audit,
             mounts=store,
             confirm_within=settings.startup_jitter,
@@ -149,11 +135,9 @@ def create_app(
         store,
         audit.fingerprint_value,
         lookback=settings.verify_lookback,
-        observers=(metrics, trail),
+        listener=facts,
     )
-    admin = Admin(
-        cache, audit, metrics, snapshotter, ceiling=settings.max_cache_age_ceiling, hub=hub
-    )
+    admin = Admin(cache, audit, facts, snapshotter, ceiling=settings.max_cache_age_ceiling)
 
     api = web.Application(client_max_size=64 * 1024)
     api[CACHE_KEY] = cache
@@ -163,7 +147,7 @@ def create_app(
         metrics,
         passthrough=settings.vault_api.enabled and settings.vault_api.passthrough,
     )
-    api[METRICS_KEY] = metrics
+    api[FACTS_KEY] = facts
     api[VERIFIER_KEY] = verifier
     api[HUB_KEY] = hub
     api[ADMIN_KEY] = admin
@@ -188,6 +172,7 @@ def create_app(
     sidecar = Sidecar(
         settings=settings,
         metrics=metrics,
+        facts=facts,
         store=store,
         cache=cache,
         caller_token=tokens.caller,
@@ -284,7 +269,7 @@ def _lifecycle(sidecar: Sidecar) -> Any:
 
         def background(name: str, loop: Callable[[], Awaitable[None]]) -> None:
             # Supervised: a loop that fails is logged, counted and started again, never lost.
-            task = supervised(name, loop, sidecar.metrics.background_error)
+            task = supervised(name, loop, listener_of_failures(sidecar.facts))
             tasks.append(asyncio.create_task(task, name=name))
 
         sidecar.audit.record("started", version=__version__)

@@ -16,7 +16,7 @@ from sidecar import __version__
 from sidecar.app import Sidecar, create_app
 from sidecar.http.connections import ConnectionGuard, GuardedRunner, fit_to_descriptors
 from sidecar.http.guard import hit_front
-from sidecar.http.native import HTTP_KEY, METRICS_KEY
+from sidecar.http.native import FACTS_KEY, HTTP_KEY
 from sidecar.settings import Settings, split_hostport
 
 log = logging.getLogger("sidecar.server")
@@ -37,7 +37,7 @@ class SidecarRunner(GuardedRunner):
         quiet_malformed_requests()
         http = app[HTTP_KEY]
         guard = ConnectionGuard(
-            "api", max_connections or http.max_connections, http.header_timeout, app[METRICS_KEY]
+            "api", max_connections or http.max_connections, http.header_timeout, app[FACTS_KEY]
         )
         kwargs.setdefault("keepalive_timeout", http.keepalive_timeout)
         super().__init__(app, guard, fast=hit_front, **kwargs)
@@ -111,7 +111,7 @@ class Server:
         # The ops listener has its own cap: a flood of the secrets API leaves the probes room.
         self._ops = GuardedRunner(
             sidecar.ops,
-            ConnectionGuard("ops", caps["ops"], http.header_timeout, sidecar.metrics),
+            ConnectionGuard("ops", caps["ops"], http.header_timeout, sidecar.facts),
             handle_signals=False,
             shutdown_timeout=timeout,
             access_log=None,

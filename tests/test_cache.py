@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from sidecar.core.cache import CacheObserver, Outcome, PathNotAllowed, SecretCache
+from sidecar.core.cache import Outcome, PathNotAllowed, SecretCache
+from sidecar.core.facts import EntriesChanged, Fact, FetchFinished, LookedUp, Unavailable
 from sidecar.core.policy import OnOutage, Policy, Rule, SecretClass
 from sidecar.store.interface import (
     ErrorKind,
@@ -96,25 +97,24 @@ class FakeBackend:
 
 
 @dataclass
-class Recorder(CacheObserver):
+class Recorder:
+    """Listens to the cache's facts, keeping the ones these tests look at."""
+
     fetches: list[tuple[str, str, float, StoreError | None]] = field(default_factory=list)
     lookups: list[tuple[str, Outcome]] = field(default_factory=list)
     counts: list[int] = field(default_factory=list)
     refusals: list[tuple[str, str]] = field(default_factory=list)
 
-    def fetch_finished(
-        self, path: str, secret_class: SecretClass, seconds: float, error: StoreError | None
-    ) -> None:
-        self.fetches.append((path, secret_class.name, seconds, error))
-
-    def lookup(self, secret_class: SecretClass, outcome: Outcome) -> None:
-        self.lookups.append((secret_class.name, outcome))
-
-    def unavailable(self, secret_class: SecretClass, reason: str) -> None:
-        self.refusals.append((secret_class.name, reason))
-
-    def entries_changed(self, count: int) -> None:
-        self.counts.append(count)
+    def notify(self, fact: Fact) -> None:
+        match fact:
+            case FetchFinished(path, secret_class, seconds, error):
+                self.fetches.append((path, secret_class.name, seconds, error))
+            case LookedUp(secret_class, outcome):
+                self.lookups.append((secret_class.name, outcome))
+            case Unavailable(secret_class, reason):
+                self.refusals.append((secret_class.name, reason))
+            case EntriesChanged(count):
+                self.counts.append(count)
 
 
 @dataclass
@@ -133,7 +133,7 @@ async def h() -> AsyncIterator[Harness]:
     cache = SecretCache(
         backend,
         POLICY,
-        observer=observer,
+        listener=observer,
         clock=lambda: clock.now,
         wall=lambda: WALL_OFFSET + clock.now,
         rng=lambda: 0.5,

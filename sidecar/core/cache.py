@@ -4,9 +4,10 @@ allows (``outage.py``). Its parts: the values held (``entries.py``), fetching (`
 background work (``upkeep.py``), rotation bookkeeping (``rotation.py``), the revocation list
 (``revocations.py``) and the negative cache (``refusals.py``).
 
-It reports facts (``Lookup``: which entry, how it was obtained, how old it is); the HTTP layer
-turns them into headers, the observer into metrics. It never imports aiohttp or hvac, and takes
-its clocks as arguments, so a fake clock drives it in tests.
+A read returns a ``Lookup`` (which entry, how it was obtained, how old it is), which the HTTP
+layer turns into headers; what happens along the way is told as facts (``facts.py``), which
+become metrics and audit records. It never imports aiohttp or hvac, and takes its clocks as
+arguments, so a fake clock drives it in tests.
 """
 
 from __future__ import annotations
@@ -19,8 +20,16 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 
 from sidecar.core.entries import CacheKey, Entry, EntryTable, Lookup, Outcome, PathNotAllowed
+from sidecar.core.facts import (
+    EntriesChanged,
+    FirstServed,
+    Listener,
+    LookedUp,
+    Quiet,
+    StaleServed,
+    Unavailable,
+)
 from sidecar.core.fetch import Fetcher
-from sidecar.core.observer import CacheObserver, NullObserver
 from sidecar.core.outage import Decision, aged_out, decide, fail_closed
 from sidecar.core.policy import Freshness, OnOutage, Policy, SecretClass
 from sidecar.core.refusals import Refusals, covers
@@ -33,7 +42,6 @@ log = logging.getLogger("sidecar.cache")
 
 __all__ = [
     "CacheKey",
-    "CacheObserver",
     "Entry",
     "Lookup",
     "Outcome",
@@ -62,7 +70,7 @@ class SecretCache:
         backend: Backend,
         policy: Policy,
         *,
-        observer: CacheObserver | None = None,
+        listener: Listener | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         rng: Callable[[], float] = random.random,
@@ -74,15 +82,14 @@ class SecretCache:
         ``backoff``: (base, cap) of the full-jitter delay before retrying a failed refresh."""
         self._backend = backend
         self._policy = policy
-        self._observer: CacheObserver = observer or NullObserver()
+        self._listener: Listener = listener or Quiet()
         self._clock = clock
         self._wall = wall
         self._rng = rng
-        self._entries = EntryTable(self._observer.entries_changed)
+        self._entries = EntryTable(lambda count: self._listener.notify(EntriesChanged(count)))
         self._held = self._entries.by_key  # the hot path's one dict lookup
-        self.lookups: dict[tuple[Outcome, str], int] = {}  # (outcome, class) -> reads, but:
-        self.hits: dict[str, int] = {}  # class -> hits, apart: the hot path's key is cheaper
-        self._rotations = Rotations(self._observer, clock, wall)
+        self.hits: dict[str, int] = {}  # class -> hits, counted in place (see _looked_up)
+        self._rotations = Rotations(self._listener, clock, wall)
         self._revoked = Revocations()
         self._refusals = Refusals(clock)
         self._upkeep = Upkeep(
@@ -102,7 +109,7 @@ class SecretCache:
             self._revoked,
             self._refusals,
             self._upkeep,
-            self._observer,
+            self._listener,
             classify=self.classify,
             clock=clock,
             wall=wall,
@@ -188,7 +195,7 @@ class SecretCache:
                 # Restored from a snapshot: served at once, marked stale, while its
                 # confirmation with the store is due in the background (no read waits on it).
                 self._looked_up(secret_class, Outcome.STALE)
-                self._observer.stale_served(path, entry.secret_class, entry, age)
+                self._listener.notify(StaleServed(path, entry.secret_class, entry, age))
                 return self._served(key, Lookup(entry, Outcome.STALE, age))
         else:
             refused = self._refusals.recall(key, now)
@@ -219,19 +226,17 @@ class SecretCache:
         return lookup
 
     def _looked_up(self, secret_class: SecretClass, outcome: Outcome) -> None:
-        # Plain counts, exported at scrape time: no metric locks on the request path.
+        # Hits are counted in place, a plain int read at scrape time (a fact per hit on the
+        # hot path would cost as much as the hit); listeners hear of every outcome here.
         if outcome is Outcome.HIT:
             self.hits[secret_class.name] = self.hits.get(secret_class.name, 0) + 1
-        else:
-            key = (outcome, secret_class.name)
-            self.lookups[key] = self.lookups.get(key, 0) + 1
-        self._observer.lookup(secret_class, outcome)
+        self._listener.notify(LookedUp(secret_class, outcome))
 
     def _first_served(self, key: CacheKey, entry: Entry) -> None:
         entry.served = True
         if key[1] is None:
             since = self._rotations.since_rotation(key[0])
-            self._observer.first_served(key[0], entry.secret_class, entry.secret, since)
+            self._listener.notify(FirstServed(key[0], entry.secret_class, entry.secret, since))
 
     def _on_unavailable(
         self,
@@ -246,7 +251,7 @@ class SecretCache:
             lookup = self._serve_without_store(key, entry, secret_class, exc)
         except StoreUnavailable as refused:
             self._looked_up(secret_class, outcome)
-            self._observer.unavailable(secret_class, refused.reason)
+            self._listener.notify(Unavailable(secret_class, refused.reason))
             raise
         self._looked_up(secret_class, lookup.outcome)
         return lookup
@@ -262,7 +267,7 @@ class SecretCache:
             if decision is Decision.FRESH:
                 return Lookup(entry, Outcome.HIT, age)
             if decision is Decision.STALE:
-                self._observer.stale_served(key[0], entry.secret_class, entry, age)
+                self._listener.notify(StaleServed(key[0], entry.secret_class, entry, age))
                 return Lookup(entry, Outcome.STALE, age)
             if decision is Decision.FAIL_CLOSED:
                 raise fail_closed(secret_class, exc) from exc

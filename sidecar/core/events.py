@@ -7,15 +7,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from sidecar.core.observer import CacheObserver
-from sidecar.core.policy import SecretClass
-from sidecar.store.interface import Secret
+from sidecar.core.facts import Fact, PreviousRetired, Revoked, Rotated
 
 QUEUE_SIZE = 256
 CLOSED: dict[str, Any] = {}  # sentinel: the hub is shutting down
 
 
-class EventHub(CacheObserver):
+class EventHub:
     def __init__(self) -> None:
         self._queues: set[asyncio.Queue[dict[str, Any]]] = set()
 
@@ -42,36 +40,30 @@ class EventHub(CacheObserver):
                 queue.get_nowait()
             queue.put_nowait(CLOSED)
 
-    # CacheObserver
-    def rotated(self, path: str, secret_class: SecretClass, old: Secret, new: Secret) -> None:
-        self.publish(
-            {
-                "event": "rotation",
-                "path": path,
-                "version": new.version,
-                "kid": new.kid,
-                "previous_kid": old.kid,
-                "class": secret_class.name,
-            }
-        )
-
-    def previous_retired(
-        self,
-        path: str,
-        secret_class: SecretClass,
-        version: int,
-        current_version: int,
-        last_served: float | None,
-    ) -> None:
-        self.publish(
-            {
-                "event": "retired",
-                "path": path,
-                "version": version,
-                "kid": f"{path}#{version}",
-                "class": secret_class.name,
-            }
-        )
-
-    def revoked(self, path: str, version: int | None, reason: str) -> None:
-        self.publish({"event": "revoked", "path": path, "version": version, "reason": reason})
+    def notify(self, fact: Fact) -> None:
+        match fact:
+            case Rotated(path, secret_class, old, new):
+                self.publish(
+                    {
+                        "event": "rotation",
+                        "path": path,
+                        "version": new.version,
+                        "kid": new.kid,
+                        "previous_kid": old.kid,
+                        "class": secret_class.name,
+                    }
+                )
+            case PreviousRetired(path, secret_class, version):
+                self.publish(
+                    {
+                        "event": "retired",
+                        "path": path,
+                        "version": version,
+                        "kid": f"{path}#{version}",
+                        "class": secret_class.name,
+                    }
+                )
+            case Revoked(path, version, reason):
+                self.publish(
+                    {"event": "revoked", "path": path, "version": version, "reason": reason}
+                )

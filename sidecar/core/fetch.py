@@ -10,8 +10,8 @@ from collections.abc import Callable
 
 from sidecar.core.coalesce import Coalescer
 from sidecar.core.entries import CacheKey, Entry, EntryTable
+from sidecar.core.facts import FetchFinished, Listener
 from sidecar.core.loglimit import LogLimiter
-from sidecar.core.observer import CacheObserver
 from sidecar.core.policy import SecretClass
 from sidecar.core.refusals import Refusals
 from sidecar.core.revocations import Revocations
@@ -38,7 +38,7 @@ class Fetcher:
         revoked: Revocations,
         refusals: Refusals,
         upkeep: Upkeep,
-        observer: CacheObserver,
+        listener: Listener,
         *,
         classify: Callable[[str], SecretClass],
         clock: Callable[[], float],
@@ -50,7 +50,7 @@ class Fetcher:
         self._revoked = revoked
         self._refusals = refusals
         self._upkeep = upkeep
-        self._observer = observer
+        self._listener = listener
         self._classify = classify
         self._clock = clock
         self._wall = wall
@@ -91,13 +91,13 @@ class Fetcher:
                 detail=f"store answered version {secret.version}, "
                 f"older than version {held.secret.version} already served",
             )
-            self._observer.fetch_finished(path, secret_class, now - started, stale_read)
+            self._listener.notify(FetchFinished(path, secret_class, now - started, stale_read))
             log.warning(
                 "store answered an older version; keeping ours",
                 extra={"path": path, "class": secret_class.name, "version": secret.version},
             )
             raise stale_read
-        self._observer.fetch_finished(path, secret_class, now - started, None)
+        self._listener.notify(FetchFinished(path, secret_class, now - started, None))
         log.info(
             "store fetch",
             extra={
@@ -141,7 +141,7 @@ class Fetcher:
         purges: int,
     ) -> None:
         path, version = key
-        self._observer.fetch_finished(path, secret_class, elapsed, exc)
+        self._listener.notify(FetchFinished(path, secret_class, elapsed, exc))
         dropped = self._log_limit.allow(exc.kind)
         if dropped is not None:
             log.warning(

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
 from sidecar.core.entries import CacheKey, Entry
-from sidecar.core.observer import CacheObserver
+from sidecar.core.facts import Listener, PreviousRetired, Rotated
 from sidecar.core.policy import SecretClass
 from sidecar.store.interface import Secret
 
@@ -49,11 +49,11 @@ class Rotations:
 
     def __init__(
         self,
-        observer: CacheObserver,
+        listener: Listener,
         clock: Callable[[], float],
         wall: Callable[[], float],
     ) -> None:
-        self._observer = observer
+        self._listener = listener
         self._clock = clock
         self._wall = wall
         self._rotated_at: dict[str, float] = {}  # path -> wall time the last rotation was seen
@@ -82,7 +82,7 @@ class Rotations:
                     "new": new.version,
                 },
             )
-            self._observer.rotated(path, secret_class, old, new)
+            self._listener.notify(Rotated(path, secret_class, old, new))
         if old is None or old.version != new.version:
             event = self._changed.pop(path, None)
             if event is not None:
@@ -121,7 +121,7 @@ class Rotations:
                 "previous version retired",
                 extra={"path": path, "class": secret_class.name, "version": previous},
             )
-            self._observer.previous_retired(path, secret_class, previous, current, last)
+            self._listener.notify(PreviousRetired(path, secret_class, previous, current, last))
         return None
 
     def since_rotation(self, path: str) -> float | None:

@@ -14,10 +14,16 @@ import random
 from collections.abc import Awaitable, Callable
 
 from sidecar.core.backoff import full_jitter
+from sidecar.core.facts import BackgroundFailed, Listener
 
 log = logging.getLogger("sidecar.background")
 
 ErrorCounter = Callable[[str], None]
+
+
+def listener_of_failures(listener: Listener) -> ErrorCounter:
+    """Failures told as facts (``BackgroundFailed``), for ``supervised``."""
+    return lambda task: listener.notify(BackgroundFailed(task))
 
 
 async def supervised(

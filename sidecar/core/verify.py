@@ -8,11 +8,12 @@ from __future__ import annotations
 import enum
 import hmac
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from sidecar.core.cache import SecretCache
+from sidecar.core.facts import Listener, Quiet, Verified
 from sidecar.core.policy import SecretClass
 from sidecar.store.interface import Backend, SecretNotFound, StoreError
 
@@ -37,11 +38,6 @@ class Verdict:
     unchecked: list[int] = field(default_factory=list)  # retired versions the store could not give
 
 
-class VerifyObserver:
-    def verified(self, path: str, secret_class: SecretClass, verdict: Verdict, field: str) -> None:
-        pass
-
-
 class Verifier:
     def __init__(
         self,
@@ -50,13 +46,13 @@ class Verifier:
         fingerprint: Fingerprint,
         *,
         lookback: int,
-        observers: Sequence[VerifyObserver] = (),
+        listener: Listener | None = None,
     ) -> None:
         self._cache = cache
         self._backend = backend
         self._fingerprint = fingerprint
         self._lookback = lookback
-        self._observers = observers
+        self._listener: Listener = listener or Quiet()
         # Retired versions are known by fingerprints only: their values are not kept.
         self._retired: OrderedDict[tuple[str, int], Mapping[str, str]] = OrderedDict()
 
@@ -102,8 +98,7 @@ class Verifier:
         if match is not Match.UNKNOWN:
             kid = path if version is None else f"{path}#{version}"
         verdict = Verdict(match, kid, version, current, secret_class, unchecked)
-        for observer in self._observers:
-            observer.verified(path, secret_class, verdict, field)
+        self._listener.notify(Verified(path, secret_class, verdict, field))
         return verdict
 
     def _fp(self, path: str, field: str, data: Mapping[str, Any]) -> str | None:

@@ -29,8 +29,8 @@ from typing import Any, cast
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from sidecar.core.facts import ConnectionClosed, ConnectionsOpen, Listener, Quiet
 from sidecar.core.loglimit import LogLimiter
-from sidecar.ops.metrics import Metrics
 
 log = logging.getLogger("sidecar.connections")
 
@@ -66,13 +66,17 @@ class _Connection:
 
 class ConnectionGuard:
     def __init__(
-        self, listener: str, limit: int, header_timeout: float, metrics: Metrics | None
+        self,
+        listener: str,
+        limit: int,
+        header_timeout: float,
+        facts: Listener | None = None,
     ) -> None:
         self.listener = listener
         self.limit = limit
         self.header_timeout = header_timeout
         self._open: dict[RequestHandler, _Connection] = {}  # insertion order: oldest first
-        self._metrics = metrics
+        self._facts: Listener = facts or Quiet()
         self._log_limit = LogLimiter(burst=1, period=10.0)
 
     def __len__(self) -> int:
@@ -117,8 +121,7 @@ class ConnectionGuard:
             connection.transport.abort()
 
     def _closing(self, reason: str) -> None:
-        if self._metrics is not None:
-            self._metrics.connections_closed.labels(self.listener, reason).inc()
+        self._facts.notify(ConnectionClosed(self.listener, reason))
         dropped = self._log_limit.allow(reason)
         if dropped is not None:
             log.warning(
@@ -156,8 +159,7 @@ class ConnectionGuard:
         return guarded
 
     def _gauge(self) -> None:
-        if self._metrics is not None:
-            self._metrics.connections.labels(self.listener).set(len(self._open))
+        self._facts.notify(ConnectionsOpen(self.listener, len(self._open)))
 
 
 class GuardedServer(web.Server):

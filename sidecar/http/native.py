@@ -23,6 +23,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from sidecar.core.cache import Entry, Lookup, SecretCache
 from sidecar.core.durations import parse_duration
 from sidecar.core.events import CLOSED, EventHub
+from sidecar.core.facts import Bus, PreviousServed
 from sidecar.core.paths import check_kv_path
 from sidecar.core.verify import Verifier
 from sidecar.http.errors import (
@@ -49,7 +50,7 @@ MAX_BODY = 64 * 1024
 KEEPALIVE = 15.0  # seconds between comments on an idle event stream
 
 CACHE_KEY = web.AppKey("cache", SecretCache)
-METRICS_KEY = web.AppKey("metrics", Metrics)
+FACTS_KEY = web.AppKey("facts", Bus)
 VERIFIER_KEY = web.AppKey("verifier", Verifier)
 HUB_KEY = web.AppKey("hub", EventHub)
 ADMIN_KEY = web.AppKey("admin", Admin)
@@ -239,7 +240,7 @@ async def _previous(request: web.Request, path: str) -> Lookup:
             )
         raise VersionRetired(f"version {current - 1} was retired when its overlap ended")
     previous = await cache.get(path, current - 1)
-    request.app[METRICS_KEY].previous_served.labels(previous.entry.secret_class.name).inc()
+    request.app[FACTS_KEY].notify(PreviousServed(previous.entry.secret_class))
     return previous
 
 

@@ -16,10 +16,9 @@ from typing import Any
 
 from sidecar.core.cache import SecretCache
 from sidecar.core.durations import format_duration
-from sidecar.core.events import EventHub
+from sidecar.core.facts import Listener, RevocationsPolled, Revoked
 from sidecar.core.policy import SecretClass
 from sidecar.ops.audit import AuditLog, iso_time
-from sidecar.ops.metrics import Metrics
 from sidecar.ops.warmstart import Snapshotter
 from sidecar.store.interface import Backend, SecretNotFound, StoreError
 
@@ -46,17 +45,15 @@ class Admin:
         self,
         cache: SecretCache,
         audit: AuditLog,
-        metrics: Metrics,
+        listener: Listener,
         snapshotter: Snapshotter | None,
         *,
         ceiling: float,
-        hub: EventHub | None = None,
         wall: Callable[[], float] = time.time,
     ) -> None:
-        self._hub = hub
         self._cache = cache
         self._audit = audit
-        self._metrics = metrics
+        self._listener = listener
         self._snapshotter = snapshotter
         self._ceiling = ceiling
         self._wall = wall
@@ -164,10 +161,8 @@ class Admin:
     async def apply_revocations(self, revoked: list[Revocation]) -> None:
         added, removed, purged = self._cache.set_revocations(revoked)
         for path, version, reason in added:
-            self._metrics.revocations.inc()
             self._audit.record("revoked", path=path, version=version, reason=reason, entries=purged)
-            if self._hub is not None:
-                self._hub.revoked(path, version, reason)
+            self._listener.notify(Revoked(path, version, reason))
             log.warning("revoked", extra={"path": path, "version": version, "reason": reason})
         for path, version, reason in removed:
             self._audit.record("unrevoked", path=path, version=version, reason=reason)
@@ -198,7 +193,7 @@ class Admin:
             except SecretNotFound:
                 entries = []
             except (StoreError, MalformedList) as exc:
-                self._metrics.revocation_polls.labels("failure").inc()
+                self._listener.notify(RevocationsPolled(ok=False, at=self._wall()))
                 if not failing:
                     log.warning(
                         "revocation list not readable; keeping the last one",
@@ -210,8 +205,7 @@ class Admin:
             failing = False
             await self.apply_revocations(entries)
             self.revocations_polled_at = self._wall()
-            self._metrics.revocation_polls.labels("success").inc()
-            self._metrics.revocation_last_success.set(self.revocations_polled_at)
+            self._listener.notify(RevocationsPolled(ok=True, at=self.revocations_polled_at))
             await asyncio.sleep(interval * (0.8 + 0.4 * rng()))
 
 

@@ -13,13 +13,30 @@ from prometheus_client.core import CounterMetricFamily, GaugeHistogramMetricFami
 from prometheus_client.registry import Collector
 
 from sidecar import __version__
-from sidecar.core.backoff import CircuitState
 from sidecar.core.cache import SecretCache
 from sidecar.core.entries import Outcome
-from sidecar.core.observer import CacheObserver
-from sidecar.core.policy import SecretClass
-from sidecar.core.verify import Match, Verdict, VerifyObserver
-from sidecar.store.interface import Secret, StoreError
+from sidecar.core.facts import (
+    AuthEvent,
+    BackgroundFailed,
+    ConnectionClosed,
+    ConnectionsOpen,
+    EntriesChanged,
+    Fact,
+    FetchFinished,
+    FirstServed,
+    LookedUp,
+    NodeState,
+    PreviousServed,
+    RevocationsPolled,
+    Revoked,
+    Rotated,
+    SnapshotFailed,
+    SnapshotLoaded,
+    SnapshotSaved,
+    Unavailable,
+    Verified,
+)
+from sidecar.core.verify import Match
 
 BACKGROUND_TASKS = (
     "snapshot",
@@ -32,7 +49,9 @@ BACKGROUND_TASKS = (
 FETCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
-class Metrics(CacheObserver, VerifyObserver):
+class Metrics:
+    """Every metric, fed by facts (``notify``), except the hot path's plain counts."""
+
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self._classes: list[str] = []
@@ -56,7 +75,10 @@ class Metrics(CacheObserver, VerifyObserver):
         self.secrets_cached = Gauge(
             "sidecar_secrets_cached", "Secret values held in memory now.", registry=r
         )
-        self.http_statuses: dict[int, int] = {}  # counted on the request path, plain ints
+        # The hot path's counts, plain ints read at scrape time (facts.py says why): HTTP
+        # statuses here, cache hits in the cache; the other lookups come as facts.
+        self.http_statuses: dict[int, int] = {}
+        self.lookups: dict[tuple[Outcome, str], int] = {}  # (outcome, class) -> reads
         self.auth_events = Counter(
             "sidecar_auth_events",
             "The sidecar's own store identity: login/renew attempts by result.",
@@ -218,51 +240,67 @@ class Metrics(CacheObserver, VerifyObserver):
             self.retired_uses.labels(name)
             self.previous_served.labels(name)
 
-    def background_error(self, task: str) -> None:
-        self.background_errors.labels(task).inc()
+    def notify(self, fact: Fact) -> None:
+        """Every metric but the hot path's counts moves here, from a fact."""
+        match fact:
+            case FetchFinished(_, _, seconds, error):
+                outcome = "success" if error is None else error.kind.value
+                self.fetch_duration.labels(outcome=outcome).observe(seconds)
+                if error is not None:
+                    self.backend_errors.labels(kind=error.kind.value).inc()
+            case LookedUp(secret_class, outcome) if outcome is not Outcome.HIT:
+                # (hits are the cache's own count: most never become a fact)
+                key = (outcome, secret_class.name)
+                self.lookups[key] = self.lookups.get(key, 0) + 1
+            case Unavailable(secret_class, reason):
+                self.unavailable_reads.labels(secret_class.name, reason).inc()
+                if reason == "fail_closed":
+                    self.fail_closed.labels(secret_class.name).inc()
+            case EntriesChanged(count):
+                self.secrets_cached.set(count)
+            case Rotated(_, secret_class):
+                self.rotations.labels(secret_class.name).inc()
+            case FirstServed(_, secret_class, _, since) if since is not None:
+                self.rotation_adoption.labels(secret_class.name).observe(since)
+            case PreviousServed(secret_class):
+                self.previous_served.labels(secret_class.name).inc()
+            case Verified(_, secret_class, verdict):
+                self.verifications.labels(secret_class.name, verdict.match.value).inc()
+                if verdict.match is Match.RETIRED:
+                    self.retired_uses.labels(secret_class.name).inc()
+            case _:
+                self._store_or_ops(fact)
 
-    # CacheObserver
-    def fetch_finished(
-        self, path: str, secret_class: SecretClass, seconds: float, error: StoreError | None
-    ) -> None:
-        if error is None:
-            self.fetch_duration.labels(outcome="success").observe(seconds)
-            return
-        self.fetch_duration.labels(outcome=error.kind.value).observe(seconds)
-        self.backend_errors.labels(kind=error.kind.value).inc()
-
-    def unavailable(self, secret_class: SecretClass, reason: str) -> None:
-        self.unavailable_reads.labels(secret_class.name, reason).inc()
-        if reason == "fail_closed":
-            self.fail_closed.labels(secret_class.name).inc()
-
-    def rotated(self, path: str, secret_class: SecretClass, old: Secret, new: Secret) -> None:
-        self.rotations.labels(secret_class.name).inc()
-
-    def first_served(
-        self, path: str, secret_class: SecretClass, secret: Secret, since_rotation: float | None
-    ) -> None:
-        if since_rotation is not None:
-            self.rotation_adoption.labels(secret_class.name).observe(since_rotation)
-
-    # VerifyObserver
-    def verified(self, path: str, secret_class: SecretClass, verdict: Verdict, field: str) -> None:
-        self.verifications.labels(secret_class.name, verdict.match.value).inc()
-        if verdict.match is Match.RETIRED:
-            self.retired_uses.labels(secret_class.name).inc()
-
-    # BackendObserver
-    def auth_event(self, event: str, ok: bool, expires_at: float | None) -> None:
-        self.auth_events.labels(event=event, result="success" if ok else "failure").inc()
-        if ok:
-            self.token_expiry.set(expires_at or 0)
-
-    def node_state(self, address: str, up: bool, circuit: CircuitState) -> None:
-        self.backend_up.labels(address).set(1 if up else 0)
-        self.circuit_state.labels(address).set(int(circuit))
-
-    def entries_changed(self, count: int) -> None:
-        self.secrets_cached.set(count)
+    def _store_or_ops(self, fact: Fact) -> None:
+        match fact:
+            case AuthEvent(event, ok, expires_at):
+                self.auth_events.labels(event=event, result="success" if ok else "failure").inc()
+                if ok:
+                    self.token_expiry.set(expires_at or 0)
+            case NodeState(address, up, circuit):
+                self.backend_up.labels(address).set(1 if up else 0)
+                self.circuit_state.labels(address).set(int(circuit))
+            case BackgroundFailed(task):
+                self.background_errors.labels(task).inc()
+            case SnapshotLoaded(restored, unusable):
+                self.snapshot_entries.set(restored)
+                if unusable:
+                    self.snapshot_errors.labels(operation="load").inc()
+            case SnapshotSaved(entries, at):
+                self.snapshot_entries.set(entries)
+                self.snapshot_last_success.set(at)
+            case SnapshotFailed(operation):
+                self.snapshot_errors.labels(operation=operation).inc()
+            case Revoked():
+                self.revocations.inc()
+            case RevocationsPolled(ok, at):
+                self.revocation_polls.labels("success" if ok else "failure").inc()
+                if ok:
+                    self.revocation_last_success.set(at)
+            case ConnectionClosed(listener, reason):
+                self.connections_closed.labels(listener, reason).inc()
+            case ConnectionsOpen(listener, count):
+                self.connections.labels(listener).set(count)
 
 
 AGE_BUCKETS = (1.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 21600.0, 86400.0)
@@ -317,7 +355,7 @@ class _CountsCollector(Collector):
             "confirm it (serve_stale classes, within max_cache_age).",
             labels=["class"],
         )
-        counts = dict(self._cache.lookups)
+        counts = dict(self._metrics.lookups)
         counts.update({(Outcome.HIT, name): n for name, n in self._cache.hits.items()})
         classes = sorted(set(self._metrics._classes) | {name for _, name in counts})
         for name in classes:

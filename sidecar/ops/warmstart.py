@@ -1,5 +1,5 @@
 """Warm start: load the encrypted snapshot into the cache at start, save it periodically and at
-shutdown. File format and crypto live in ``snapshot.py``; this is the glue, metrics and logs."""
+shutdown. File format and crypto live in ``snapshot.py``; this is the glue, facts and logs."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sidecar.core.cache import SecretCache, restore_verdict
+from sidecar.core.facts import Listener, SnapshotFailed, SnapshotLoaded, SnapshotSaved
 from sidecar.ops.audit import AuditLog
-from sidecar.ops.metrics import Metrics
 from sidecar.ops.snapshot import (
     SnapshotEntry,
     SnapshotKeyError,
@@ -58,7 +58,7 @@ class Snapshotter:
         settings: SnapshotSettings,
         key: bytes,
         cache: SecretCache,
-        metrics: Metrics,
+        listener: Listener,
         audit: AuditLog | None = None,
         wall: Callable[[], float] = time.time,
         mounts: MountMemory | None = None,
@@ -71,7 +71,7 @@ class Snapshotter:
         self._interval = settings.interval
         self._key = key
         self._cache = cache
-        self._metrics = metrics
+        self._listener = listener
         self._wall = wall
         self._saved_generation: int | None = None
         self._lock = asyncio.Lock()
@@ -87,7 +87,6 @@ class Snapshotter:
             )
         result = read_snapshot(self._path, self._key)
         if result.problem is not None:
-            self._metrics.snapshot_errors.labels(operation="load").inc()
             log.error(
                 "snapshot unusable in part or whole; ignoring what cannot be read",
                 extra={
@@ -107,7 +106,7 @@ class Snapshotter:
             [((e.secret.path, e.version_key), e.secret, e.confirmed_at) for e in secrets],
             confirm_within=self._confirm_within,
         )
-        self._metrics.snapshot_entries.set(restored)
+        self._listener.notify(SnapshotLoaded(restored, unusable=result.problem is not None))
         if self._audit is not None:
             self._audit.record(
                 "snapshot_loaded", restored=restored, discarded=discarded, problem=result.problem
@@ -156,7 +155,7 @@ class Snapshotter:
                     write_snapshot, self._path, self._key, entries, now=self._wall()
                 )
             except Exception as exc:  # disk full, or anything else: the loop must go on
-                self._metrics.snapshot_errors.labels(operation="save").inc()
+                self._listener.notify(SnapshotFailed("save"))
                 log.error(
                     "snapshot not written; the previous one stays",
                     extra={
@@ -168,10 +167,9 @@ class Snapshotter:
                 return False
             self._saved_generation = generation
             count = min(count, secrets)  # the mounts record is not a secret
-            self._metrics.snapshot_entries.set(count)
             if self._audit is not None:
                 self._audit.record("snapshot_saved", entries=count)
-            self._metrics.snapshot_last_success.set(self._wall())
+            self._listener.notify(SnapshotSaved(count, self._wall()))
             log.debug("snapshot saved", extra={"file": str(self._path), "entries": count})
             return True
 
@@ -181,7 +179,7 @@ class Snapshotter:
         try:
             self._path.unlink(missing_ok=True)
         except OSError as exc:
-            self._metrics.snapshot_errors.labels(operation="save").inc()
+            self._listener.notify(SnapshotFailed("save"))
             log.critical(
                 "snapshot could not be rewritten nor removed: it may still hold a value that "
                 "was purged or revoked; delete it before the next start",

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sidecar.core.backoff import full_jitter
-from sidecar.core.supervise import supervised
+from sidecar.core.facts import AuthEvent, Listener
+from sidecar.core.supervise import listener_of_failures, supervised
 from sidecar.settings import AppRoleAuth, BackendSettings, KubernetesAuth, TokenAuth
 from sidecar.store import replies
 from sidecar.store.interface import (
@@ -46,10 +47,6 @@ class StoreCall(Protocol):
     ) -> Any: ...
 
 
-class AuthObserver(Protocol):
-    def auth_event(self, event: str, ok: bool, expires_at: float | None) -> None: ...
-
-
 class Authenticator:
     """The sidecar's own identity in the store: a token, kept valid.
 
@@ -61,16 +58,14 @@ class Authenticator:
         self,
         backend: StoreCall,
         settings: BackendSettings,
-        observer: AuthObserver,
+        listener: Listener,
         rng: Callable[[], float],
-        on_error: Callable[[str], None] = lambda task: None,
     ) -> None:
-        self._on_error = on_error
         self._backend = backend
         self._method = settings.auth
         self._backoff = settings.backoff
         self._rng = rng
-        self._observer = observer
+        self._listener = listener
         self.token: str | None = None
         self._lock = asyncio.Lock()
         self._renewal: asyncio.Task[None] | None = None
@@ -81,7 +76,8 @@ class Authenticator:
     async def start(self) -> None:
         """Authenticate in the background: start-up never waits on the store."""
         self._renewal = asyncio.create_task(
-            supervised("store_auth", self._maintain, self._on_error), name="store-auth"
+            supervised("store_auth", self._maintain, listener_of_failures(self._listener)),
+            name="store-auth",
         )
 
     async def _maintain(self) -> None:
@@ -154,7 +150,7 @@ class Authenticator:
                 return self._token_from(method, failed)
             return await self._login(method)
         except StoreError as exc:
-            self._observer.auth_event("login", False, None)
+            self._listener.notify(AuthEvent("login", False, None))
             log.error(
                 "store authentication failed", extra={"method": method.method, "reason": str(exc)}
             )
@@ -202,7 +198,7 @@ class Authenticator:
         assert token is not None  # replies.login refuses a reply without one
         self._lease = ttl
         self._schedule(ttl, renewable=grant.renewable)
-        self._observer.auth_event("login", True, time.time() + ttl if ttl else None)
+        self._listener.notify(AuthEvent("login", True, time.time() + ttl if ttl else None))
         log.info("logged in to the store", extra={"method": method.method, "ttl_seconds": ttl})
         return token
 
@@ -216,7 +212,7 @@ class Authenticator:
         grant = replies.lookup(reply.body)
         ttl = grant.ttl
         self._schedule(ttl, renewable=grant.renewable)
-        self._observer.auth_event("login", True, time.time() + ttl if ttl else None)
+        self._listener.notify(AuthEvent("login", True, time.time() + ttl if ttl else None))
 
     def _schedule(self, ttl: float, *, renewable: bool) -> None:
         if ttl <= 0:
@@ -259,7 +255,7 @@ class Authenticator:
                 "POST", "auth/token/renew-self", json={}, authenticated=False, token=token
             )
         except (SecretForbidden, InvalidRequest):
-            self._observer.auth_event("renew", False, None)
+            self._listener.notify(AuthEvent("renew", False, None))
             if isinstance(self._method, TokenAuth):
                 raise
             async with self._lock:
@@ -268,7 +264,7 @@ class Authenticator:
             return
         grant = replies.renewal(reply.body)
         ttl = grant.ttl
-        self._observer.auth_event("renew", True, time.time() + ttl if ttl else None)
+        self._listener.notify(AuthEvent("renew", True, time.time() + ttl if ttl else None))
         log.info("store token renewed", extra={"ttl_seconds": ttl})
         if not isinstance(self._method, TokenAuth) and ttl < self._lease / 3:
             # The token is near its max TTL and renewals come back short: log in afresh.

@@ -14,8 +14,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sidecar.core.backoff import CircuitState
-
 
 @dataclass(frozen=True, slots=True)
 class Secret:
@@ -205,11 +203,3 @@ class Store(Backend, Protocol):
         headers: Mapping[str, str],
     ) -> Forwarded:
         """One request passed through as it came, with the caller's own token."""
-
-
-class StoreObserver(Protocol):
-    """What the store client reports: its identity's logins and renewals, each node's state."""
-
-    def auth_event(self, event: str, ok: bool, expires_at: float | None) -> None: ...
-
-    def node_state(self, address: str, up: bool, circuit: CircuitState) -> None: ...

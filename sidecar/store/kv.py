@@ -12,7 +12,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from sidecar.core.coalesce import Coalescer
-from sidecar.core.supervise import supervised
+from sidecar.core.facts import Listener, Quiet
+from sidecar.core.supervise import listener_of_failures, supervised
 from sidecar.settings import BackendSettings
 from sidecar.store import replies
 from sidecar.store.client import HvacClient
@@ -25,7 +26,6 @@ from sidecar.store.interface import (
     Secret,
     SecretForbidden,
     SecretNotFound,
-    StoreObserver,
     VersionInfo,
 )
 from sidecar.store.mounts import MountTable
@@ -35,14 +35,6 @@ from sidecar.store.replies import Reply
 log = logging.getLogger("sidecar.store")
 
 
-class _Quiet:
-    def auth_event(self, event: str, ok: bool, expires_at: float | None) -> None:
-        pass
-
-    def node_state(self, address: str, up: bool, circuit: Any) -> None:
-        pass
-
-
 class KVStore:
     """Reads KV v1 and v2 secrets; discovers each mount's KV version as the CLI does."""
 
@@ -50,20 +42,19 @@ class KVStore:
         self,
         settings: BackendSettings,
         *,
-        observer: StoreObserver | None = None,
+        listener: Listener | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: Callable[[], float] = random.random,
-        on_error: Callable[[str], None] = lambda task: None,
     ) -> None:
-        """``on_error(task)``: a background task (the prober, token upkeep) failed unexpectedly
-        and was restarted."""
-        self._on_error = on_error
-        observer = observer or _Quiet()
+        """``listener`` hears the facts: logins and renewals, node states, and background
+        tasks (the prober, token upkeep) that failed and were restarted."""
+        listener = listener or Quiet()
+        self._on_error = listener_of_failures(listener)
         self._client = HvacClient(settings)
-        self._nodes = Nodes(settings, observer, clock=clock, rng=rng)
+        self._nodes = Nodes(settings, listener, clock=clock, rng=rng)
         self._mounts = MountTable(clock)
         self._mount_lookups: Coalescer[str, Mount] = Coalescer()
-        self._auth = Authenticator(self, settings, observer, rng, on_error)
+        self._auth = Authenticator(self, settings, listener, rng)
         self._prober: asyncio.Task[None] | None = None
 
     @property

@@ -12,8 +12,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from sidecar.core.backoff import CircuitBreaker, TokenBucket
+from sidecar.core.facts import Listener, NodeState
 from sidecar.settings import BackendSettings
-from sidecar.store.interface import ErrorKind, StoreObserver, StoreUnavailable
+from sidecar.store.interface import ErrorKind, StoreUnavailable
 from sidecar.store.replies import REDIRECTS, Reply, unavailable_for
 
 log = logging.getLogger("sidecar.store")
@@ -33,7 +34,7 @@ class Nodes:
     def __init__(
         self,
         settings: BackendSettings,
-        observer: StoreObserver,
+        listener: Listener,
         *,
         clock: Callable[[], float],
         rng: Callable[[], float],
@@ -57,10 +58,10 @@ class Nodes:
             settings.rate_limit.requests_per_second, settings.rate_limit.burst, clock
         )
         self._max_wait = settings.timeout
-        self._observer = observer
+        self._listener = listener
         self._trouble = asyncio.Event()  # set when a breaker opens: wakes the prober
         for node in self._nodes:
-            observer.node_state(node.url, True, node.breaker.state)
+            listener.notify(NodeState(node.url, True, node.breaker.state))
 
     @property
     def addresses(self) -> list[str]:
@@ -190,7 +191,7 @@ class Nodes:
         )
 
     def _seen(self, node: Node, *, up: bool) -> None:
-        self._observer.node_state(node.url, up, node.breaker.state)
+        self._listener.notify(NodeState(node.url, up, node.breaker.state))
 
     def circuit_open(self) -> StoreUnavailable:
         """Every node's breaker is open: answer now, with the most recent cause."""

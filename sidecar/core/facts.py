@@ -1,0 +1,230 @@
+"""What the sidecar reports as it works: one small type per fact. Metrics, the audit trail and
+the event stream all listen to the same facts through one method, ``notify``; a new fact is a
+new type here and a case where it is wanted, never a change of every listener's signature.
+
+Only the hot path counts in place, without a fact: cache hits (``SecretCache.hits``) and HTTP
+statuses (``Metrics.http_statuses``) are plain integers read at scrape time, because building a
+fact per hit would cost as much as the hit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from sidecar.core.backoff import CircuitState
+from sidecar.core.entries import Entry, Outcome
+from sidecar.core.policy import SecretClass
+from sidecar.store.interface import Secret, StoreError
+
+if TYPE_CHECKING:
+    from sidecar.core.verify import Verdict
+
+
+# -- the cache ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FetchFinished:
+    """A store read ended (``error`` None: it succeeded)."""
+
+    path: str
+    secret_class: SecretClass
+    seconds: float
+    error: StoreError | None
+
+
+@dataclass(frozen=True, slots=True)
+class LookedUp:
+    """A read was answered this way (hits on the hot path are counted in place instead)."""
+
+    secret_class: SecretClass
+    outcome: Outcome
+
+
+@dataclass(frozen=True, slots=True)
+class Unavailable:
+    """A read was answered 503, for this reason."""
+
+    secret_class: SecretClass
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class EntriesChanged:
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class StaleServed:
+    path: str
+    secret_class: SecretClass
+    entry: Entry
+    age: float
+
+
+@dataclass(frozen=True, slots=True)
+class Rotated:
+    """The store's current version moved past the one held."""
+
+    path: str
+    secret_class: SecretClass
+    old: Secret
+    new: Secret
+
+
+@dataclass(frozen=True, slots=True)
+class FirstServed:
+    """A version was served for the first time (after a rotation: the app took it up)."""
+
+    path: str
+    secret_class: SecretClass
+    secret: Secret
+    since_rotation: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class PreviousRetired:
+    """A rotation's overlap ended: the previous version is no longer served."""
+
+    path: str
+    secret_class: SecretClass
+    version: int
+    current_version: int
+    last_served: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class PreviousServed:
+    """``?version=previous`` was answered (someone still reads the old value)."""
+
+    secret_class: SecretClass
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    path: str
+    secret_class: SecretClass
+    verdict: Verdict
+    field: str
+
+
+# -- the store -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AuthEvent:
+    """The sidecar's own store identity: a login or renewal, and its outcome."""
+
+    event: str  # login, renew
+    ok: bool
+    expires_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeState:
+    address: str
+    up: bool
+    circuit: CircuitState
+
+
+# -- operations ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BackgroundFailed:
+    """A background task failed unexpectedly and was restarted."""
+
+    task: str
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotLoaded:
+    restored: int
+    unusable: bool  # the file was damaged, tampered with, or under another key
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotSaved:
+    entries: int
+    at: float  # wall time
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotFailed:
+    operation: str  # load, save
+
+
+@dataclass(frozen=True, slots=True)
+class Revoked:
+    """An entry appeared on the fleet-wide revocation list."""
+
+    path: str
+    version: int | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RevocationsPolled:
+    ok: bool
+    at: float  # wall time
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionClosed:
+    """A listener closed or refused a connection to protect itself."""
+
+    listener: str
+    reason: str  # limit, evicted, header_timeout
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionsOpen:
+    listener: str
+    count: int
+
+
+Fact = (
+    FetchFinished
+    | LookedUp
+    | Unavailable
+    | EntriesChanged
+    | StaleServed
+    | Rotated
+    | FirstServed
+    | PreviousRetired
+    | PreviousServed
+    | Verified
+    | AuthEvent
+    | NodeState
+    | BackgroundFailed
+    | SnapshotLoaded
+    | SnapshotSaved
+    | SnapshotFailed
+    | Revoked
+    | RevocationsPolled
+    | ConnectionClosed
+    | ConnectionsOpen
+)
+
+
+class Listener(Protocol):
+    def notify(self, fact: Fact) -> None: ...
+
+
+class Quiet:
+    """Listens to nothing (the default)."""
+
+    def notify(self, fact: Fact) -> None:
+        pass
+
+
+class Bus:
+    """Every fact to every listener, in order."""
+
+    def __init__(self, *listeners: Listener) -> None:
+        self._listeners = listeners
+
+    def notify(self, fact: Fact) -> None:
+        for listener in self._listeners:
+            listener.notify(fact)
