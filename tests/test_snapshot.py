@@ -313,8 +313,8 @@ def test_swapped_whole_records_fail_both(tmp_path):
 @pytest.mark.parametrize(
     ("old", "new"),
     [
-        (b'["secret/app/db",null]', b'["secret/app/xy",null]'),  # another path
-        (b'["secret/app/db",3]', b'["secret/app/db",4]'),  # another pinned version
+        (b'["secret","secret/app/db",null]', b'["secret","secret/app/xy",null]'),  # another path
+        (b'["secret","secret/app/db",3]', b'["secret","secret/app/db",4]'),  # another version
     ],
 )
 def test_record_bound_to_path_and_version_key(tmp_path, old, new):
@@ -555,3 +555,40 @@ def test_writer_killed_mid_write_leaves_old_or_new_complete_snapshot(tmp_path):
     # The killed writers' temp files go on the next successful write.
     _write(path)
     assert _temps(tmp_path) == []
+
+
+# -- format versions ---------------------------------------------------------------------------
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def test_version_2_keeps_the_mount_table_as_its_own_record(tmp_path):
+    path = tmp_path / "snap"
+    mounts = [{"path": "secret/", "engine": "kv", "kv_version": 2, "info": {"type": "kv"}}]
+    assert write_snapshot(path, KEY, ENTRIES, mounts=mounts) == len(ENTRIES)
+    result = read_snapshot(path, KEY)
+    assert (result.format_version, result.problem) == (FORMAT_VERSION, None)
+    assert result.entries == ENTRIES and result.mounts == mounts
+    assert describe(path)["format_version"] == 2
+
+
+def test_version_1_snapshots_still_warm_a_start():
+    """A file written by format version 1 (tests/fixtures/snapshot-v1.bin, key bytes 0..31):
+    its secrets, pinned versions, KV v1 lease and mount table all come back."""
+    result = read_snapshot(FIXTURES / "snapshot-v1.bin", bytes(range(32)))
+    assert (result.format_version, result.problem, result.skipped) == (1, None, 0)
+    by_key = {(e.secret.path, e.version_key): e for e in result.entries}
+    assert set(by_key) == {
+        ("secret/v1app/db", None),
+        ("secret/v1app/db", 2),
+        ("kv1/v1app/legacy", None),
+    }
+    latest = by_key[("secret/v1app/db", None)].secret
+    assert (latest.data, latest.version, latest.custom_metadata) == (
+        {"password": "v1-fixture-pw"},
+        3,
+        {"owner": "team-a"},
+    )
+    assert by_key[("kv1/v1app/legacy", None)].secret.lease_duration == 2764800
+    assert [m["path"] for m in result.mounts] == ["secret/"]
+    assert describe(FIXTURES / "snapshot-v1.bin")["format_version"] == 1

@@ -275,3 +275,64 @@ async def test_warm_start_remembers_mounts_and_confirms_each_secret_once(
     # one confirmation for the secret: the metadata check (no value moved), no data read
     assert openbao.count_requests(f"{mount}/metadata/db") == 1
     assert openbao.count_requests(f"{mount}/data/db") == 1
+
+
+async def test_a_version_1_snapshot_warms_a_start(tmp_path: Path):
+    """Snapshots written before format version 2 still warm the cache and the mount table."""
+    import shutil
+
+    from prometheus_client import CollectorRegistry
+
+    from sidecar.core.cache import SecretCache
+    from sidecar.core.policy import OnOutage, Policy, Rule, SecretClass
+    from sidecar.ops.metrics import Metrics
+    from sidecar.ops.warmstart import Snapshotter
+    from sidecar.settings import SnapshotSettings
+
+    fixture = Path(__file__).resolve().parent / "fixtures" / "snapshot-v1.bin"
+    snapshot = tmp_path / "state" / "snapshot"
+    snapshot.parent.mkdir()
+    shutil.copy(fixture, snapshot)
+    written = 1_700_000_001.0  # when the fixture was written
+    standard = SecretClass("standard", "b", "o", 60.0, 3600.0, OnOutage.SERVE_STALE, "r", "r")
+
+    class Mounts:
+        def __init__(self) -> None:
+            self.imported: list[dict[str, Any]] = []
+
+        def export_mounts(self) -> list[dict[str, Any]]:
+            return []
+
+        def import_mounts(self, mounts: list[dict[str, Any]]) -> int:
+            self.imported.extend(mounts)
+            return len(mounts)
+
+    class NoStore:
+        async def start(self) -> None: ...
+        async def close(self) -> None: ...
+        async def read(self, *args: Any, **kwargs: Any) -> Any:
+            raise AssertionError("a warm start asks the store nothing at once")
+
+        async def version_info(self, path: str) -> Any:
+            raise AssertionError("a warm start asks the store nothing at once")
+
+    cache = SecretCache(
+        NoStore(), Policy([Rule("**", standard)]), wall=lambda: written + 30, clock=lambda: 5000.0
+    )
+    mounts = Mounts()
+    snapshotter = Snapshotter(
+        SnapshotSettings(path=snapshot),
+        bytes(range(32)),
+        cache,
+        Metrics(CollectorRegistry()),
+        wall=lambda: written + 30,
+        mounts=mounts,
+        confirm_within=60.0,
+    )
+    assert snapshotter.load() == 3
+    assert cache.servable("secret/v1app/db") and cache.servable("secret/v1app/db", 2)
+    assert cache.servable("kv1/v1app/legacy")
+    stale = await cache.get("secret/v1app/db")
+    assert (stale.stale, stale.entry.secret.data) == (True, {"password": "v1-fixture-pw"})
+    assert [m["path"] for m in mounts.imported] == ["secret/"]
+    await cache.close()

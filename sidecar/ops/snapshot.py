@@ -5,16 +5,20 @@ Layout (integers big-endian)::
 
     header, 62 bytes
       magic        8    b"\\x89SCSNAP\\n"
-      version      u16  FORMAT_VERSION
+      version      u16  FORMAT_VERSION (2; version 1 files are still read)
       written_at   f64  wall-clock epoch seconds
       count        u32  number of records
       salt         16   random per file; HKDF-SHA256(key, salt) gives the file's AES and MAC keys
       key_check    8    HMAC-SHA256(key, b"secrets-sidecar snapshot key check")[:8]
       header_mac   16   HMAC-SHA256(file MAC key, the 46 bytes above)[:16]
     record, count times
-      meta_len u32, meta   orjson [path, version_key], plaintext
+      meta_len u32, meta   plaintext, orjson: ["secret", path, version_key] or ["mounts"]
+                           (version 1: [path, version_key]; the mount table was a record
+                           whose path was "\\x00mounts")
       box_len  u32, box    nonce(12) || AES-256-GCM ciphertext || tag(16) of
-                           orjson {data, version, created_time, kv_version, class, confirmed_at}
+                           orjson {data, version, created_time, kv_version, class,
+                                   confirmed_at, custom_metadata, lease_duration}
+                           or, for the mount table, {mounts: [...]}
                            AAD = b"secrets-sidecar snapshot v1\\0" || u32 record index || meta
 
 No secret value is ever in plaintext. The authenticated header count plus the record index in
@@ -35,7 +39,7 @@ import stat
 import struct
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +50,9 @@ from sidecar.store.interface import Secret
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+_V1_MOUNTS_PATH = "\x00mounts"  # version 1 kept the mount table as a record of this path
 
 _MAGIC = b"\x89SCSNAP\n"  # high byte and newline catch 7-bit and text-mode mangling, as PNG does
 _HEAD = struct.Struct(">8sHdI16s8s")
@@ -81,6 +87,8 @@ class LoadResult:
     skipped: int  # records present but not loadable (tampered, corrupt, wrong key)
     problem: str | None  # None when the whole file loaded cleanly
     written_at: float | None  # from the header, when it could be authenticated
+    mounts: list[dict[str, Any]] = field(default_factory=list)  # the mount table, if kept
+    format_version: int | None = None
 
 
 class SnapshotKeyError(Exception):
@@ -176,9 +184,15 @@ def _header_mac(mac_key: bytes, head: bytes) -> bytes:
 
 
 def write_snapshot(
-    path: Path, key: bytes, entries: Iterable[SnapshotEntry], *, now: float | None = None
+    path: Path,
+    key: bytes,
+    entries: Iterable[SnapshotEntry],
+    *,
+    mounts: list[dict[str, Any]] | None = None,
+    now: float | None = None,
 ) -> int:
-    """Atomically replace ``path`` with a snapshot of ``entries``; return how many were written.
+    """Atomically replace ``path`` with a snapshot of ``entries`` (and the store's mount table,
+    ``mounts``); return how many entries were written.
 
     Entries whose data cannot be encoded as JSON are left out. On any failure the temp file
     is removed and ``path`` is untouched; an OSError from the final directory fsync means the
@@ -196,11 +210,17 @@ def write_snapshot(
             f.write(bytes(_HEADER_SIZE))  # placeholder: the count is known only at the end
             count = 0
             for entry in entries:
-                record = _seal(aead, count, entry)
+                record = _seal(aead, count, *_secret_record(entry))
                 if record is not None:
                     f.write(record)
                     count += 1
-            head = _HEAD.pack(_MAGIC, FORMAT_VERSION, written_at, count, salt, _key_check(key))
+            records = count
+            if mounts:
+                record = _seal(aead, records, ["mounts"], {"mounts": mounts})
+                if record is not None:
+                    f.write(record)
+                    records += 1
+            head = _HEAD.pack(_MAGIC, FORMAT_VERSION, written_at, records, salt, _key_check(key))
             f.seek(0)
             f.write(head + _header_mac(mac_key, head))
             f.flush()
@@ -215,23 +235,24 @@ def write_snapshot(
     return count
 
 
-def _seal(aead: AESGCM, index: int, entry: SnapshotEntry) -> bytes | None:
+def _secret_record(entry: SnapshotEntry) -> tuple[list[Any], dict[str, Any]]:
     secret = entry.secret
+    return ["secret", secret.path, entry.version_key], {
+        "data": dict(secret.data),
+        "version": secret.version,
+        "created_time": secret.created_time,
+        "kv_version": secret.kv_version,
+        "class": entry.class_name,
+        "confirmed_at": entry.confirmed_at,
+        "custom_metadata": secret.custom_metadata,
+        "lease_duration": secret.lease_duration,
+    }
+
+
+def _seal(aead: AESGCM, index: int, meta_fields: list[Any], fields: dict[str, Any]) -> bytes | None:
     try:
-        meta = orjson.dumps([secret.path, entry.version_key])
-        payload = orjson.dumps(
-            {
-                "data": dict(secret.data),
-                "version": secret.version,
-                "created_time": secret.created_time,
-                "kv_version": secret.kv_version,
-                "class": entry.class_name,
-                "confirmed_at": entry.confirmed_at,
-                # optional members: older snapshots lack them, readers default them
-                "custom_metadata": secret.custom_metadata,
-                "lease_duration": secret.lease_duration,
-            }
-        )
+        meta = orjson.dumps(meta_fields)
+        payload = orjson.dumps(fields)
     except orjson.JSONEncodeError:
         return None
     nonce = os.urandom(_NONCE_SIZE)
@@ -283,6 +304,7 @@ def _is_abandoned(pid: int, mtime: float, now: float) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class _Header:
+    version: int
     written_at: float
     count: int
     salt: bytes
@@ -300,15 +322,20 @@ def _parse_header(data: bytes) -> _Header | str:
     if len(data) < len(_MAGIC) + 2:
         return "truncated inside the header"
     (version,) = struct.unpack_from(">H", data, len(_MAGIC))
-    if version != FORMAT_VERSION:
-        return (
-            f"unsupported snapshot format version {version} (this sidecar reads {FORMAT_VERSION})"
-        )
+    if version not in READABLE_VERSIONS:
+        readable = ", ".join(str(v) for v in READABLE_VERSIONS)
+        return f"unsupported snapshot format version {version} (this sidecar reads {readable})"
     if len(data) < _HEADER_SIZE:
         return "truncated inside the header"
     _, _, written_at, count, salt, key_check = _HEAD.unpack_from(data)
     return _Header(
-        written_at, count, salt, key_check, data[: _HEAD.size], data[_HEAD.size : _HEADER_SIZE]
+        version,
+        written_at,
+        count,
+        salt,
+        key_check,
+        data[: _HEAD.size],
+        data[_HEAD.size : _HEADER_SIZE],
     )
 
 
@@ -364,19 +391,32 @@ def read_snapshot(path: Path, key: bytes) -> LoadResult:
     elif authentic and len(records) < header.count:
         problems.append(f"truncated: {len(records)} of {header.count} records present")
     entries: list[SnapshotEntry] = []
+    mounts: list[dict[str, Any]] = []
+    skipped = 0
     for index, (meta, box) in enumerate(records):
-        entry = _open(aead, index, meta, box)
-        if entry is not None:
-            entries.append(entry)
-    skipped = len(records) - len(entries)
+        opened = _open(aead, index, meta, box, header.version)
+        if isinstance(opened, SnapshotEntry):
+            entries.append(opened)
+        elif opened is not None:
+            mounts = opened
+        else:
+            skipped += 1
     if skipped:
         problems.append(f"{skipped} record(s) failed authentication (corrupt or tampered)")
     return LoadResult(
-        entries, skipped, "; ".join(problems) or None, header.written_at if authentic else None
+        entries,
+        skipped,
+        "; ".join(problems) or None,
+        header.written_at if authentic else None,
+        mounts,
+        header.version,
     )
 
 
-def _open(aead: AESGCM, index: int, meta: bytes, box: bytes) -> SnapshotEntry | None:
+def _open(
+    aead: AESGCM, index: int, meta: bytes, box: bytes, version: int
+) -> SnapshotEntry | list[dict[str, Any]] | None:
+    """A secret, the mount table, or None for a record that cannot be used."""
     from cryptography.exceptions import InvalidTag
 
     if len(box) < _NONCE_SIZE + _TAG_SIZE:
@@ -385,9 +425,27 @@ def _open(aead: AESGCM, index: int, meta: bytes, box: bytes) -> SnapshotEntry | 
         payload = aead.decrypt(
             box[:_NONCE_SIZE], box[_NONCE_SIZE:], _LABEL + _INDEX.pack(index) + meta
         )
-        return _decode(orjson.loads(meta), orjson.loads(payload))
+        fields, body = orjson.loads(meta), orjson.loads(payload)
+        if not isinstance(fields, list):
+            return None
+        if version == 1:  # [path, version_key]; the mount table under a reserved path
+            fields = ["mounts"] if fields[:1] == [_V1_MOUNTS_PATH] else ["secret", *fields]
+        if fields == ["mounts"]:
+            return _decode_mounts(body)
+        if fields[:1] == ["secret"]:
+            return _decode(fields[1:], body)
+        return None
     except (InvalidTag, orjson.JSONDecodeError, ValueError, TypeError):
         return None
+
+
+def _decode_mounts(payload: Any) -> list[dict[str, Any]]:
+    if isinstance(payload, dict) and "data" in payload:  # version 1: a secret-shaped record
+        payload = payload["data"]
+    mounts = payload.get("mounts") if isinstance(payload, dict) else None
+    if not isinstance(mounts, list) or not all(isinstance(m, dict) for m in mounts):
+        raise ValueError("bad mount table")
+    return mounts
 
 
 def _decode(meta: Any, payload: Any) -> SnapshotEntry:
@@ -442,7 +500,7 @@ def describe(path: Path) -> dict[str, Any]:
     if isinstance(header, str):
         return {"problem": header, "size": size}
     return {
-        "format_version": FORMAT_VERSION,
+        "format_version": header.version,
         "written_at": header.written_at,
         "entries": header.count,
         "size": size,

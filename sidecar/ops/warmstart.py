@@ -4,6 +4,7 @@ shutdown. File format and crypto live in ``snapshot.py``; this is the glue, fact
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -22,7 +23,6 @@ from sidecar.ops.snapshot import (
     write_snapshot,
 )
 from sidecar.settings import ConfigError, Settings, SnapshotSettings
-from sidecar.store.interface import Secret
 
 log = logging.getLogger("sidecar.snapshot")
 
@@ -41,12 +41,10 @@ def snapshot_key(settings: SnapshotSettings) -> bytes | None:
     return key
 
 
-# A record that is not a secret: the store's mounts as discovered (engine, KV version), so a
-# warm start does not ask the store again which mount holds each path. Never a valid path.
-MOUNTS_RECORD = "\x00mounts"
-
-
 class MountMemory(Protocol):
+    """The store's mounts as discovered (engine, KV version), kept in the snapshot so a warm
+    start does not ask the store again which mount holds each path."""
+
     def export_mounts(self) -> list[dict[str, Any]]: ...
 
     def import_mounts(self, mounts: list[dict[str, Any]]) -> int: ...
@@ -96,12 +94,9 @@ class Snapshotter:
                     "recovered": len(result.entries),
                 },
             )
-        secrets = [e for e in result.entries if e.secret.path != MOUNTS_RECORD]
-        for record in result.entries:
-            if record.secret.path == MOUNTS_RECORD and self._mounts is not None:
-                known = record.secret.data.get("mounts")
-                if isinstance(known, list):
-                    self._mounts.import_mounts(known)
+        secrets = result.entries
+        if result.mounts and self._mounts is not None:
+            self._mounts.import_mounts(result.mounts)
         restored, discarded = self._cache.restore(
             [((e.secret.path, e.version_key), e.secret, e.confirmed_at) for e in secrets],
             confirm_within=self._confirm_within,
@@ -138,21 +133,17 @@ class Snapshotter:
                 )
                 for key, entry in self._cache.export()
             ]
-            secrets = len(entries)
-            if self._mounts is not None:
-                mounts = self._mounts.export_mounts()
-                if mounts:
-                    entries.append(
-                        SnapshotEntry(
-                            version_key=None,
-                            secret=Secret(MOUNTS_RECORD, {"mounts": mounts}, None, kv_version=0),
-                            class_name="",
-                            confirmed_at=self._wall(),
-                        )
-                    )
+            mounts = self._mounts.export_mounts() if self._mounts is not None else None
             try:
                 count = await asyncio.to_thread(
-                    write_snapshot, self._path, self._key, entries, now=self._wall()
+                    functools.partial(
+                        write_snapshot,
+                        self._path,
+                        self._key,
+                        entries,
+                        mounts=mounts,
+                        now=self._wall(),
+                    )
                 )
             except Exception as exc:  # disk full, or anything else: the loop must go on
                 self._listener.notify(SnapshotFailed("save"))
@@ -166,7 +157,6 @@ class Snapshotter:
                 )
                 return False
             self._saved_generation = generation
-            count = min(count, secrets)  # the mounts record is not a secret
             if self._audit is not None:
                 self._audit.record("snapshot_saved", entries=count)
             self._listener.notify(SnapshotSaved(count, self._wall()))
@@ -212,8 +202,6 @@ def inspect_snapshot(settings: Settings, wall: Callable[[], float] = time.time) 
     now = wall()
     entries = []
     for entry in result.entries:
-        if entry.secret.path == MOUNTS_RECORD:
-            continue
         age = max(0.0, now - entry.confirmed_at)
         secret_class, why_not = restore_verdict(policy, entry.secret.path, age)
         entries.append(
@@ -229,7 +217,9 @@ def inspect_snapshot(settings: Settings, wall: Callable[[], float] = time.time) 
         )
     return {
         "file": str(path),
+        "format_version": result.format_version,
         "written_at": result.written_at,
+        "mounts": len(result.mounts),
         "problem": result.problem,
         "skipped": result.skipped,
         "restorable": sum(1 for e in entries if e["discard"] is None),
