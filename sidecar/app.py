@@ -20,7 +20,7 @@ from sidecar.core.supervise import listener_of_failures, supervised
 from sidecar.core.verify import Verifier
 from sidecar.http.admin import admin_routes
 from sidecar.http.guard import FAST_PATHS_KEY, GUARD_KEY, FastPath, Guard
-from sidecar.http.native import (
+from sidecar.http.keys import (
     ADMIN_KEY,
     CACHE_KEY,
     FACTS_KEY,
@@ -32,12 +32,9 @@ from sidecar.http.native import (
     SECRETS_PREFIX,
     VAULT_PREFIX,
     VERIFIER_KEY,
-    fallback_route,
-    native_hit,
-    ops_routes,
-    secrets_routes,
-    server_header,
 )
+from sidecar.http.native import fallback_route, native_hit, secrets_routes
+from sidecar.http.ops import ops_routes, server_header
 from sidecar.http.tokens import CallerCheck, TokenFile, load_or_create
 from sidecar.http.vault_api import STORE_KEY, vault_hit, vault_routes
 from sidecar.ops.audit import AuditLog, fingerprint_key

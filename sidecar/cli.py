@@ -15,10 +15,11 @@ from pathlib import Path
 import orjson
 
 from sidecar import __version__
+from sidecar.config import load_settings
 from sidecar.core.durations import format_duration
 from sidecar.http.tokens import CallerTokenError
 from sidecar.ops import logs
-from sidecar.settings import ConfigError, Settings, load_settings
+from sidecar.settings import ConfigError, Settings
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 

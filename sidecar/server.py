@@ -16,7 +16,7 @@ from sidecar import __version__
 from sidecar.app import Sidecar, create_app
 from sidecar.http.connections import ConnectionGuard, GuardedRunner, fit_to_descriptors
 from sidecar.http.guard import hit_front
-from sidecar.http.native import FACTS_KEY, HTTP_KEY
+from sidecar.http.keys import FACTS_KEY, HTTP_KEY
 from sidecar.settings import Settings, split_hostport
 
 log = logging.getLogger("sidecar.server")

@@ -19,9 +19,9 @@ from aiohttp.web_runner import BaseRunner
 from prometheus_client import CollectorRegistry
 
 from sidecar.app import Sidecar, create_app
+from sidecar.config import settings_from
 from sidecar.dev.openbao import DevOpenBao
 from sidecar.server import Server, SidecarRunner
-from sidecar.settings import settings_from
 
 CALLER_TOKEN = "test-caller-token-0123456789abcdef"
 ADMIN_TOKEN = "test-admin-token-fedcba9876543210"

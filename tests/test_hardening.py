@@ -18,9 +18,9 @@ from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
 from sidecar.app import create_app
+from sidecar.config import settings_from
 from sidecar.core.supervise import supervised
 from sidecar.dev.openbao import DevOpenBao
-from sidecar.settings import settings_from
 from tests.conftest import (
     ADMIN,
     AUTH,

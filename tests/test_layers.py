@@ -61,6 +61,7 @@ def test_core_is_pure():
         "sidecar.store.transport",
         "sidecar.store.replies",
         "sidecar.settings",
+        "sidecar.config",
         "sidecar.app",
         "sidecar.server",
         "sidecar.cli",

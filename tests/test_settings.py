@@ -12,8 +12,9 @@ import yaml
 
 from sidecar import __version__
 from sidecar.cli import main
+from sidecar.config import load_settings
 from sidecar.core.policy import OnOutage
-from sidecar.settings import ConfigError, Settings, TokenAuth, load_settings
+from sidecar.settings import ConfigError, Settings, TokenAuth
 
 BASE: dict[str, Any] = {
     "listen": "127.0.0.1:8100",

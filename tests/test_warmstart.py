@@ -158,7 +158,7 @@ async def test_snapshot_is_written_every_interval(
 
 def test_bad_key_file_is_a_config_error(tmp_path: Path, openbao: DevOpenBao, uid: str):
     from sidecar.app import create_app
-    from sidecar.settings import settings_from
+    from sidecar.config import settings_from
 
     key_file = tmp_path / "short.key"
     key_file.write_bytes(b"0123")

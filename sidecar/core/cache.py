@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -31,11 +30,12 @@ from sidecar.core.facts import (
 )
 from sidecar.core.fetch import Fetcher
 from sidecar.core.outage import Decision, aged_out, decide, fail_closed
-from sidecar.core.policy import Freshness, OnOutage, Policy, SecretClass
+from sidecar.core.policy import Freshness, Policy, SecretClass
 from sidecar.core.refusals import Refusals, covers
 from sidecar.core.revocations import Revocation, Revocations, SecretRevoked
 from sidecar.core.rotation import Rotations
 from sidecar.core.upkeep import Upkeep
+from sidecar.core.warm import exportable, restore, restore_verdict
 from sidecar.store.interface import Backend, Secret, StoreError, StoreUnavailable
 
 log = logging.getLogger("sidecar.cache")
@@ -50,18 +50,6 @@ __all__ = [
     "SecretRevoked",
     "restore_verdict",
 ]
-
-
-def restore_verdict(policy: Policy, path: str, age: float) -> tuple[SecretClass | None, str | None]:
-    """May a value of this age, restored from disk, be used? (class, None) or (class, reason)."""
-    secret_class = policy.classify(path)
-    if secret_class is None:
-        return None, "no rule classifies this path any more"
-    if secret_class.on_outage is OnOutage.FAIL_CLOSED:
-        return secret_class, "its class is fail_closed (never restored from disk)"
-    if age >= secret_class.max_cache_age:
-        return secret_class, "older than max_cache_age"
-    return secret_class, None
 
 
 class SecretCache:
@@ -370,44 +358,20 @@ class SecretCache:
     def restore(
         self, items: Iterable[tuple[CacheKey, Secret, float]], confirm_within: float = 0.0
     ) -> tuple[int, int]:
-        """Warm the cache from a snapshot: ``(key, secret, confirmed_at wall time)`` each.
-
-        Returns (restored, discarded). Values are provisional: served at once, marked stale,
-        without asking the store; each is confirmed in the background at a random moment
-        within ``confirm_within`` seconds (so a fleet restarting together asks the store once
-        per secret, spread out). Values past max_cache_age, of fail_closed classes, or no
-        longer classified by the rules are discarded.
-        """
-        now, wall = self._clock(), self._wall()
-        restored = discarded = 0
-        for key, secret, confirmed_wall in items:
-            secret_class, why_not = restore_verdict(self._policy, key[0], wall - confirmed_wall)
-            if secret_class is None or why_not is not None or key in self._entries:
-                discarded += 1
-                continue
-            age = max(0.0, wall - confirmed_wall)
-            entry = Entry(
-                secret=secret,
-                secret_class=secret_class,
-                confirmed_at=now - age,
-                fetched_at=confirmed_wall,
-                last_read=-math.inf,
-                provisional=True,
-                serial=self._upkeep.schedule.serial(),
-            )
-            self._entries.adopt(key, entry)
-            self._upkeep.restored(key, entry, confirm_within)
-            restored += 1
-        self._entries.report()
-        return restored, discarded
+        """Warm the cache from a snapshot (``warm.py``); returns (restored, discarded)."""
+        return restore(
+            items,
+            self._policy,
+            self._entries,
+            self._upkeep,
+            confirm_within=confirm_within,
+            clock=self._clock,
+            wall=self._wall,
+        )
 
     def export(self) -> list[tuple[CacheKey, Entry]]:
         """What may be written to disk: never values of fail_closed classes."""
-        return [
-            (key, entry)
-            for key, entry in self._entries.items()
-            if entry.secret_class.on_outage is not OnOutage.FAIL_CLOSED
-        ]
+        return exportable(self._entries)
 
     def preload(self, paths: Iterable[str], jitter: float) -> None:
         """Fetch these (latest versions) soon, each at a random moment within ``jitter``

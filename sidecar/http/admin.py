@@ -9,9 +9,11 @@ import orjson
 from aiohttp import web
 
 from sidecar.core.durations import parse_duration
+from sidecar.http.bodies import json_body
 from sidecar.http.errors import BadRequest, error_response
 from sidecar.http.guard import Access, guarded
-from sidecar.http.native import ADMIN_KEY, CACHE_KEY, json_body, validate_path
+from sidecar.http.keys import ADMIN_KEY, CACHE_KEY
+from sidecar.http.native import validate_path
 
 
 def _json(document: dict[str, Any]) -> web.Response:

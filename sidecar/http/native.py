@@ -1,5 +1,5 @@
-"""HTTP: the secrets API's handlers and the ops API. Who may call them is decided by the guard
-(``guard.py``), what a failure looks like by ``http_errors.py``.
+"""The native secrets API: ``/secrets/{path}`` and ``/verify/{path}``. Who may call them is
+decided by the guard (``guard.py``), what a failure looks like by ``errors.py``.
 
 The hot path (a fresh hit) does no I/O and encodes no JSON: each cache entry carries its
 pre-rendered body, and only the age, staleness and an open overlap are formatted per request.
@@ -7,10 +7,8 @@ pre-rendered body, and only the age, staleness and an open overlap are formatted
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -18,49 +16,34 @@ from typing import Any
 import orjson
 from aiohttp import web
 from multidict import CIMultiDict, istr
-from prometheus_client.aiohttp import make_aiohttp_handler
 
 from sidecar.core.cache import Entry, Lookup, SecretCache
 from sidecar.core.durations import parse_duration
-from sidecar.core.events import CLOSED, EventHub
-from sidecar.core.facts import Bus, PreviousServed
+from sidecar.core.facts import PreviousServed
 from sidecar.core.paths import check_kv_path
-from sidecar.core.verify import Verifier
+from sidecar.http.bodies import json_body
 from sidecar.http.errors import (
     BadRequest,
     FieldNotFound,
-    PayloadTooLarge,
     Refused,
     VersionRetired,
     error_response,
 )
+from sidecar.http.events import events
 from sidecar.http.guard import Access, FastPath, guarded
-from sidecar.ops.emergency import Admin
-from sidecar.ops.metrics import Metrics
-from sidecar.settings import HTTPSettings
+from sidecar.http.keys import (
+    CACHE_KEY,
+    FACTS_KEY,
+    MAX_WAIT_KEY,
+    SECRETS_PREFIX,
+    SERVER,
+    VERIFIER_KEY,
+)
 from sidecar.store.interface import SecretNotFound
 
 log = logging.getLogger("sidecar.web")
 
-SECRETS_PREFIX = "/secrets/"
-ADMIN_PREFIX = "/admin/"
-VAULT_PREFIX = "/v1/"
 QUERY_PARAMS = frozenset({"field", "version", "wait", "newer_than"})
-MAX_BODY = 64 * 1024
-KEEPALIVE = 15.0  # seconds between comments on an idle event stream
-
-CACHE_KEY = web.AppKey("cache", SecretCache)
-FACTS_KEY = web.AppKey("facts", Bus)
-VERIFIER_KEY = web.AppKey("verifier", Verifier)
-HUB_KEY = web.AppKey("hub", EventHub)
-ADMIN_KEY = web.AppKey("admin", Admin)
-MAX_WAIT_KEY = web.AppKey("max_wait", float)
-PASSTHROUGH_KEY = web.AppKey("vault_passthrough", bool)
-HTTP_KEY = web.AppKey("http", HTTPSettings)
-ReadyReport = Callable[[], Mapping[str, Any]]
-# What every response says in Server: no versions (aiohttp's default names its own and Python's).
-SERVER = "secrets-sidecar"
-READY_KEY: web.AppKey[ReadyReport] = web.AppKey("ready")
 
 
 def native_hit(cache: SecretCache) -> FastPath:
@@ -317,74 +300,6 @@ async def verify_secret(request: web.Request) -> web.Response:
     )
 
 
-async def read_body(request: web.Request) -> bytes:
-    """The whole request body: at most MAX_BODY bytes, declared or chunked, and all of it
-    within ``http.header_timeout`` (a body that drips in must not hold a handler)."""
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise PayloadTooLarge(f"the body is larger than {MAX_BODY} bytes")
-    deadline = request.app[HTTP_KEY].header_timeout
-    try:
-        async with asyncio.timeout(deadline):
-            return await request.read()
-    except web.HTTPRequestEntityTooLarge:  # chunked: no Content-Length to check in advance
-        raise PayloadTooLarge(f"the body is larger than {MAX_BODY} bytes") from None
-    except TimeoutError:
-        raise BadRequest(
-            f"the body did not arrive within {deadline:g}s (http.header_timeout)"
-        ) from None
-
-
-async def json_body(
-    request: web.Request, *, required: set[str], optional: set[str]
-) -> dict[str, Any]:
-    raw = await read_body(request)
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise BadRequest("the body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object")
-    unknown = sorted(set(body) - required - optional)
-    if unknown:
-        raise BadRequest(f"unknown key {unknown[0]!r} in the body")
-    missing = sorted(required - set(body))
-    if missing:
-        raise BadRequest(f"the body needs {missing[0]!r}")
-    return body
-
-
-async def events(request: web.Request) -> web.StreamResponse:
-    """Server-Sent Events: rotation, retired and revoked notices, as they happen."""
-    if request.method != "GET":
-        return error_response(Refused(405, "method_not_allowed", "subscribe with GET"))
-    if request.query:
-        return error_response(BadRequest("events takes no query parameters"))
-    hub = request.app[HUB_KEY]
-    response = web.StreamResponse(
-        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
-    )
-    await response.prepare(request)
-    queue = hub.subscribe()
-    try:
-        await response.write(b": subscribed\n\n")
-        while True:
-            try:
-                async with asyncio.timeout(KEEPALIVE):
-                    event = await queue.get()
-            except TimeoutError:
-                await response.write(b": keep-alive\n\n")
-                continue
-            if event is CLOSED:
-                break
-            name = str(event["event"]).encode()
-            await response.write(b"event: %s\ndata: %s\n\n" % (name, orjson.dumps(event)))
-    except (ConnectionResetError, asyncio.CancelledError):
-        pass
-    finally:
-        hub.unsubscribe(queue)
-    return response
-
-
 async def not_found(request: web.Request) -> web.Response:
     return error_response(
         Refused(404, "not_found", "no such endpoint; secrets are at /secrets/<path>")
@@ -405,31 +320,3 @@ def secrets_routes(app: web.Application) -> None:
 def fallback_route(app: web.Application) -> None:
     """Last: whatever no other route took is a guarded 404."""
     app.router.add_route("*", r"/{tail:[\s\S]*}", guarded(not_found, Access.EITHER))
-
-
-# -- the ops API: metrics, liveness, readiness ---------------------------------------------
-
-
-async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"}, dumps=lambda o: orjson.dumps(o).decode())
-
-
-async def readyz(request: web.Request) -> web.Response:
-    report = dict(request.app[READY_KEY]())
-    status = 200 if report.get("ready") else 503
-    return web.json_response(report, status=status, dumps=lambda o: orjson.dumps(o).decode())
-
-
-async def _server_header(_request: web.Request, response: web.StreamResponse) -> None:
-    response.headers["Server"] = SERVER
-
-
-def server_header(app: web.Application) -> None:
-    """Every routed response says ``Server: secrets-sidecar`` (fresh hits carry it already)."""
-    app.on_response_prepare.append(_server_header)
-
-
-def ops_routes(app: web.Application, metrics: Metrics) -> None:
-    app.router.add_get("/metrics", make_aiohttp_handler(metrics.registry))
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)

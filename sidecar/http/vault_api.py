@@ -23,17 +23,11 @@ from multidict import CIMultiDict, istr
 
 from sidecar.core.cache import Lookup, PathNotAllowed, SecretCache
 from sidecar.core.paths import InvalidPath, check_kv_path, check_path, kv_candidates
+from sidecar.http.bodies import read_body
 from sidecar.http.errors import BadRequest, Refused, error_response, vault_error
 from sidecar.http.guard import CALLER_KEY, GUARD_KEY, Access, FastPath, guarded
-from sidecar.http.native import (
-    CACHE_HEADER,
-    CACHE_KEY,
-    PASSTHROUGH_KEY,
-    SERVER,
-    VAULT_PREFIX,
-    read_body,
-    whole_number,
-)
+from sidecar.http.keys import CACHE_KEY, PASSTHROUGH_KEY, SERVER, VAULT_PREFIX
+from sidecar.http.native import CACHE_HEADER, whole_number
 from sidecar.store.interface import METADATA, Mount, Secret, SecretNotFound, Store
 
 log = logging.getLogger("sidecar.vault_api")

@@ -27,15 +27,11 @@ the AAD mean records cannot be dropped, reordered, duplicated or moved between p
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import hmac
 import math
 import os
-import re
 import secrets
-import stat
 import struct
 import time
 from collections.abc import Iterable
@@ -45,7 +41,22 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from sidecar.ops.files import fsync_directory, remove_stale_temps
+from sidecar.ops.snapshot_key import KEY_SIZE as _KEY_SIZE
+from sidecar.ops.snapshot_key import SnapshotKeyError, key_file_mode_problem, load_key
 from sidecar.store.interface import Secret
+
+__all__ = [
+    "FORMAT_VERSION",
+    "LoadResult",
+    "SnapshotEntry",
+    "SnapshotKeyError",
+    "describe",
+    "key_file_mode_problem",
+    "load_key",
+    "read_snapshot",
+    "write_snapshot",
+]
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -62,15 +73,8 @@ _LEN = struct.Struct(">I")
 _INDEX = struct.Struct(">I")
 _NONCE_SIZE = 12
 _TAG_SIZE = 16
-_KEY_SIZE = 32
 _LABEL = b"secrets-sidecar snapshot v1\x00"
 _KEY_CHECK_LABEL = b"secrets-sidecar snapshot key check"
-_STALE_TEMP_AGE = 3600.0  # a temp file untouched this long belongs to no live write
-
-_KEY_FORMS = (
-    "32 raw bytes, 64 hex characters, or base64 (standard or URL-safe) of 32 bytes; "
-    "make one with: head -c 32 /dev/urandom > {path} && chmod 600 {path}"
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,69 +93,6 @@ class LoadResult:
     written_at: float | None  # from the header, when it could be authenticated
     mounts: list[dict[str, Any]] = field(default_factory=list)  # the mount table, if kept
     format_version: int | None = None
-
-
-class SnapshotKeyError(Exception):
-    """The key file is missing, unreadable or not in one of the accepted forms."""
-
-
-# -- key ------------------------------------------------------------------------------
-
-
-def load_key(path: Path, what: str = "snapshot key") -> bytes:
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise SnapshotKeyError(
-            f"cannot read {what} file {path}: {exc.strerror or exc}; "
-            f"it must hold {_KEY_FORMS.format(path=path)}"
-        ) from exc
-    key = _parse_key(raw)
-    if key is None:
-        # Never echo the content: it may be a real key in the wrong form.
-        raise SnapshotKeyError(
-            f"{what} file {path} ({len(raw)} bytes) is not a 256-bit key; "
-            f"it must hold {_KEY_FORMS.format(path=path)}"
-        )
-    return key
-
-
-def _parse_key(raw: bytes) -> bytes | None:
-    if len(raw) == _KEY_SIZE and not _is_printable_ascii(raw):
-        return raw
-    # A 32-byte file of printable ASCII is almost surely text (say `openssl rand -hex 16`);
-    # random bytes are all printable with probability ~1e-14.
-    try:
-        text = raw.strip().decode("ascii")
-    except UnicodeDecodeError:
-        return None
-    if len(text) == 2 * _KEY_SIZE:
-        with contextlib.suppress(ValueError):
-            return bytes.fromhex(text)
-    standard = text.replace("-", "+").replace("_", "/")
-    try:
-        key = base64.b64decode(standard + "=" * (-len(standard) % 4), validate=True)
-    except binascii.Error:
-        return None
-    return key if len(key) == _KEY_SIZE else None
-
-
-def _is_printable_ascii(raw: bytes) -> bool:
-    return all(0x20 <= b < 0x7F or b in b"\t\r\n" for b in raw)
-
-
-def key_file_mode_problem(path: Path) -> str | None:
-    """A message for the log when others may read or replace the key, else None."""
-    try:
-        mode = stat.S_IMODE(path.stat().st_mode)
-    except OSError as exc:
-        return f"cannot check permissions of snapshot key file {path}: {exc.strerror or exc}"
-    if mode & 0o077:
-        return (
-            f"snapshot key file {path} has mode {mode:04o}: group/other can access it; "
-            f"run: chmod 600 {path}"
-        )
-    return None
 
 
 def _require_key(key: bytes) -> None:
@@ -230,8 +171,8 @@ def write_snapshot(
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    _fsync_directory(path.parent)
-    _remove_stale_temps(path)
+    fsync_directory(path.parent)
+    remove_stale_temps(path)
     return count
 
 
@@ -258,45 +199,6 @@ def _seal(aead: AESGCM, index: int, meta_fields: list[Any], fields: dict[str, An
     nonce = os.urandom(_NONCE_SIZE)
     box = nonce + aead.encrypt(nonce, payload, _LABEL + _INDEX.pack(index) + meta)
     return _LEN.pack(len(meta)) + meta + _LEN.pack(len(box)) + box
-
-
-def _fsync_directory(directory: Path) -> None:
-    # Makes the rename itself durable; without it a power loss can bring back the old file.
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _remove_stale_temps(path: Path) -> None:
-    """Best effort: remove temp files left by writers that died (kill -9, power loss)."""
-    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.[0-9a-f]{{8}}\.tmp")
-    now = time.time()
-    with contextlib.suppress(OSError), os.scandir(path.parent) as items:
-        for item in items:
-            match = pattern.fullmatch(item.name)
-            if match is None:
-                continue
-            with contextlib.suppress(OSError):
-                if _is_abandoned(int(match[1]), item.stat().st_mtime, now):
-                    os.unlink(item.path)
-
-
-def _is_abandoned(pid: int, mtime: float, now: float) -> bool:
-    if now - mtime > _STALE_TEMP_AGE:
-        return True  # also catches our own pid reused after a restart (pid 1 in containers)
-    if pid <= 0 or pid == os.getpid() or os.name != "posix":
-        return False  # ours may be another thread's write in progress
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except (OSError, OverflowError):
-        return False
-    return False
 
 
 # -- read -----------------------------------------------------------------------------

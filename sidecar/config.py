@@ -1,0 +1,192 @@
+"""Loading and checking the settings: the YAML file read, merged with the environment, and
+every problem found at once, each naming its key and the valid range."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from sidecar.core.durations import format_duration
+from sidecar.core.policy import is_literal
+from sidecar.settings import (
+    AppRoleAuth,
+    ConfigError,
+    KubernetesAuth,
+    Settings,
+    TokenAuth,
+    is_loopback,
+    split_hostport,
+)
+
+
+def load_settings(path: Path | str | None) -> Settings:
+    """Read, merge and check the configuration; raise ConfigError naming every bad key."""
+    source = str(path) if path is not None else None
+    document: dict[str, Any] = {}
+    if path is not None:
+        document = _read_yaml(Path(path))
+    return settings_from(document, source)
+
+
+def settings_from(document: Mapping[str, Any], source: str | None = None) -> Settings:
+    """Settings from an already parsed document (plus the environment), fully checked."""
+    try:
+        settings = Settings(**document)
+    except ValidationError as exc:
+        raise ConfigError(format_errors(exc), source) from None
+    problems = _cross_checks(settings)
+    if problems:
+        raise ConfigError(problems, source)
+    return settings
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"cannot read config file: {exc.strerror}"], str(path)) from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"YAML syntax error{where}: {problem}"], str(path)) from None
+    if document is None:
+        return {}
+    if not isinstance(document, dict):
+        raise ConfigError(
+            [f"the top level must be a mapping of keys, got {type(document).__name__}"], str(path)
+        )
+    odd = [key for key in document if not isinstance(key, str)]
+    if odd:
+        # Settings(**document) would fail with a bare TypeError ("keywords must be strings").
+        raise ConfigError([f"{key!r}: unknown key (keys must be text)" for key in odd], str(path))
+    return document
+
+
+def _cross_checks(settings: Settings) -> list[str]:
+    problems = []
+    defined = ", ".join(sorted(settings.classes))
+    for i, rule in enumerate(settings.secrets):
+        if rule.class_ not in settings.classes:
+            problems.append(
+                f"secrets.{i}.class: unknown class {rule.class_!r} (defined classes: {defined})"
+            )
+    host, _ = split_hostport(settings.listen)
+    if not is_loopback(host) and not settings.allow_remote_callers:
+        problems.append(
+            f"listen: {host} is not a loopback address, so any host that reaches it could ask "
+            "for secrets; use 127.0.0.1 or ::1, or set allow_remote_callers: true deliberately"
+        )
+    for i, rule in enumerate(settings.secrets):
+        if rule.preload and not is_literal(rule.match):
+            problems.append(
+                f"secrets.{i}.preload: only a literal path can be preloaded, and {rule.match!r} "
+                "has wildcards; add a rule with the exact path"
+            )
+    if "address" in settings.backend.model_fields_set and settings.backend.addresses:
+        problems.append("backend.addresses: give either address or addresses, not both")
+    for name, spec in settings.classes.items():
+        if spec.max_cache_age > settings.max_cache_age_ceiling:
+            problems.append(
+                f"classes.{name}.max_cache_age: above max_cache_age_ceiling "
+                f"({format_duration(settings.max_cache_age_ceiling)})"
+            )
+    if settings.caller_token_file == settings.admin_token_file:
+        problems.append("admin_token_file: must differ from caller_token_file")
+    if settings.listen == settings.metrics_listen and not settings.listen.endswith(":0"):
+        problems.append("metrics_listen: must differ from listen (the two APIs are separate)")
+    return problems
+
+
+_FRIENDLY = {
+    "missing": "required key is missing",
+    "bool_parsing": "must be true or false",
+    "bool_type": "must be true or false",
+    "int_parsing": "must be a whole number",
+    "int_type": "must be a whole number",
+    "string_type": "must be a text value",
+    "dict_type": "must be a mapping of keys",
+    "model_type": "must be a mapping of keys",
+    "list_type": "must be a list",
+}
+
+
+def format_errors(exc: ValidationError) -> list[str]:
+    lines = []
+    for error in exc.errors(include_url=False):
+        loc = _display_loc(error["loc"])
+        kind = error["type"]
+        ctx: Mapping[str, Any] = error.get("ctx") or {}
+        if kind == "extra_forbidden":
+            valid = _valid_keys(error["loc"][:-1])
+            hint = f" (valid keys here: {', '.join(valid)})" if valid else ""
+            message = f"unknown key{hint}"
+        elif kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
+            op = {"greater_than_equal": ">=", "less_than_equal": "<=", "greater_than": ">"}.get(
+                kind, "<"
+            )
+            bound = next(iter(ctx.values()))
+            message = f"must be {op} {bound}, got {error.get('input')!r}"
+        elif kind == "too_short":
+            message = "must not be empty"
+        elif kind in ("literal_error", "enum"):
+            message = f"must be one of {ctx.get('expected')}, got {error.get('input')!r}"
+        elif kind == "union_tag_invalid":
+            message = f"method must be one of {ctx.get('expected_tags')}, got {ctx.get('tag')!r}"
+        elif kind == "union_tag_not_found":
+            message = "method is required (token, approle or kubernetes)"
+        elif kind in ("value_error", "assertion_error"):
+            message = str(ctx.get("error", error["msg"]))
+        else:
+            message = _FRIENDLY.get(kind, error["msg"])
+        lines.append(f"{loc}: {message}" if loc else message)
+    return lines
+
+
+_AUTH_TAGS = {"token", "approle", "kubernetes"}
+
+
+def _display_loc(loc: tuple[int | str, ...]) -> str:
+    parts = [str(p) for p in loc]
+    # A discriminated union adds its tag to the location: backend.auth.approle.role_id.
+    for i in range(1, len(parts)):
+        if parts[i - 1] == "auth" and parts[i] in _AUTH_TAGS:
+            del parts[i]
+            break
+    return ".".join(p if p != "class_" else "class" for p in parts)
+
+
+def _valid_keys(loc: tuple[int | str, ...]) -> list[str]:
+    model: Any = Settings
+    for part in loc:
+        if isinstance(part, int) or model is None:
+            continue
+        if part in _AUTH_TAGS:
+            model = {"token": TokenAuth, "approle": AppRoleAuth, "kubernetes": KubernetesAuth}[part]
+            continue
+        fields = getattr(model, "model_fields", None)
+        if fields is None:
+            return []
+        if part not in fields:
+            # a dict key (a class name): descend into the dict's value model
+            continue
+        annotation = fields[part].annotation
+        model = _inner_model(annotation)
+    fields = getattr(model, "model_fields", None) or {}
+    return [info.alias or name for name, info in fields.items()]
+
+
+def _inner_model(annotation: Any) -> Any:
+    for candidate in (annotation, *getattr(annotation, "__args__", ())):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+        for inner in getattr(candidate, "__args__", ()):
+            if isinstance(inner, type) and issubclass(inner, BaseModel):
+                return inner
+    return None
