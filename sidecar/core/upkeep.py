@@ -46,7 +46,7 @@ class Upkeep:
         self._rng = rng
         self._ahead = refresh_ahead
         self._backoff = backoff
-        self._pinned: set[CacheKey] = set()  # preloaded: kept fresh whether read or not
+        self._preloaded: set[CacheKey] = set()  # preloaded: kept fresh whether read or not
         self._attempts: dict[CacheKey, int] = {}  # consecutive failed background fetches
         self._background: set[asyncio.Task[Entry]] = set()
 
@@ -78,7 +78,7 @@ class Upkeep:
         """Values were purged: the preloaded ones are fetched again soon."""
         now = self._clock()
         for key in keys:
-            if key in self._pinned:
+            if key in self._preloaded:
                 self.schedule.push(now + self._rng(), Due.FETCH, key)
 
     def window_changed(self, secret_class: SecretClass, shorter: bool) -> None:
@@ -96,12 +96,12 @@ class Upkeep:
         now = self._clock()
         for path in paths:
             key = (path, None)
-            self._pinned.add(key)
+            self._preloaded.add(key)
             if key not in self._entries:  # a restored value already has its confirmation due
                 self.schedule.push(now + jitter * self._rng(), Due.FETCH, key)
 
-    def pinned(self) -> list[str]:
-        return sorted(path for path, _ in self._pinned)
+    def preloaded(self) -> list[str]:
+        return sorted(path for path, _ in self._preloaded)
 
     def expire_later(self, key: CacheKey, entry: Entry) -> None:
         if not entry.expiry_scheduled:
@@ -113,7 +113,7 @@ class Upkeep:
 
     def wanted(self, key: CacheKey, now: float) -> bool:
         """Worth a store request: preloaded, awaited, or read within the refresh interval."""
-        if key in self._pinned or self._rotations.awaited(key):
+        if key in self._preloaded or self._rotations.awaited(key):
             return True
         entry = self._entries.get(key)
         return entry is not None and now - entry.last_read <= entry.secret_class.refresh_interval

@@ -79,7 +79,7 @@ _KEY_CHECK_LABEL = b"secrets-sidecar snapshot key check"
 
 @dataclass(frozen=True, slots=True)
 class SnapshotEntry:
-    version_key: int | None  # the cache key's version part: None = "latest", N = pinned
+    version_key: int | None  # the cache key's version part: None = "latest", N = that version
     secret: Secret
     class_name: str
     confirmed_at: float  # wall-clock epoch seconds when the store last confirmed the value
