@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from sidecar import __version__
 from sidecar.core.cache import SecretCache
+from sidecar.core.clock import SYSTEM, Clock
 from sidecar.core.events import EventHub
 from sidecar.core.facts import Bus
 from sidecar.core.supervise import listener_of_failures, supervised
@@ -26,6 +27,7 @@ from sidecar.http.keys import (
     FACTS_KEY,
     HTTP_KEY,
     HUB_KEY,
+    MAX_BODY,
     MAX_WAIT_KEY,
     PASSTHROUGH_KEY,
     READY_KEY,
@@ -92,9 +94,10 @@ def create_app(
     registry: CollectorRegistry | None = None,
     caller_token: str | None = None,
     admin_token: str | None = None,
+    clock: Clock = SYSTEM,
 ) -> Sidecar:
-    """Build the sidecar from settings. Tests pass a registry, tokens and, where they need one,
-    a store; everything else comes from the settings."""
+    """Build the sidecar from settings. Tests pass a registry, tokens, a clock they can move
+    forward and, where they need one, a store; everything else comes from the settings."""
     metrics = Metrics(registry)
     policy = settings.policy()
     metrics.declare_classes(sorted(settings.classes))
@@ -106,16 +109,19 @@ def create_app(
     # trail and the event stream each take what they need from it.
     facts = Bus(metrics, trail, hub)
     if store is None:
-        store = KVStore(settings.backend, listener=facts)
+        store = KVStore(settings.backend, listener=facts, clock=clock.monotonic)
     backoff = settings.backend.backoff
     cache = SecretCache(
         store,
         policy,
         listener=facts,
+        clock=clock.monotonic,
+        wall=clock.wall,
         backoff=(backoff.base, backoff.cap),
     )
+    clock.on_jump(cache.time_moved)
     metrics.watch_ages(cache)
-    tokens = _tokens(settings, audit, caller_token, admin_token)
+    tokens = _tokens(settings, audit, caller_token, admin_token, clock)
     snapshotter = None
     if key:
         snapshotter = Snapshotter(
@@ -126,6 +132,7 @@ def create_app(
             audit,
             mounts=store,
             confirm_within=settings.startup_jitter,
+            wall=clock.wall,
         )
     verifier = Verifier(
         cache,
@@ -134,9 +141,11 @@ def create_app(
         lookback=settings.verify_lookback,
         listener=facts,
     )
-    admin = Admin(cache, audit, facts, snapshotter, ceiling=settings.max_cache_age_ceiling)
+    admin = Admin(
+        cache, audit, facts, snapshotter, ceiling=settings.max_cache_age_ceiling, clock=clock
+    )
 
-    api = web.Application(client_max_size=64 * 1024)
+    api = web.Application(client_max_size=MAX_BODY)
     api[CACHE_KEY] = cache
     api[GUARD_KEY] = Guard(
         tokens.callers,
@@ -203,7 +212,11 @@ class _Tokens:
 
 
 def _tokens(
-    settings: Settings, audit: AuditLog, caller_token: str | None, admin_token: str | None
+    settings: Settings,
+    audit: AuditLog,
+    caller_token: str | None,
+    admin_token: str | None,
+    clock: Clock,
 ) -> _Tokens:
     """The caller and admin tokens: given (tests), or from their files, which are then
     watched for rotations. The two must differ, now and after any rotation."""
@@ -221,7 +234,8 @@ def _tokens(
         raise ConfigError(
             ["admin_token_file: holds the same token as caller_token_file; they must differ"]
         )
-    callers, admins = CallerCheck(caller), CallerCheck(admin)
+    callers = CallerCheck(caller, clock=clock.monotonic)
+    admins = CallerCheck(admin, clock=clock.monotonic)
     files = []
     for path, check, token, setting, given, other in (
         (settings.caller_token_file, callers, caller, "caller_token_file", caller_token, admins),

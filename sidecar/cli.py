@@ -1,6 +1,8 @@
-"""Command line: ``sidecar run``, ``sidecar check-config``, ``sidecar demo``, ``sidecar --version``.
+"""Command line: ``sidecar run``, ``check-config``, ``snapshot inspect``, ``evidence``, ``demo``,
+``--version``.
 
-Exit codes: 0 success, 1 runtime failure (e.g. a port in use), 2 invalid configuration or usage.
+Exit codes: 0 success, 1 runtime failure (e.g. a port in use, or a snapshot with a problem),
+2 invalid configuration or usage. ``sidecar evidence`` has its own (see sidecar/ops/evidence.py).
 """
 
 from __future__ import annotations
@@ -81,6 +83,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``sidecar`` command: run the subcommand ``argv`` names and return its exit code (usage
+    help and 2 when none is given)."""
     args = _parser().parse_args(argv)
     if args.command == "run":
         return _run(args.config)

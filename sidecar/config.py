@@ -118,6 +118,8 @@ _FRIENDLY = {
 
 
 def format_errors(exc: ValidationError) -> list[str]:
+    """Pydantic's validation errors as problem lines, ``key.path: what is wrong``, naming the
+    valid keys or range, so one run reports every mistake in the file's own terms."""
     lines = []
     for error in exc.errors(include_url=False):
         loc = _display_loc(error["loc"])

@@ -23,7 +23,8 @@ log = logging.getLogger("sidecar.server")
 
 
 class ListenError(Exception):
-    pass
+    """A listener could not bind (port in use, no permission): a runtime failure (exit code 1),
+    with the key to change."""
 
 
 class SidecarRunner(GuardedRunner):
@@ -50,6 +51,8 @@ class MalformedRequests(logging.Filter):
     them must not bury the log or copy a token into it."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Turn aiohttp's report of a refused malformed request (4xx) into one warning line
+        naming the kind of error; every other record passes unchanged."""
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, HttpProcessingError) and 400 <= (exc.code or 500) < 500:
             record.levelno, record.levelname = logging.WARNING, "WARNING"
@@ -61,6 +64,8 @@ class MalformedRequests(logging.Filter):
 
 
 def quiet_malformed_requests() -> None:
+    """Install the MalformedRequests filter on aiohttp's server logger, once however often it is
+    called."""
     logger = logging.getLogger("aiohttp.server")
     if not any(isinstance(f, MalformedRequests) for f in logger.filters):
         logger.addFilter(MalformedRequests())
@@ -71,6 +76,8 @@ class AccessLog(AbstractAccessLogger):
     may be anything a caller typed), status, duration. Never a token or a header value."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        """Write one access line for a finished request (aiohttp calls it when ``access_log`` is
+        on)."""
         self.logger.info(
             "request",
             extra={
@@ -84,12 +91,17 @@ class AccessLog(AbstractAccessLogger):
 
 
 async def serve(settings: Settings) -> None:
+    """Build the sidecar from ``settings`` and run it until a signal stops it: the body of
+    ``sidecar run``."""
     sidecar = create_app(settings)
     server = Server(sidecar)
     await server.run()
 
 
 class Server:
+    """Runs both listeners, the secrets API and ops, around the application's lifetime: started
+    in order, stopped on a signal within the shutdown deadline."""
+
     def __init__(self, sidecar: Sidecar) -> None:
         self.sidecar = sidecar
         settings = sidecar.settings
@@ -121,6 +133,7 @@ class Server:
         self._signals = 0
 
     async def run(self) -> None:
+        """Start, wait for a stop (a signal or ``stop``), then shut down, however the wait ended."""
         await self.startup()
         try:
             await self._stop.wait()
@@ -128,9 +141,12 @@ class Server:
             await self.shutdown()
 
     def stop(self) -> None:
+        """Ask for a graceful stop, as the first SIGTERM does: ``run`` then shuts down."""
         self._stop.set()
 
     async def startup(self) -> None:
+        """Start the application before any listener opens, then bind both listeners and install
+        the signal handlers; a bind failure shuts everything down and raises ListenError."""
         settings = self.sidecar.settings
         # 1. Start the application (authenticate, start the refresher): before any listener.
         await self._api.setup()
@@ -191,6 +207,9 @@ class Server:
             raise SystemExit(1)
 
     async def shutdown(self) -> None:
+        """Stop both listeners, letting requests in flight finish, and run the application's
+        cleanup; give up after shutdown_timeout plus a margin, so a stuck request cannot hold the
+        exit."""
         # 1. Stop accepting and let requests in flight finish, up to shutdown_timeout
         #    (aiohttp's runner does both, then runs the app's cleanup: refresher, store client).
         deadline = self.sidecar.settings.shutdown_timeout + 5.0

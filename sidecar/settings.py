@@ -56,10 +56,15 @@ class ConfigError(Exception):
 
 
 class Strict(BaseModel):
+    """The base of every settings section: an unknown key is an error (a typo must not pass
+    silently), and settings cannot change once loaded."""
+
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 def split_hostport(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (an IPv6 host in brackets) as host and port, for binding and for the
+    loopback check; ValueError says the expected form."""
     host, sep, port_text = value.rpartition(":")
     if not sep or not host:
         raise ValueError(f"expected HOST:PORT such as 127.0.0.1:8100, got {value!r}")
@@ -70,6 +75,8 @@ def split_hostport(value: str) -> tuple[str, int]:
 
 
 def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only, so a secrets API open to the network
+    is refused unless allowed."""
     if host == "localhost":
         return True
     try:
@@ -88,7 +95,8 @@ HostPort = Annotated[str, AfterValidator(_hostport)]
 
 class SecretClassSettings(Strict):
     """A class of secrets by failure mode: who owns it, how long it may be cached, what to do
-    when the store is down. Every field but ``preload`` is required: intent must be written down."""
+    when the store is down. Every field but ``preload``, ``overlap`` and ``negative_ttl`` is
+    required: intent must be written down."""
 
     business_function: Text
     owner: Text
@@ -128,12 +136,18 @@ class SecretClassSettings(Strict):
 
 
 class RuleSettings(Strict):
+    """One ``secrets`` rule: which store paths (a glob) belong to which class, and whether to
+    preload them."""
+
     match: Text = Field(description="glob over the store path; ** spans segments")
     class_: Text = Field(alias="class")
     preload: bool | None = None  # None: the class decides
 
 
 class TokenAuth(Strict):
+    """Authenticate with a token given to the sidecar: ``token_file``, else BAO_TOKEN or
+    VAULT_TOKEN from the environment (read once, at load)."""
+
     method: Literal["token"] = "token"
     token_file: Path | None = None
     _env_token: SecretStr | None = PrivateAttr(default=None)
@@ -152,10 +166,15 @@ class TokenAuth(Strict):
 
     @property
     def env_token(self) -> SecretStr | None:
+        """The token taken from the environment at load (None with ``token_file``), kept out of
+        reprs and dumps."""
         return self._env_token
 
 
 class AppRoleAuth(Strict):
+    """Log in with AppRole: the role_id inline or in a file, and an optional secret_id file
+    (files are read at each login)."""
+
     method: Literal["approle"]
     role_id: Text | None = None
     role_id_file: Path | None = None
@@ -170,6 +189,9 @@ class AppRoleAuth(Strict):
 
 
 class KubernetesAuth(Strict):
+    """Log in with the pod's service account token, read from ``jwt_file`` at each login (the
+    kubelet rotates it)."""
+
     method: Literal["kubernetes"]
     role: Text
     jwt_file: Path = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
@@ -180,6 +202,9 @@ AuthSettings = Annotated[TokenAuth | AppRoleAuth | KubernetesAuth, Field(discrim
 
 
 class TLSSettings(Strict):
+    """How to trust and authenticate to the store over HTTPS: the CA, a client certificate, or no
+    verification at all."""
+
     ca_cert: Path | None = None
     client_cert: Path | None = None
     client_key: Path | None = None
@@ -202,6 +227,9 @@ class BackoffSettings(Strict):
 
 
 class CircuitBreakerSettings(Strict):
+    """How many consecutive failures open a node's circuit, after which requests to it fail fast
+    instead of each waiting out a timeout."""
+
     failure_threshold: int = Field(default=3, ge=1, le=100)
 
 
@@ -213,6 +241,9 @@ class RateLimitSettings(Strict):
 
 
 class BackendSettings(Strict):
+    """The store and how to talk to it: its nodes, namespace, auth, timeout, concurrency, TLS,
+    and the limits that protect both sides."""
+
     address: Text = "http://127.0.0.1:8200"
     addresses: list[Text] = Field(default_factory=list)
     namespace: str | None = None
@@ -306,6 +337,9 @@ LogLevel = Literal["debug", "info", "warning", "error"]
 
 
 class Settings(BaseSettings):
+    """The whole configuration: ``SIDECAR_*`` variables over the YAML file over Vault's variables
+    over defaults. Load it with ``config.load_settings``, which adds the checks across keys."""
+
     model_config = SettingsConfigDict(
         env_prefix="SIDECAR_",
         env_nested_delimiter="__",
@@ -348,6 +382,8 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The sources in precedence order: ``SIDECAR_*`` beats the YAML document (passed as init
+        kwargs), which beats Vault's own variables; no dotenv or secrets directory."""
         # The YAML document arrives as init kwargs; SIDECAR_* beats it, Vault's variables don't.
         return env_settings, init_settings, VaultEnvironment(settings_cls)
 
@@ -359,6 +395,8 @@ class Settings(BaseSettings):
         return value
 
     def policy(self) -> Policy:
+        """The rules and classes as the cache's Policy; a rule preloads only if it (or else its
+        class) says so and its path is literal."""
         classes = {
             name: SecretClass(name=name, **spec.model_dump()) for name, spec in self.classes.items()
         }
@@ -386,6 +424,7 @@ class VaultEnvironment(PydanticBaseSettingsSource):
     )
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        """Unused, but required of a settings source: ``__call__`` reads the variables itself."""
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:

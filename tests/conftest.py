@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from sidecar.app import Sidecar, create_app
 from sidecar.config import settings_from
+from sidecar.core.clock import ManualClock
 from sidecar.dev.openbao import DevOpenBao
 from sidecar.server import Server, SidecarRunner
 
@@ -123,10 +124,21 @@ SidecarFactory = Callable[..., Awaitable[tuple[TestClient[Any, Any], Sidecar]]]
 
 
 @pytest.fixture
+def clock() -> ManualClock:
+    """The sidecar's clock in this test: real time until the test ``advance``s it."""
+    return ManualClock()
+
+
+@pytest.fixture
 async def make_sidecar(
-    aiohttp_client: Any, openbao: DevOpenBao, store_token_file: Path, tmp_path: Path
+    aiohttp_client: Any,
+    openbao: DevOpenBao,
+    store_token_file: Path,
+    tmp_path: Path,
+    clock: ManualClock,
 ) -> SidecarFactory:
-    """Build a real sidecar (real VaultBackend) in front of ``address`` (default: the store)."""
+    """Build a real sidecar (real store client) in front of ``address`` (default: the store),
+    on the test's ``clock``."""
 
     async def factory(
         address: str | None = None, *, document: dict[str, Any] | None = None, **overrides: Any
@@ -138,6 +150,7 @@ async def make_sidecar(
             registry=CollectorRegistry(),
             caller_token=CALLER_TOKEN,
             admin_token=ADMIN_TOKEN,
+            clock=clock,
         )
         client = await aiohttp_client(SidecarTestServer(sidecar.api))
         return client, sidecar

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from sidecar.core.clock import ManualClock
 from sidecar.dev.openbao import DevOpenBao
 from tests.conftest import ADMIN, AUTH, CLASSES, SidecarFactory, metric
 from tests.faultproxy import FaultProxy
@@ -152,7 +153,11 @@ async def test_revocation_list_keeps_working_when_the_circuit_is_open(
 
 
 async def test_extend_respects_the_ceiling_and_reverts(
-    make_sidecar: SidecarFactory, openbao: DevOpenBao, uid: str, tmp_path: Path
+    make_sidecar: SidecarFactory,
+    openbao: DevOpenBao,
+    uid: str,
+    tmp_path: Path,
+    clock: ManualClock,
 ):
     openbao.kv_put(f"{uid}/db", {"password": "ext-pw"})
     proxy = FaultProxy(openbao.port).start()
@@ -188,12 +193,12 @@ async def test_extend_respects_the_ceiling_and_reverts(
         status = await (await client.get("/admin/status", headers=ADMIN)).json()
         assert "standard" in status["extensions"]
 
-        await asyncio.sleep(2.5)  # older than the configured 2 s: served only thanks to the window
+        clock.advance(2.5)  # older than the configured 2 s: served only thanks to the window
         stale = await client.get(path, headers=AUTH)
         assert stale.status == 200
         assert stale.headers["X-Sidecar-Cache"] == "STALE"
 
-        await asyncio.sleep(1.3)  # the window has reverted by itself
+        clock.advance(1.3)  # the window has reverted by itself
         gone = await client.get(path, headers=AUTH)
         assert gone.status == 503
         assert (await gone.json())["reason"] == "max_cache_age_exceeded"

@@ -3,9 +3,9 @@ lagging node answers an older version than one already served."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
+from sidecar.core.clock import ManualClock
 from sidecar.dev.openbao import DevOpenBao
 from tests.conftest import AUTH, CLASSES, SidecarFactory, config, metric
 
@@ -13,7 +13,7 @@ QUICK = {"standard": {**CLASSES["standard"], "refresh_interval": "1s", "max_cach
 
 
 async def test_failover_and_never_going_backwards(
-    make_sidecar: SidecarFactory, tmp_path: Path, uid: str
+    make_sidecar: SidecarFactory, tmp_path: Path, uid: str, clock: ManualClock
 ):
     primary = DevOpenBao(tmp_path / "primary").start()
     lagging = DevOpenBao(tmp_path / "lagging").start()  # a replica that missed two writes
@@ -38,7 +38,7 @@ async def test_failover_and_never_going_backwards(
         first = await client.get(f"/secrets/secret/{uid}/db", headers=AUTH)
         assert (await first.json())["version"] == 3
         primary.kill()
-        await asyncio.sleep(1.1)
+        clock.advance(1.1)
 
         # The lagging node answers version 1; the sidecar keeps serving 3 (stale), never 1.
         for _ in range(3):

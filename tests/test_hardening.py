@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from sidecar.app import create_app
 from sidecar.config import settings_from
+from sidecar.core.clock import ManualClock
 from sidecar.core.supervise import supervised
 from sidecar.dev.openbao import DevOpenBao
 from tests.conftest import (
@@ -171,22 +172,28 @@ async def test_a_flood_of_distinct_missing_paths_logs_a_few_lines(
 # -- token files ---------------------------------------------------------------------------
 
 
-async def _served(openbao: DevOpenBao, tmp_path: Path, aiohttp_client: Any, **overrides: Any):
+async def _served(
+    openbao: DevOpenBao,
+    tmp_path: Path,
+    aiohttp_client: Any,
+    clock: ManualClock | None = None,
+    **overrides: Any,
+):
     token_file = tmp_path / "store-token"
     token_file.write_text(openbao.root_token)
     settings = settings_from(config(openbao.addr, token_file, tmp_path, **overrides))
-    sidecar = create_app(settings, registry=CollectorRegistry())
+    sidecar = create_app(settings, registry=CollectorRegistry(), clock=clock or ManualClock())
     client: TestClient[Any, Any] = await aiohttp_client(SidecarTestServer(sidecar.api))
     return client, sidecar
 
 
 async def test_a_rotated_caller_token_works_at_once_and_the_old_one_stops_after_grace(
-    openbao: DevOpenBao, uid: str, tmp_path: Path, aiohttp_client: Any
+    openbao: DevOpenBao, uid: str, tmp_path: Path, aiohttp_client: Any, clock: ManualClock
 ):
     openbao.kv_put(f"{uid}/db", {"password": "pw-rotate-token"})
     audit = tmp_path / "audit.log"
     client, sidecar = await _served(
-        openbao, tmp_path, aiohttp_client, token_rotation_grace="1s", audit_log=str(audit)
+        openbao, tmp_path, aiohttp_client, clock, token_rotation_grace="1s", audit_log=str(audit)
     )
     path = f"/secrets/secret/{uid}/db"
     old = (tmp_path / "caller-token").read_text().strip()
@@ -200,7 +207,7 @@ async def test_a_rotated_caller_token_works_at_once_and_the_old_one_stops_after_
         await asyncio.sleep(0.1)
     assert (await client.get(path, headers={"X-Sidecar-Token": new})).status == 200
     assert (await client.get(path, headers={"X-Sidecar-Token": old})).status == 200  # grace
-    await asyncio.sleep(1.1)
+    clock.advance(1.1)
     assert (await client.get(path, headers={"X-Sidecar-Token": old})).status == 403
     assert (await client.get(path, headers={"X-Sidecar-Token": new})).status == 200
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-
+from sidecar.core.clock import ManualClock
 from sidecar.dev.openbao import DevOpenBao
 from tests.conftest import AUTH, CLASSES, SidecarFactory
 
@@ -13,24 +12,26 @@ FAST = {
 
 
 async def test_steady_traffic_only_sees_hits_and_new_versions_arrive(
-    make_sidecar: SidecarFactory, openbao: DevOpenBao, uid: str
+    make_sidecar: SidecarFactory, openbao: DevOpenBao, uid: str, clock: ManualClock
 ):
     openbao.kv_put(f"{uid}/busy", {"password": "pw-busy-1"})
     openbao.kv_put(f"{uid}/idle", {"password": "pw-idle-1"})
-    client, _ = await make_sidecar(classes=FAST, rules=[{"match": "**", "class": "quick"}])
+    client, sidecar = await make_sidecar(classes=FAST, rules=[{"match": "**", "class": "quick"}])
 
     assert (await client.get(f"/secrets/secret/{uid}/idle", headers=AUTH)).status == 200
     first = await client.get(f"/secrets/secret/{uid}/busy", headers=AUTH)
     assert first.headers["X-Sidecar-Cache"] == "MISS"
 
     outcomes, versions = [], []
-    for tick in range(30):  # 3 s of steady reads, three refresh intervals
+    for tick in range(30):  # 3 s of the sidecar's time, steady reads, three refresh intervals
         if tick == 10:
             openbao.kv_put(f"{uid}/busy", {"password": "pw-busy-2"})
         response = await client.get(f"/secrets/secret/{uid}/busy", headers=AUTH)
         outcomes.append(response.headers["X-Sidecar-Cache"])
         versions.append((await response.json())["version"])
-        await asyncio.sleep(0.1)
+        clock.advance(0.1)
+        sidecar.cache.run_due()  # what the refresher does when woken, here and now
+        await sidecar.cache.settle()
 
     assert set(outcomes) == {"HIT"}, outcomes
     # refreshed in the background at 75-90% of each interval, about three times in 3 s: each

@@ -14,6 +14,7 @@ import hvac
 import pytest
 from aiohttp.test_utils import TestClient
 
+from sidecar.core.clock import ManualClock
 from sidecar.dev.openbao import DevOpenBao, bao_binary
 from tests.conftest import AUTH, CALLER_TOKEN, CLASSES, SidecarFactory, config
 
@@ -109,7 +110,7 @@ async def test_bao_cli_prints_the_same_through_the_sidecar(
 
 
 async def test_store_down_hvac_and_cli_keep_working_within_max_age(
-    make_sidecar: SidecarFactory, tmp_path: Path, uid: str
+    make_sidecar: SidecarFactory, tmp_path: Path, uid: str, clock: ManualClock
 ):
     store = DevOpenBao(tmp_path / "store").start()
     try:
@@ -136,7 +137,7 @@ async def test_store_down_hvac_and_cli_keep_working_within_max_age(
         )
     finally:
         store.kill()
-    await asyncio.sleep(1.2)
+    clock.advance(1.2)
     stale = await _in_thread(
         sidecar.secrets.kv.v2.read_secret_version, f"{uid}/db", raise_on_deleted_version=True
     )

@@ -73,6 +73,7 @@ class SecretCache:
         self._listener: Listener = listener or Quiet()
         self._clock = clock
         self._wall = wall
+        self.wall = wall  # what "now" is to the values held (renderers compare overlaps)
         self._rng = rng
         self._entries = EntryTable(lambda count: self._listener.notify(EntriesChanged(count)))
         self._held = self._entries.by_key  # the hot path's one dict lookup
@@ -392,9 +393,14 @@ class SecretCache:
         """Forever: wake when something is due, refresh what was read recently, expire the old."""
         await self._upkeep.run(idle)
 
+    def time_moved(self) -> None:
+        """The clock jumped (a test advanced it): look at the schedule again now."""
+        self._upkeep.schedule.wakeup.set()
+
     async def settle(self) -> None:
         """Wait for background refreshes under way (tests, shutdown)."""
         await self._upkeep.settle()
 
     async def close(self) -> None:
+        """Stop fetching: background refreshes end and the store is no longer asked."""
         await self._fetcher.close()

@@ -1,5 +1,5 @@
 """HTTP for the admin token: purge, incident cache windows, status. Loopback only, like the
-secrets API; callers' tokens are refused here (see web.guard)."""
+secrets API; callers' tokens are refused here (see guard.py)."""
 
 from __future__ import annotations
 
@@ -62,6 +62,8 @@ async def extend(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
+    """``GET /admin/status``: what an operator checks during an incident: values cached, overlaps
+    open, incident windows, revocations in force, and when the list was last polled."""
     admin = request.app[ADMIN_KEY]
     cache = request.app[CACHE_KEY]
     return _json(
@@ -83,6 +85,7 @@ def _text(body: dict[str, Any], key: str) -> str:
 
 
 def admin_routes(app: web.Application) -> None:
+    """Add the admin endpoints, each behind the guard for the admin token only."""
     for path, handler, method in (
         ("/admin/purge", purge, "POST"),
         ("/admin/extend", extend, "POST"),

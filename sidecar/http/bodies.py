@@ -32,6 +32,8 @@ async def read_body(request: web.Request) -> bytes:
 async def json_body(
     request: web.Request, *, required: set[str], optional: set[str]
 ) -> dict[str, Any]:
+    """The body as a JSON object with exactly the expected keys: an unknown or missing key is a
+    400 naming it, so a typo is never silently ignored."""
     raw = await read_body(request)
     try:
         body = orjson.loads(raw)

@@ -65,6 +65,10 @@ class _Connection:
 
 
 class ConnectionGuard:
+    """One listener's connection bookkeeping: the cap (an idle connection is evicted before a new
+    one is refused), the header deadline, and the counts and logs, so a flood of idle or slow
+    sockets cannot lock out real requests."""
+
     def __init__(
         self,
         listener: str,
@@ -83,6 +87,8 @@ class ConnectionGuard:
         return len(self._open)
 
     def opened(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
+        """Admit a new connection: at the cap, evict the oldest one that is owed nothing, or
+        refuse this one when every open one is busy; then start its header deadline."""
         if len(self._open) >= self.limit:
             victim = next((c for c in self._open.values() if c.evictable), None)
             if victim is None:
@@ -103,6 +109,7 @@ class ConnectionGuard:
         self._gauge()
 
     def closed(self, handler: RequestHandler) -> None:
+        """Forget a connection that ended, so it no longer counts toward the cap."""
         connection = self._open.get(handler)
         if connection is not None:
             self._forget(connection)
@@ -168,10 +175,13 @@ class GuardedServer(web.Server):
     guard: ConnectionGuard
 
     def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
+        """Tell the guard of each new connection, so the cap and the header deadline apply from
+        its first byte."""
         super().connection_made(handler, transport)
         self.guard.opened(handler, transport)
 
     def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
+        """Tell the guard that a connection ended, freeing its slot."""
         super().connection_lost(handler, exc)
         self.guard.closed(handler)
 

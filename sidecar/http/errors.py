@@ -26,13 +26,13 @@ from sidecar.store.interface import (
     StoreUnavailable,
 )
 
-log = logging.getLogger("sidecar.web")
+log = logging.getLogger("sidecar.http")
 
 DEFAULT_RETRY_AFTER = 2  # seconds, when the store gave no hint
 
 
 class BadRequest(Exception):
-    """The caller's request is malformed; ``reason`` says how."""
+    """The caller's request is malformed; the message says how (it becomes the 400's reason)."""
 
 
 class PayloadTooLarge(Exception):
@@ -50,7 +50,8 @@ class Refused(Exception):
 
 
 class FieldNotFound(Exception):
-    pass
+    """The secret has no field of the name asked for (a one-field read): a 404 with its own code,
+    so a caller can tell a wrong field from a missing secret."""
 
 
 class VersionRetired(Exception):

@@ -30,6 +30,9 @@ CALLER_KEY = web.RequestKey("caller", bool)  # False: not the caller token (pass
 
 
 class Access(enum.Enum):
+    """Which token a route needs. Each route declares one, so authorisation follows the route
+    that actually runs, whatever the spelling of its path."""
+
     CALLER = "caller"  # the caller token: /secrets, /verify, /events
     ADMIN = "admin"  # the admin token: /admin/*
     VAULT = "vault"  # the caller token; with vault_api.passthrough, also the caller's store token
@@ -62,12 +65,16 @@ _MISSING = {
 
 
 def forwarding_header(headers: CIMultiDictProxy[str]) -> str | None:
+    """The first proxy or URL-override header the request carries, or None: such a request is
+    refused, since a loopback API has no business behind a proxy."""
     if headers.keys().isdisjoint(FORWARDING_HEADERS):  # one call in C: the common case
         return None
     return next(str(name) for name in FORWARDING_HEADERS if name in headers)
 
 
 def presented_token(headers: Mapping[str, str]) -> str | None:
+    """The token the caller sent: ``X-Sidecar-Token``, else ``X-Vault-Token`` (what Vault clients
+    send)."""
     return headers.get(SIDECAR_TOKEN) or headers.get(VAULT_TOKEN)
 
 
@@ -78,6 +85,9 @@ def well_formed(token: str) -> bool:
 
 
 class Guard:
+    """Decides whether a request's token and target may run the route that declared its access,
+    and counts the statuses of responses for the metrics."""
+
     def __init__(
         self, callers: CallerCheck, admins: CallerCheck, metrics: Metrics, *, passthrough: bool
     ) -> None:
@@ -146,6 +156,8 @@ class Guard:
             )
 
     def count(self, status: int) -> None:
+        """Count one response by status for ``sidecar_http_requests``: a plain dict increment,
+        cheap enough for the hot path."""
         statuses = self._statuses
         statuses[status] = statuses.get(status, 0) + 1
 

@@ -15,10 +15,8 @@ from sidecar.ops.emergency import Admin
 from sidecar.settings import HTTPSettings
 
 SECRETS_PREFIX = "/secrets/"
-ADMIN_PREFIX = "/admin/"
 VAULT_PREFIX = "/v1/"
 MAX_BODY = 64 * 1024
-KEEPALIVE = 15.0  # seconds between comments on an idle event stream
 
 CACHE_KEY = web.AppKey("cache", SecretCache)
 FACTS_KEY = web.AppKey("facts", Bus)

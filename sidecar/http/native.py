@@ -8,7 +8,7 @@ pre-rendered body, and only the age, staleness and an open overlap are formatted
 from __future__ import annotations
 
 import logging
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -41,7 +41,7 @@ from sidecar.http.keys import (
 )
 from sidecar.store.interface import SecretNotFound
 
-log = logging.getLogger("sidecar.web")
+log = logging.getLogger("sidecar.http")
 
 QUERY_PARAMS = frozenset({"field", "version", "wait", "newer_than"})
 
@@ -49,7 +49,7 @@ QUERY_PARAMS = frozenset({"field", "version", "wait", "newer_than"})
 def native_hit(cache: SecretCache) -> FastPath:
     def fast(path: str) -> web.StreamResponse | None:
         hit = cache.hit(path)
-        return None if hit is None else _render_hit(*hit)
+        return None if hit is None else _render_hit(*hit, cache.wall)
 
     return fast
 
@@ -143,10 +143,10 @@ def _envelope_head(entry: Entry) -> bytes:
     return head
 
 
-def _overlap_member(entry: Entry) -> bytes:
+def _overlap_member(entry: Entry, wall: Callable[[], float]) -> bytes:
     """``,"previous_kid": ...`` while the previous version is still served (rare: computed)."""
     version = entry.secret.version
-    if not entry.overlap_until or version is None or entry.overlap_until <= time.time():
+    if not entry.overlap_until or version is None or entry.overlap_until <= wall():
         return b""
     return b',"previous_kid":' + orjson.dumps(f"{entry.secret.path}#{version - 1}")
 
@@ -169,12 +169,13 @@ CACHE_HEADER = {"hit": "HIT", "miss": "MISS", "coalesced": "MISS", "stale": "STA
 
 async def get_secret(request: web.Request) -> web.Response:
     path = request.match_info["path"]
+    cache = request.app[CACHE_KEY]
     if request.method == "GET" and "?" not in request.raw_path:
         # The hot path: a fresh value already served once. Its path was validated when it
         # was first fetched, so nothing here but a dict lookup and pre-rendered bytes.
-        hit = request.app[CACHE_KEY].hit(path)
+        hit = cache.hit(path)
         if hit is not None:
-            return _render_hit(*hit)
+            return _render_hit(*hit, cache.wall)
     if request.method != "GET":
         return error_response(
             Refused(405, "method_not_allowed", "the secrets API is read-only: use GET")
@@ -182,7 +183,6 @@ async def get_secret(request: web.Request) -> web.Response:
     try:
         validate_path(path)
         query = _parse_query(request)
-        cache = request.app[CACHE_KEY]
         if query.version == PREVIOUS:
             lookup = await _previous(request, path)
         elif query.wait is not None:
@@ -202,7 +202,7 @@ async def get_secret(request: web.Request) -> web.Response:
                 lookup = waited
         else:
             lookup = await cache.get(path, query.version)
-        return render(lookup, query.field)
+        return render(lookup, query.field, cache.wall)
     except Exception as exc:  # every failure becomes a status in error_response
         return error_response(exc, path)
 
@@ -227,16 +227,17 @@ async def _previous(request: web.Request, path: str) -> Lookup:
     return previous
 
 
-def _render_hit(entry: Entry, age: float) -> web.Response:
+def _render_hit(entry: Entry, age: float, wall: Callable[[], float]) -> web.Response:
     head = entry.native_body or _envelope_head(entry)
     headers = _HIT_HEADERS.copy()
     headers[_AGE] = str(int(age))
-    overlap = _overlap_member(entry) if entry.overlap_until else b""
+    overlap = _overlap_member(entry, wall) if entry.overlap_until else b""
     body = head + b'%s,"age_seconds":%.3f,"stale":false}' % (overlap, age)
     return web.Response(body=body, headers=headers)
 
 
-def render(lookup: Lookup, field: str | None) -> web.Response:
+def render(lookup: Lookup, field: str | None, wall: Callable[[], float]) -> web.Response:
+    """A lookup as the native API answers it: the envelope, or one field's bare value."""
     entry = lookup.entry
     age = max(0.0, lookup.age)
     headers = {
@@ -261,7 +262,7 @@ def render(lookup: Lookup, field: str | None) -> web.Response:
             headers=headers,
         )
     body = _envelope_head(entry) + b'%s,"age_seconds":%.3f,"stale":%s}' % (
-        _overlap_member(entry),
+        _overlap_member(entry, wall),
         age,
         b"true" if lookup.stale else b"false",
     )

@@ -12,10 +12,14 @@ from sidecar.ops.metrics import Metrics
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """Liveness: the process answers HTTP. The store is not asked, so a store outage never gets
+    the sidecar restarted."""
     return web.json_response({"status": "ok"}, dumps=lambda o: orjson.dumps(o).decode())
 
 
 async def readyz(request: web.Request) -> web.Response:
+    """Readiness: 200 when started and every preloaded secret can be served, else 503; the body
+    is the readiness report either way."""
     report = dict(request.app[READY_KEY]())
     status = 200 if report.get("ready") else 503
     return web.json_response(report, status=status, dumps=lambda o: orjson.dumps(o).decode())
@@ -31,6 +35,8 @@ def server_header(app: web.Application) -> None:
 
 
 def ops_routes(app: web.Application, metrics: Metrics) -> None:
+    """Add metrics, liveness and readiness to the ops application (its listener takes no token:
+    Prometheus and the kubelet call it)."""
     app.router.add_get("/metrics", make_aiohttp_handler(metrics.registry))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -66,6 +66,8 @@ def vault_hit(store: Store, cache: SecretCache) -> FastPath:
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
+    """Every request under /v1/: KV reads and the CLI's mount preflight answered from the cache,
+    anything else refused or passed through, every failure in Vault's error shape."""
     api_path = request.match_info["tail"]
     try:
         # Vault's list paths end in "/": allowed here, and never a KV read.
@@ -270,7 +272,8 @@ def _body(secret: Secret, version: int | None) -> bytes:
 
 
 def render(lookup: Lookup, version: int | None) -> web.Response:
-    """Pre-rendered once per cached value, like the native API; only headers vary."""
+    """A lookup as Vault answers a read, with ``X-Cache`` and ``Age`` as Vault Agent sends them.
+    The body is rendered once per cached value, like the native API; only headers vary."""
     entry = lookup.entry
     body = entry.vault_body
     if body is None:
@@ -288,6 +291,8 @@ def render(lookup: Lookup, version: int | None) -> web.Response:
 
 
 def vault_routes(app: web.Application) -> None:
+    """Add the Vault-compatible API under /v1/, behind the guard (the caller token, or with
+    passthrough the caller's own store token)."""
     app.router.add_route(
         "*", VAULT_PREFIX + r"{tail:[\s\S]*}", guarded(handle, Access.VAULT, VAULT_PREFIX)
     )

@@ -2,7 +2,7 @@
 
 It never holds a secret value or a token. Values appear only as HMAC-SHA256 fingerprints under
 a local key, so the evidence shows that a value changed (or did not) without revealing it.
-``sidecar evidence`` (sidecar/evidence.py) reads the log back.
+``sidecar evidence`` (sidecar/ops/evidence.py) reads the log back.
 """
 
 from __future__ import annotations
@@ -68,7 +68,9 @@ def fingerprint_key(key_file: Path | None, fallback: bytes | None) -> tuple[byte
 
 
 class AuditLog:
-    """Thread-safe (store reads run in worker threads). With no ``path`` and no ``stdout``,
+    """The evidence of security-relevant events, written as they happen, never holding a value.
+
+    Thread-safe (store reads run in worker threads). With no ``path`` and no ``stdout``,
     records are validated and counted, then dropped: a disabled audit log."""
 
     def __init__(
@@ -110,6 +112,9 @@ class AuditLog:
     # -- writing --------------------------------------------------------------------
 
     def record(self, event: str, **fields: Any) -> None:
+        """Append one event to the evidence. Fields that could hold a value (by name, or not
+        plain scalars) are refused as a caller's bug; a failed write is logged and counted, never
+        raised, so a full disk cannot stop the serving of secrets."""
         if not event or not isinstance(event, str):
             raise ValueError(f"audit event name must be a non-empty string, got {event!r}")
         _check_fields(event, fields)
@@ -209,6 +214,8 @@ class AuditLog:
         return "stdout" if self.path is None else str(self.path)
 
     def close(self) -> None:
+        """Stop writing at shutdown and release the file; later records are still checked and
+        counted, but not written."""
         with self._lock:
             self._closed = True
             self._close_fd()

@@ -10,11 +10,11 @@ import asyncio
 import dataclasses
 import logging
 import random
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from sidecar.core.cache import SecretCache
+from sidecar.core.clock import SYSTEM, Clock, Timer
 from sidecar.core.durations import format_duration
 from sidecar.core.facts import Listener, RevocationsPolled, Revoked
 from sidecar.core.policy import SecretClass
@@ -34,6 +34,9 @@ class MalformedList(Exception):
 
 
 class AdminError(Exception):
+    """An admin request refused, with the HTTP status to answer (404 for an unknown class, 400
+    for a value out of range)."""
+
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
         self.status = status
@@ -41,6 +44,9 @@ class AdminError(Exception):
 
 
 class Admin:
+    """The emergency controls behind /admin and the revocation list: every action is audited, and
+    whatever one drops is dropped from the snapshot too."""
+
     def __init__(
         self,
         cache: SecretCache,
@@ -49,16 +55,17 @@ class Admin:
         snapshotter: Snapshotter | None,
         *,
         ceiling: float,
-        wall: Callable[[], float] = time.time,
+        clock: Clock = SYSTEM,
     ) -> None:
         self._cache = cache
         self._audit = audit
         self._listener = listener
         self._snapshotter = snapshotter
         self._ceiling = ceiling
-        self._wall = wall
+        self._clock = clock
+        self._wall = clock.wall
         self._configured: dict[str, SecretClass] = {}  # classes as configured, while extended
-        self._reverts: dict[str, asyncio.TimerHandle] = {}
+        self._reverts: dict[str, Timer] = {}
         self._extended_until: dict[str, float] = {}
         self.revocations_polled_at: float | None = None
 
@@ -73,6 +80,8 @@ class Admin:
     async def purge(
         self, *, path: str | None = None, prefix: str | None = None, by: str = "admin"
     ) -> int:
+        """Drop cached values (one path, a prefix, or everything) from memory and from the
+        snapshot, e.g. after a leak; returns how many entries went."""
         count = self._cache.purge(path=path, prefix=prefix)
         scope = "path" if path is not None else "prefix" if prefix is not None else "all"
         self._audit.record("purged", scope=scope, target=path or prefix, entries=count, by=by)
@@ -85,6 +94,9 @@ class Admin:
     def extend(
         self, class_name: str, max_cache_age: float, duration: float, requested: str
     ) -> dict[str, Any]:
+        """Raise a class's max_cache_age for ``duration`` during an incident (audited, reverted
+        by itself), so riding out a long outage needs no configuration change; never below the
+        configured age nor above the ceiling."""
         current = self._cache.class_named(class_name)
         if current is None:
             raise AdminError(404, f"no class named {class_name!r}")
@@ -110,8 +122,9 @@ class Admin:
         previous = self._reverts.pop(class_name, None)
         if previous is not None:
             previous.cancel()
-        loop = asyncio.get_running_loop()
-        self._reverts[class_name] = loop.call_later(duration, self._revert, class_name)
+        self._reverts[class_name] = self._clock.call_later(
+            duration, lambda: self._revert(class_name)
+        )
         until = self._wall() + duration
         self._extended_until[class_name] = until
         self._audit.record(
@@ -150,15 +163,21 @@ class Admin:
         log.warning("cache window reverted", extra={"class": class_name})
 
     def extensions(self) -> dict[str, str]:
+        """The incident windows in force and when each ends, for /admin/status."""
         return {name: iso_time(until) for name, until in self._extended_until.items()}
 
     def close(self) -> None:
+        """Cancel the pending reverts at shutdown, so no timer fires after the event loop is
+        gone."""
         for handle in self._reverts.values():
             handle.cancel()
 
     # -- the revocation list -----------------------------------------------------------
 
     async def apply_revocations(self, revoked: list[Revocation]) -> None:
+        """Make the cache follow a newly read revocation list: revoked values are dropped now
+        (and from the snapshot), additions and lifted entries are audited, and listeners hear of
+        each revocation."""
         added, removed, purged = self._cache.set_revocations(revoked)
         for path, version, reason in added:
             self._audit.record("revoked", path=path, version=version, reason=reason, entries=purged)
@@ -210,7 +229,9 @@ class Admin:
 
 
 def parse_revocations(data: Mapping[str, Any]) -> tuple[list[Revocation], list[str]]:
-    """``{"revoked": [{"path": ..., "version": N (optional), "reason": ...}]}``."""
+    """The revocation list document, ``{"revoked": [{"path": ..., "version": N (optional),
+    "reason": ...}]}``, as entries, plus one problem line per entry left out: one bad entry
+    must not void the rest of the list."""
     items = data.get("revoked", [])
     if not isinstance(items, list):
         return [], ["'revoked' must be a list"]

@@ -103,7 +103,9 @@ def build_report(
     path_glob: str | None = None,
     now: float | None = None,
 ) -> dict[str, Any]:
-    """``since``: a window in seconds before ``now`` (default: the wall clock); older records
+    """The evidence report (the ``--json`` document above) from audit records, in any order.
+
+    ``since``: a window in seconds before ``now`` (default: the wall clock); older records
     are left out. ``path_glob`` (a policy glob) leaves out records about other paths; records
     about no path in particular (the global section) are always kept."""
     now = time.time() if now is None else now
@@ -263,6 +265,9 @@ class _Lines:
 
 
 def main(audit_log: Path, since: str | None, path_glob: str | None, as_json: bool) -> int:
+    """Run ``sidecar evidence`` on one audit log: print the report (text, or JSON with
+    ``as_json``) and return the exit code, 1 when a retired value was presented, so a pipeline
+    can gate on it."""
     window = None
     if since is not None:
         try:

@@ -8,10 +8,14 @@ from typing import Any
 
 
 def new_tally() -> dict[str, Any]:
+    """An empty ``{count, last}`` tally: the report's shape for every counted event."""
     return {"count": 0, "last": None}
 
 
 class SecretEvidence:
+    """What the audit log shows about one path, gathered record by record, then summarised for
+    the report."""
+
     def __init__(self) -> None:
         self.class_: Any = None
         self.owner: Any = None
@@ -27,12 +31,16 @@ class SecretEvidence:
         self.unrevocations: list[dict[str, Any]] = []
 
     def note_owner(self, record: Mapping[str, Any]) -> None:
+        """Keep the latest class and owner any record names, so the report says whose secret it
+        is."""
         if record.get("class") is not None:
             self.class_ = record["class"]
         if record.get("owner") is not None:
             self.owner = record["owner"]
 
     def add(self, event: str, epoch: float, stamp: str, r: Mapping[str, Any]) -> None:
+        """Take one per-path record (``epoch`` orders it, ``stamp`` is shown) into the evidence;
+        an event it does not know is ignored."""
         if event == "rotation_detected":
             old, new = r.get("old_fingerprint"), r.get("new_fingerprint")
             rotation = {
@@ -87,6 +95,8 @@ class SecretEvidence:
             )
 
     def summary(self) -> dict[str, Any]:
+        """The path's section of the report: each rotation matched with its first serve and the
+        retirement of the old version, and every tally with its sets sorted."""
         rotations = [self._rotation(epoch, rotation) for epoch, rotation in self.rotations]
         adopted_later = False
         for rotation in reversed(rotations):
@@ -140,6 +150,7 @@ class SecretEvidence:
 
 
 def count_in(tally: dict[str, Any], stamp: str) -> None:
+    """Count one occurrence in a tally, and remember when it was."""
     tally["count"] += 1
     tally["last"] = stamp
 
@@ -154,6 +165,7 @@ def _sorted(items: set[Any]) -> list[Any]:
 
 
 def purge_record(stamp: str, r: Mapping[str, Any]) -> dict[str, Any]:
+    """A purge record in the report's shape, the same for per-path and global purges."""
     return {
         "time": stamp,
         "scope": r.get("scope"),

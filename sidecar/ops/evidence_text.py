@@ -9,6 +9,8 @@ from sidecar.core.durations import format_duration
 
 
 def render_text(report: Mapping[str, Any]) -> str:
+    """The report as text for people: where it came from, the warnings first (what needs action),
+    then each secret and the global events."""
     window, counts = report["window"], report["input"]
     lines = [
         f"audit evidence{'' if counts['file'] is None else ' from ' + counts['file']}",
@@ -168,6 +170,8 @@ def _duration(seconds: Any) -> str:
 
 
 def warning_lines(paths: Mapping[str, Mapping[str, Any]], glob: Mapping[str, Any]) -> list[str]:
+    """One line per finding that needs action: a retired value presented, a rotation never
+    adopted or that kept the same value, records the log lost."""
     out: list[str] = []
     for path, secret in paths.items():
         retired = secret["retired_value_presented"]

@@ -13,7 +13,8 @@ STALE_TEMP_AGE = 3600.0  # a temp file untouched this long belongs to no live wr
 
 
 def fsync_directory(directory: Path) -> None:
-    # Makes the rename itself durable; without it a power loss can bring back the old file.
+    """Make a rename into ``directory`` durable: without it a power loss can bring back the old
+    file. (Nothing to do off POSIX.)"""
     if os.name != "posix":
         return
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)

@@ -13,7 +13,11 @@ _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"me
 
 
 class JSONFormatter(logging.Formatter):
+    """Log records as JSON lines, so log pipelines get each ``extra`` fact as a field of its own."""
+
     def format(self, record: logging.LogRecord) -> str:
+        """One record as a JSON line: time (UTC), level, logger, message, every ``extra`` field,
+        and the traceback if any."""
         out: dict[str, Any] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
@@ -30,6 +34,8 @@ class JSONFormatter(logging.Formatter):
 
 
 def configure(level: str = "info", stream: Any = None) -> None:
+    """Send every log record to ``stream`` (stdout by default) as JSON lines at ``level``, with
+    the chattiest libraries held to warnings."""
     handler = logging.StreamHandler(stream or sys.stdout)
     handler.setFormatter(JSONFormatter())
     root = logging.getLogger()

@@ -79,6 +79,9 @@ _KEY_CHECK_LABEL = b"secrets-sidecar snapshot key check"
 
 @dataclass(frozen=True, slots=True)
 class SnapshotEntry:
+    """One cached value as kept across restarts, with what deciding its restore needs: its class
+    when saved, and when the store last confirmed it."""
+
     version_key: int | None  # the cache key's version part: None = "latest", N = that version
     secret: Secret
     class_name: str
@@ -87,6 +90,9 @@ class SnapshotEntry:
 
 @dataclass(frozen=True, slots=True)
 class LoadResult:
+    """What a snapshot yielded: the entries and mount table that could be authenticated, and what
+    could not be used, so a damaged file makes a partial warm start rather than a failure."""
+
     entries: list[SnapshotEntry]
     skipped: int  # records present but not loadable (tampered, corrupt, wrong key)
     problem: str | None  # None when the whole file loaded cleanly

@@ -22,6 +22,8 @@ class SnapshotKeyError(Exception):
 
 
 def load_key(path: Path, what: str = "snapshot key") -> bytes:
+    """A 256-bit key from ``path`` in any accepted form (raw, hex, base64); SnapshotKeyError
+    otherwise, naming the file and the forms but never echoing its content."""
     try:
         raw = path.read_bytes()
     except OSError as exc:

@@ -28,6 +28,9 @@ FETCH_FAILED_EVERY = 60.0  # seconds: one fetch_failed record per path and kind,
 
 
 class AuditTrail:
+    """Turns the facts that the cache, the verifier and the store identity report into audit
+    records, with fetch failures rate-limited so an outage cannot flood the log."""
+
     def __init__(
         self, audit: AuditLog, method: str, clock: Callable[[], float] = time.monotonic
     ) -> None:
@@ -41,6 +44,9 @@ class AuditTrail:
         return {"class": secret_class.name, "owner": secret_class.owner}
 
     def notify(self, fact: Fact) -> None:
+        """Record a fact that is evidence (fetch failures, stale serves, rotations, first serves,
+        retirements, previous or retired values presented, auth failures and renewals); any other
+        fact is ignored."""
         match fact:
             case FetchFinished(path, secret_class, _, error) if error is not None:
                 self._fetch_failed(path, secret_class, error)

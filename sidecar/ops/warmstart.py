@@ -45,12 +45,17 @@ class MountMemory(Protocol):
     """The store's mounts as discovered (engine, KV version), kept in the snapshot so a warm
     start does not ask the store again which mount holds each path."""
 
-    def export_mounts(self) -> list[dict[str, Any]]: ...
+    def export_mounts(self) -> list[dict[str, Any]]:
+        """The mounts known now, as plain data for the snapshot."""
 
-    def import_mounts(self, mounts: list[dict[str, Any]]) -> int: ...
+    def import_mounts(self, mounts: list[dict[str, Any]]) -> int:
+        """Take mounts back from the snapshot; returns how many were taken."""
 
 
 class Snapshotter:
+    """Keeps the encrypted snapshot in step with the cache: loaded at start, saved on an interval
+    and at shutdown, removed when it cannot be rewritten without a value that was dropped."""
+
     def __init__(
         self,
         settings: SnapshotSettings,
@@ -118,8 +123,9 @@ class Snapshotter:
         return restored
 
     async def save(self, *, force: bool = False) -> bool:
-        """Write the snapshot now (in a thread: fsync must not stall the event loop). False
-        when it could not be written (logged and counted; the previous file stays)."""
+        """Write the snapshot (in a thread: fsync must not stall the event loop), unless the
+        cache has not changed since the last save and ``force`` is not set. False when it could
+        not be written (logged and counted; the previous file stays)."""
         async with self._lock:
             generation = self._cache.generation
             if not force and generation == self._saved_generation:
@@ -186,6 +192,8 @@ class Snapshotter:
         )
 
     async def run(self) -> None:
+        """Save every ``snapshot.interval`` for as long as the sidecar runs (skipped when the
+        cache has not changed)."""
         while True:
             await asyncio.sleep(self._interval)
             await self.save()

@@ -45,6 +45,10 @@ _FORWARD_HEADERS = ("Content-Type", "Retry-After", "X-Vault-Index", "Location")
 
 
 class HvacClient:
+    """The one place hvac runs: every store request goes off the event loop onto a bounded thread
+    pool and is cut at the backend timeout, so a slow or hung store can neither block the loop
+    nor pile up threads."""
+
     def __init__(self, settings: BackendSettings) -> None:
         self._settings = settings
         self._executor = ThreadPoolExecutor(
@@ -53,6 +57,8 @@ class HvacClient:
         self._local = threading.local()
 
     def close(self) -> None:
+        """Release the worker pool at shutdown without waiting: queued calls are cancelled, and a
+        call stuck on a dead store must not hold up the exit."""
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def send(

@@ -34,6 +34,9 @@ RENEW_AT = 2 / 3  # renew the sidecar's token at this fraction of its TTL, as Va
 
 
 class StoreCall(Protocol):
+    """What the authenticator needs of the store: its requests go through the backend's own
+    ``call``, so logins and renewals get the same breakers, budget and failover as reads."""
+
     async def call(
         self,
         method: str,
@@ -44,7 +47,10 @@ class StoreCall(Protocol):
         authenticated: bool = True,
         token: str | None = None,
         urgent: bool = False,
-    ) -> Any: ...
+    ) -> Any:
+        """One store request; a refusal is raised as a StoreError kind. Auth requests pass
+        ``authenticated=False`` (with a ``token`` of their own), so a 403 there never starts
+        another login."""
 
 
 class Authenticator:
@@ -109,11 +115,14 @@ class Authenticator:
         await self._renew_forever()
 
     async def stop(self) -> None:
+        """Cancel the background login and renewal loop at shutdown, and wait until it has ended."""
         if self._renewal is not None:
             self._renewal.cancel()
             await asyncio.gather(self._renewal, return_exceptions=True)
 
     async def ensure(self) -> str:
+        """The token to send now; without one, obtain it (once, under the lock, for every waiter)
+        so concurrent first requests do not each log in."""
         if self.token is not None:
             return self.token
         async with self._lock:

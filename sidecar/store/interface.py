@@ -17,6 +17,9 @@ from typing import Any, Protocol
 
 @dataclass(frozen=True, slots=True)
 class Secret:
+    """One secret as read from the store: the value the cache holds and serves, with the version
+    and metadata that rotation tracking and the Vault-compatible API need."""
+
     path: str  # the store path as the application names it, e.g. "secret/app/db"
     data: Mapping[str, Any]
     version: int | None  # KV v2 version; None on KV v1, which has no versions
@@ -103,21 +106,35 @@ class SecretNotFound(StoreError):
         self.metadata = metadata
 
     def again(self) -> SecretNotFound:
+        """The same refusal as a fresh exception, for the negative cache to raise each time (a
+        re-raised one keeps growing its traceback); the store's own message is left out."""
         return SecretNotFound(self.reason, detail=self.detail, metadata=self.metadata)
 
 
 class SecretForbidden(StoreError):
+    """The store answered and refused the sidecar this path (403): the secret is no longer ours,
+    so a held value is dropped at once rather than served stale."""
+
     kind = ErrorKind.FORBIDDEN
 
     def again(self) -> SecretForbidden:
+        """The same refusal as a fresh exception, for the negative cache to raise each time (a
+        re-raised one keeps growing its traceback); the store's own message is left out."""
         return SecretForbidden(self.reason, detail=self.detail)
 
 
 class InvalidRequest(StoreError):
+    """The request cannot succeed as asked (not a KV mount, a version on KV v1, a 400 from the
+    store): the caller's fault, answered 400, neither an outage nor an invalid secret."""
+
     kind = ErrorKind.INVALID_REQUEST
 
 
 class StoreUnavailable(StoreError):
+    """Nobody could ask the store (down, sealed, slow, rate limited, circuit open): an outage,
+    answered 503 with ``retry_after`` as the hint, and ridden out with the held value where the
+    class allows it."""
+
     kind = ErrorKind.CONNECTION
 
     def __init__(
@@ -147,7 +164,8 @@ class Backend(Protocol):
     async def version_info(self, path: str) -> VersionInfo | None:
         """The current version, cheaply (no value moved), or None if that cannot be known."""
 
-    async def close(self) -> None: ...
+    async def close(self) -> None:
+        """Release what ``start`` set up (background tasks, the request pool) at shutdown."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +180,8 @@ class Mount:
 
     @property
     def kv(self) -> bool:
+        """Whether the sidecar may serve from this engine: it reads KV only (``generic`` is KV's
+        old name)."""
         return self.engine in ("kv", "generic")
 
 
@@ -179,10 +199,12 @@ class Store(Backend, Protocol):
     the Vault-compatible API and the snapshot), passthrough, and the state of its identity."""
 
     @property
-    def authenticated(self) -> bool: ...
+    def authenticated(self) -> bool:
+        """Whether the sidecar holds a store token yet, for the readiness report."""
 
     @property
-    def addresses(self) -> list[str]: ...
+    def addresses(self) -> list[str]:
+        """The configured store node URLs, first preferred: where store requests may go."""
 
     def known_mount(self, api_path: str) -> Mount | None:
         """The mount holding ``api_path`` if already known and trusted: no store request."""
@@ -190,9 +212,12 @@ class Store(Backend, Protocol):
     async def mount(self, api_path: str) -> Mount:
         """The mount holding ``api_path`` (a path as in the store's API, after /v1/)."""
 
-    def export_mounts(self) -> list[dict[str, Any]]: ...
+    def export_mounts(self) -> list[dict[str, Any]]:
+        """The mounts discovered so far, as plain data for the snapshot (no secret in them)."""
 
-    def import_mounts(self, mounts: list[dict[str, Any]]) -> int: ...
+    def import_mounts(self, mounts: list[dict[str, Any]]) -> int:
+        """Trust mounts remembered by the snapshot, so a warm start need not ask the store which
+        mount holds each path; returns how many were taken."""
 
     async def forward(
         self,

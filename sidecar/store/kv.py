@@ -59,13 +59,17 @@ class KVStore:
 
     @property
     def authenticated(self) -> bool:
+        """Whether the sidecar holds a store token yet, for the readiness report."""
         return self._auth.token is not None
 
     @property
     def addresses(self) -> list[str]:
+        """The configured store node URLs, first preferred: where store requests may go."""
         return self._nodes.addresses
 
     async def start(self) -> None:
+        """Start the node prober and the background login without waiting for either: start-up
+        never waits on the store, and an outage at start is served as an outage."""
         health = self._health
         self._prober = asyncio.create_task(
             supervised("store_prober", lambda: self._nodes.probe_forever(health), self._on_error),
@@ -74,6 +78,8 @@ class KVStore:
         await self._auth.start()
 
     async def close(self) -> None:
+        """Stop the prober and token upkeep and cancel mount lookups in flight, then release the
+        request pool: nothing keeps running against the store after shutdown."""
         if self._prober is not None:
             self._prober.cancel()
             await asyncio.gather(self._prober, return_exceptions=True)
@@ -84,6 +90,8 @@ class KVStore:
     # -- reads -------------------------------------------------------------------------
 
     async def read(self, path: str, version: int | None, *, urgent: bool = False) -> Secret:
+        """One secret for the cache, read the way its mount's KV version needs (``METADATA``
+        reads the KV v2 metadata document); a request the mount cannot answer is InvalidRequest."""
         mount = await self._mount_for(path, urgent=urgent)
         if not mount.kv:
             raise InvalidRequest(
@@ -136,9 +144,12 @@ class KVStore:
         return await self._mount_for(api_path)
 
     def export_mounts(self) -> list[dict[str, Any]]:
+        """The mounts discovered so far, as plain data for the snapshot (no secret in them)."""
         return self._mounts.export()
 
     def import_mounts(self, mounts: list[dict[str, Any]]) -> int:
+        """Trust mounts remembered by the snapshot like fresh discoveries, so a warm start need
+        not ask the store again; returns how many were taken."""
         return self._mounts.import_(mounts)
 
     async def _mount_for(self, path: str, *, urgent: bool = False) -> Mount:

@@ -17,6 +17,9 @@ MOUNT_TTL = 300.0  # how long a discovered mount (path, KV version) is trusted
 
 
 class MountTable:
+    """Which mount holds a path, learned from the store and trusted for MOUNT_TTL: reads need not
+    ask the store about the mount each time, yet a remount is noticed within minutes."""
+
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
         self._mounts: dict[str, Mount] = {}
@@ -35,6 +38,7 @@ class MountTable:
         return best
 
     def learned(self, found: replies.MountReply) -> Mount:
+        """Remember a mount the store just named (trusted for MOUNT_TTL from now) and return it."""
         mount = Mount(
             path=found.path,
             kv_version=found.kv_version,

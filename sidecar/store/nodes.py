@@ -22,6 +22,9 @@ log = logging.getLogger("sidecar.store")
 
 @dataclass(eq=False)
 class Node:
+    """One configured store address with its own circuit breaker, and its last outage: the cause
+    reported when no node may be tried."""
+
     url: str
     breaker: CircuitBreaker
     last_error: StoreUnavailable | None = None
@@ -31,6 +34,9 @@ Attempt = Callable[[Node], Awaitable[Reply]]  # one request, sent to one node
 
 
 class Nodes:
+    """The store's configured nodes and the routing over them: failover, a circuit breaker per
+    node, background probing and the sidecar's own request budget."""
+
     def __init__(
         self,
         settings: BackendSettings,
@@ -65,6 +71,7 @@ class Nodes:
 
     @property
     def addresses(self) -> list[str]:
+        """The configured node URLs in their configured order: where store requests may go."""
         return [node.url for node in self._nodes]
 
     async def send(self, attempt: Attempt, *, urgent: bool = False) -> Reply:
@@ -175,6 +182,8 @@ class Nodes:
         return self._nodes[i:] + self._nodes[:i]
 
     def failed(self, node: Node, exc: StoreUnavailable) -> None:
+        """Count an outage against ``node``: its breaker may open (waking the prober), its state
+        is reported, and the cause is kept for the answer when no node may be tried."""
         node.last_error = exc
         node.breaker.failure()
         self._seen(node, up=False)
@@ -194,7 +203,8 @@ class Nodes:
         self._listener.notify(NodeState(node.url, up, node.breaker.state))
 
     def circuit_open(self) -> StoreUnavailable:
-        """Every node's breaker is open: answer now, with the most recent cause."""
+        """No node's breaker is closed: answer now (no timeout paid per request), with the last
+        outage of the first node, in order of preference, that recorded one as the cause."""
         wait = min(node.breaker.retry_after() for node in self._nodes)
         cause = next((n.last_error for n in self._ordered() if n.last_error), None)
         return StoreUnavailable(

@@ -99,6 +99,8 @@ def retry_after(value: str | None) -> float | None:
 
 
 def bad_response(detail: str) -> StoreUnavailable:
+    """A reply of the wrong shape, as an outage (503: the store is unavailable to us), never as
+    the secret being invalid."""
     return StoreUnavailable("bad_response", kind=ErrorKind.BAD_RESPONSE, detail=detail)
 
 
@@ -156,12 +158,16 @@ def _kind(value: Any) -> str:
 
 
 def kv1_secret(path: str, body: Mapping[str, Any]) -> Secret:
+    """A KV v1 read's reply as a Secret, every field checked (no version; the lease is kept for
+    the Vault-compatible API)."""
     data = _object(body.get("data"), "KV v1 reply: data")
     lease = _optional_whole(body.get("lease_duration"), "KV v1 reply: lease_duration")
     return Secret(path=path, data=data, version=None, kv_version=1, lease_duration=lease or 0)
 
 
 def kv2_secret(path: str, version: int | None, body: Mapping[str, Any]) -> Secret:
+    """A KV v2 read's reply as a Secret, every field checked; a deleted or destroyed version
+    raises SecretNotFound with its metadata, so it is never served."""
     document = _object(body.get("data"), "KV v2 reply: data")
     meta = _optional_object(document.get("metadata"), "KV v2 reply: data.metadata") or {}
     number = _optional_whole(meta.get("version"), "KV v2 reply: data.metadata.version", 1)
@@ -195,6 +201,8 @@ def kv2_metadata(path: str, body: Mapping[str, Any]) -> Secret:
 
 
 def version_info(body: Mapping[str, Any]) -> VersionInfo:
+    """The current version from a KV v2 metadata reply, for the rotation check that moves no
+    value; a secret without versions is SecretNotFound."""
     data = _object(body.get("data"), "KV v2 metadata reply: data")
     current = _whole(data.get("current_version", 0), "metadata: current_version")
     if current < 1:
@@ -247,6 +255,9 @@ def deleted_version(body: Mapping[str, Any]) -> dict[str, Any] | None:
 
 @dataclass(frozen=True, slots=True)
 class MountReply:
+    """A checked ``sys/internal/ui/mounts`` answer: which engine holds a path, and its KV
+    version."""
+
     path: str  # with trailing slash
     engine: str
     kv_version: int  # 0 when not KV
@@ -272,12 +283,16 @@ def mount(body: Mapping[str, Any]) -> MountReply | None:
 
 @dataclass(frozen=True, slots=True)
 class Grant:
+    """What a login, renewal or token lookup granted: the token (logins only), its TTL and
+    whether it is renewable, to schedule the next renewal."""
+
     token: str | None  # None on lookups and renewals that do not repeat it
     ttl: float
     renewable: bool
 
 
 def login(body: Mapping[str, Any]) -> Grant:
+    """A login reply as a Grant; a reply without a token is an auth failure, not a login."""
     auth = _object(body.get("auth"), "login reply: auth")
     token = _optional_text(auth.get("client_token"), "login reply: client_token")
     if token is None:
@@ -288,6 +303,8 @@ def login(body: Mapping[str, Any]) -> Grant:
 
 
 def renewal(body: Mapping[str, Any]) -> Grant:
+    """A renew-self reply as a Grant (renewable unless the store says otherwise), to schedule the
+    next renewal."""
     auth = _object(body.get("auth"), "renewal reply: auth")
     renewable = auth.get("renewable", True)
     return Grant(
@@ -298,6 +315,8 @@ def renewal(body: Mapping[str, Any]) -> Grant:
 
 
 def lookup(body: Mapping[str, Any]) -> Grant:
+    """A lookup-self reply as a Grant: how token auth learns the configured token's TTL, so it
+    can renew it in time."""
     data = _object(body.get("data"), "token lookup reply: data")
     return Grant(None, _ttl(data.get("ttl"), "token lookup reply"), _renewable(data))
 

@@ -31,6 +31,9 @@ CHUNK = 64 * 1024
 
 
 class ReplyTooLarge(Exception):
+    """A reply passed ``backend.max_response_size``: refused as bad_response, so a huge or
+    endless reply costs at most the limit in memory."""
+
     def __init__(self, limit: int) -> None:
         super().__init__(f"the reply is larger than {limit} bytes (backend.max_response_size)")
         self.limit = limit
@@ -51,6 +54,8 @@ class Exchange:
         self.aborted = False
 
     def attach(self, connection: Any) -> None:
+        """Take ``connection``'s socket as this request's, so ``abort`` can cut it; if the
+        deadline has already passed, cut it at once."""
         sock = getattr(connection, "sock", None)
         if sock is None:
             return  # not connected yet: connect() attaches again
@@ -61,6 +66,8 @@ class Exchange:
             _shutdown(sock)
 
     def abort(self) -> None:
+        """Cut the request at its deadline: shut its socket down so the worker thread blocked on
+        it is free at once (a socket attached later is shut on arrival)."""
         with self._lock:
             self.aborted = True
             sock = self._sock
@@ -128,6 +135,9 @@ class _Adapter(HTTPAdapter):
 
 
 def new_session() -> requests.Session:
+    """A requests session for hvac that follows no redirects, retries nothing, ignores the
+    environment (proxies, .netrc) and tracks its sockets: the token goes only to configured
+    addresses, and a deadline can cut any request."""
     session = requests.Session()
     session.trust_env = False
     adapter = _Adapter(max_retries=0)
