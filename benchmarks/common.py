@@ -392,8 +392,9 @@ def sidecar_tree() -> str:
     import hashlib
 
     digest = hashlib.sha256()
-    for path in sorted((ROOT / "sidecar").glob("*.py")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    for path in sorted((ROOT / "sidecar").rglob("*.py")):
+        name = path.relative_to(ROOT).as_posix()
+        digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:12]
 
 

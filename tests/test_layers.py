@@ -153,3 +153,43 @@ def test_wheel_leaves_dev_out_and_the_cli_says_so(tmp_path: Path):
     assert done.returncode == 2
     assert "make run" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def _undocumented(path: Path) -> list[str]:
+    """Public classes, functions and methods of public classes without a docstring."""
+    missing: list[str] = []
+
+    def visit(body: list[ast.stmt], prefix: str) -> None:
+        for node in body:
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                if node.name.startswith("_"):
+                    continue
+                if ast.get_docstring(node) is None:
+                    missing.append(f"{_named(path)}:{node.lineno} {prefix}{node.name}")
+                if isinstance(node, ast.ClassDef):
+                    visit(node.body, f"{prefix}{node.name}.")
+
+    visit(ast.parse(path.read_text()).body, "")
+    return missing
+
+
+def test_every_public_class_and_function_says_what_it_is_for():
+    """A newcomer reads the docstrings first; one line is enough, none is not."""
+    missing = [m for p in sorted(PACKAGE.rglob("*.py")) for m in _undocumented(p)]
+    assert missing == []
+
+
+def test_tests_mirror_the_package():
+    """Unit tests sit in the folder of the layer they test; behaviour against the real store
+    end to end in integration/; at the top only what tests the top-level modules or the
+    layout itself."""
+    tests = PACKAGE.parent / "tests"
+    folders = {p.name for p in tests.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert folders == {"core", "store", "http", "ops", "integration"}
+    layers = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()}
+    assert folders - {"integration"} <= layers
+    assert sorted(p.name for p in tests.glob("test_*.py")) == [
+        "test_docs.py",
+        "test_layers.py",
+        "test_settings.py",
+    ]

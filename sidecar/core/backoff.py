@@ -42,12 +42,18 @@ class TokenBucket:
 
 
 class CircuitState(enum.IntEnum):
+    """Where a ``CircuitBreaker`` stands (an int: exported as a metric value)."""
+
     CLOSED = 0  # requests flow
     OPEN = 1  # requests fail fast; a probe goes at the probe time
     HALF_OPEN = 2  # the probe is out; requests still fail fast
 
 
 class CircuitBreaker:
+    """Keeps requests off a failing store node: opens after ``failure_threshold`` consecutive
+    failures (or when the store asks for a pause), lets one background probe try at a backed-off,
+    jittered time, and closes again on a success."""
+
     def __init__(
         self,
         *,
@@ -80,11 +86,14 @@ class CircuitBreaker:
         return False
 
     def success(self) -> None:
+        """A request or the probe succeeded: close, forgetting failures and probe backoff."""
         self.state = CircuitState.CLOSED
         self._failures = 0
         self._opened = 0
 
     def failure(self) -> None:
+        """A request or the probe failed: while closed, count it and open at the threshold; else
+        (a failed probe) stay open, the next probe further away."""
         if self.state is CircuitState.CLOSED:
             self._failures += 1
             if self._failures < self._threshold:

@@ -53,6 +53,10 @@ __all__ = [
 
 
 class SecretCache:
+    """The read path behind both HTTP APIs: answers from memory while fresh, else from the store
+    (one fetch per key), else during an outage as the class allows. Also holds the emergency
+    controls (purge, revocations, incident windows), warm start and the background upkeep."""
+
     def __init__(
         self,
         backend: Backend,
@@ -115,6 +119,7 @@ class SecretCache:
         return self._entries.generation
 
     def entries(self) -> Iterator[tuple[CacheKey, Entry]]:
+        """Every (key, entry) held, from a copy: safe to go through while the cache changes."""
         return iter(self._entries.items())
 
     def allows(self, path: str) -> bool:
@@ -122,12 +127,14 @@ class SecretCache:
         return self._policy.classify(path) is not None
 
     def classify(self, path: str) -> SecretClass:
+        """The class governing ``path``; raises PathNotAllowed if no rule does (never served)."""
         secret_class = self._policy.classify(path)
         if secret_class is None:
             raise PathNotAllowed(path)
         return secret_class
 
     def class_named(self, name: str) -> SecretClass | None:
+        """The class now in force under ``name`` (None: no such class), for incident windows."""
         return self._policy.class_named(name)
 
     def servable(self, path: str, version: int | None = None) -> bool:
@@ -162,6 +169,9 @@ class SecretCache:
         return entry, age
 
     async def get(self, path: str, version: int | None = None) -> Lookup:
+        """Answer a read of ``path`` (``version`` None: the latest): from memory while fresh, else
+        from the store (coalesced with other reads of the key), else as the class allows during an
+        outage. Raises PathNotAllowed, SecretRevoked, or the StoreError that decided the read."""
         secret_class = self.classify(path)
         if self._revoked.active:
             self._revoked.check(path, version)
@@ -302,6 +312,7 @@ class SecretCache:
         return self._rotations.overlap(path)
 
     def overlaps_open(self) -> int:
+        """How many paths still serve their previous version after a rotation (metrics, /admin)."""
         return self._rotations.overlaps_open()
 
     # -- emergency: purge, revocation, incident windows -----------------------------------
@@ -331,6 +342,7 @@ class SecretCache:
         return added, removed, self._entries.remove(doomed)
 
     def revocations(self) -> list[dict[str, object]]:
+        """The revocation list in force, one dict (path, version, reason) per entry, for /admin."""
         return self._revoked.listing()
 
     def replace_class(self, secret_class: SecretClass) -> SecretClass:

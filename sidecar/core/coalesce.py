@@ -17,6 +17,9 @@ V = TypeVar("V")
 
 
 class Coalescer(Generic[K, V]):
+    """One store fetch per key at a time: callers asking for a key while its fetch runs share
+    that fetch's result (or error) instead of starting their own."""
+
     def __init__(self) -> None:
         self._inflight: dict[K, asyncio.Task[V]] = {}
 
@@ -24,6 +27,7 @@ class Coalescer(Generic[K, V]):
         return len(self._inflight)
 
     def inflight(self, key: K) -> bool:
+        """Whether a fetch of ``key`` is under way (a caller asking now would share it)."""
         return key in self._inflight
 
     def start(self, key: K, fetch: Callable[[], Awaitable[V]]) -> tuple[asyncio.Task[V], bool]:

@@ -64,6 +64,8 @@ class Lookup:
 
     @property
     def stale(self) -> bool:
+        """Was the value served unconfirmed by the store (an outage, or restored from a snapshot)?
+        The HTTP layer then says so to the caller."""
         return self.outcome is Outcome.STALE
 
 
@@ -91,6 +93,7 @@ class EntryTable:
         return key in self._entries
 
     def get(self, key: CacheKey) -> Entry | None:
+        """The entry held for ``key``, or None (``aged_out`` says if it was dropped for age)."""
         return self._entries.get(key)
 
     def items(self) -> list[tuple[CacheKey, Entry]]:
@@ -98,9 +101,12 @@ class EntryTable:
         return list(self._entries.items())
 
     def values(self) -> Iterator[Entry]:
+        """The entries held, from a copy: safe to change the table while going through them."""
         return iter(list(self._entries.values()))
 
     def put(self, key: CacheKey, entry: Entry) -> None:
+        """Hold ``entry`` for ``key`` (a value from the store): bumps the generation, clears the
+        key's tombstone and reports the new count."""
         self.generation += 1
         self._entries[key] = entry
         self._aged_out.pop(key, None)
@@ -112,9 +118,12 @@ class EntryTable:
         self._entries[key] = entry
 
     def report(self) -> None:
+        """Report the current count (once a batch of ``adopt`` is in)."""
         self._on_count(len(self._entries))
 
     def drop(self, key: CacheKey) -> bool:
+        """Forget ``key``'s value at once (revoked, or refused by the store), leaving no tombstone;
+        False if nothing was held."""
         if self._entries.pop(key, None) is None:
             return False
         self.generation += 1
@@ -122,6 +131,8 @@ class EntryTable:
         return True
 
     def remove(self, keys: list[CacheKey]) -> int:
+        """Drop these keys, all held, as one change (a purge, a revocation); returns how many.
+        No tombstones: nothing aged out."""
         for key in keys:
             del self._entries[key]
         if keys:
@@ -145,4 +156,5 @@ class EntryTable:
         self._on_count(len(self._entries))
 
     def aged_out(self, key: CacheKey) -> bool:
+        """Was ``key``'s value dropped at max_cache_age (so a failing read can say why)?"""
         return key in self._aged_out

@@ -52,11 +52,16 @@ class Unavailable:
 
 @dataclass(frozen=True, slots=True)
 class EntriesChanged:
+    """The number of values held changed: now ``count``."""
+
     count: int
 
 
 @dataclass(frozen=True, slots=True)
 class StaleServed:
+    """A read got a value the store had not confirmed (an outage, or restored from a snapshot),
+    ``age`` seconds since it last was."""
+
     path: str
     secret_class: SecretClass
     entry: Entry
@@ -103,6 +108,8 @@ class PreviousServed:
 
 @dataclass(frozen=True, slots=True)
 class Verified:
+    """A presented credential was checked against the versions of ``path`` (``verify.py``)."""
+
     path: str
     secret_class: SecretClass
     verdict: Verdict
@@ -123,6 +130,8 @@ class AuthEvent:
 
 @dataclass(frozen=True, slots=True)
 class NodeState:
+    """A store node was seen up or down, with its circuit breaker's state."""
+
     address: str
     up: bool
     circuit: CircuitState
@@ -140,19 +149,26 @@ class BackgroundFailed:
 
 @dataclass(frozen=True, slots=True)
 class SnapshotLoaded:
+    """The snapshot was read at start: ``restored`` values warmed the cache."""
+
     restored: int
     unusable: bool  # the file was damaged, tampered with, or under another key
 
 
 @dataclass(frozen=True, slots=True)
 class SnapshotSaved:
+    """The snapshot was written, holding ``entries`` values."""
+
     entries: int
     at: float  # wall time
 
 
 @dataclass(frozen=True, slots=True)
 class SnapshotFailed:
-    operation: str  # load, save
+    """A snapshot operation failed (an unusable file at load is told by ``SnapshotLoaded``
+    instead)."""
+
+    operation: str  # "save" (a load problem is told by SnapshotLoaded)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +182,8 @@ class Revoked:
 
 @dataclass(frozen=True, slots=True)
 class RevocationsPolled:
+    """The fleet-wide revocation list was polled (``ok``: read and applied)."""
+
     ok: bool
     at: float  # wall time
 
@@ -180,6 +198,8 @@ class ConnectionClosed:
 
 @dataclass(frozen=True, slots=True)
 class ConnectionsOpen:
+    """How many connections a listener has open now."""
+
     listener: str
     count: int
 
@@ -209,13 +229,18 @@ Fact = (
 
 
 class Listener(Protocol):
-    def notify(self, fact: Fact) -> None: ...
+    """Anything that hears facts (metrics, audit trail, event stream): one method, so a new fact
+    changes no listener's signature."""
+
+    def notify(self, fact: Fact) -> None:
+        """Hear one fact, ignoring kinds of no interest; called inline, so it must not block."""
 
 
 class Quiet:
     """Listens to nothing (the default)."""
 
     def notify(self, fact: Fact) -> None:
+        """Ignore ``fact``."""
         pass
 
 
@@ -226,5 +251,6 @@ class Bus:
         self._listeners = listeners
 
     def notify(self, fact: Fact) -> None:
+        """Pass ``fact`` on to each listener, in the order given."""
         for listener in self._listeners:
             listener.notify(fact)

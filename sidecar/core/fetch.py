@@ -30,6 +30,9 @@ log = logging.getLogger("sidecar.cache")
 
 
 class Fetcher:
+    """Brings values from the store for the cache: one fetch per key at a time, checked before it
+    is kept (see the module docstring), then handed to the upkeep to be refreshed ahead."""
+
     def __init__(
         self,
         backend: Backend,
@@ -62,6 +65,7 @@ class Fetcher:
         return self._coalescer.start(key, lambda: self._fetch(key))
 
     async def close(self) -> None:
+        """Cancel every fetch under way and wait for them to end (shutdown)."""
         await self._coalescer.drain()
 
     async def _fetch(self, key: CacheKey) -> Entry:

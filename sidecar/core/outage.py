@@ -10,6 +10,8 @@ from sidecar.store.interface import StoreUnavailable
 
 
 class Decision(enum.Enum):
+    """What a read gets when the store cannot confirm the value held (``decide``'s answer)."""
+
     FRESH = "fresh"  # still within refresh_interval: served as a hit
     STALE = "stale"  # past it, but the class serves stale values this old
     FAIL_CLOSED = "fail_closed"  # the class never serves a value the store cannot confirm
@@ -29,6 +31,8 @@ def decide(secret_class: SecretClass, age: float, *, provisional: bool) -> Decis
 
 
 def fail_closed(secret_class: SecretClass, cause: StoreUnavailable) -> StoreUnavailable:
+    """The 503 of a fail_closed class whose value the store cannot confirm: says why nothing was
+    served, keeping the outage's kind and retry hint."""
     return StoreUnavailable(
         "fail_closed",
         kind=cause.kind,
@@ -38,6 +42,8 @@ def fail_closed(secret_class: SecretClass, cause: StoreUnavailable) -> StoreUnav
 
 
 def aged_out(secret_class: SecretClass, cause: StoreUnavailable) -> StoreUnavailable:
+    """The 503 of a key whose value was dropped at max_cache_age while the store cannot confirm a
+    new one: says why, keeping the outage's kind and retry hint."""
     return StoreUnavailable(
         "max_cache_age_exceeded",
         kind=cause.kind,

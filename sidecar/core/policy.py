@@ -10,11 +10,17 @@ from functools import lru_cache
 
 
 class OnOutage(enum.StrEnum):
+    """What a class does when the store cannot confirm a value: serve it stale (until
+    max_cache_age) or fail closed (503)."""
+
     SERVE_STALE = "serve_stale"
     FAIL_CLOSED = "fail_closed"
 
 
 class Freshness(enum.Enum):
+    """Where a cached value stands by age: within refresh_interval, past it, or past
+    max_cache_age."""
+
     FRESH = "fresh"  # within refresh_interval: serve without asking the store
     STALE = "stale"  # past refresh_interval: ask the store; on outage the class decides
     EXPIRED = "expired"  # past max_cache_age: never serve again
@@ -22,6 +28,10 @@ class Freshness(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class SecretClass:
+    """A class of secrets from the configuration: how often values are refreshed, how long they
+    may be kept and served in an outage, the rotation overlap, and its owner's runbook (who owns
+    it, what it is for, how it is rotated and revoked)."""
+
     name: str
     business_function: str
     owner: str
@@ -54,11 +64,15 @@ class SecretClass:
 
 @dataclass(frozen=True, slots=True)
 class Rule:
+    """One ``secrets`` entry of the configuration: paths matching the glob ``match`` get its
+    class."""
+
     match: str
     secret_class: SecretClass
     preload: bool = False  # fetch at start and keep fresh, read or not (literal paths only)
 
     def matches(self, path: str) -> bool:
+        """Does ``path`` match this rule's glob (see ``glob_regex``)?"""
         return glob_regex(self.match).fullmatch(path) is not None
 
 
@@ -70,15 +84,18 @@ class Policy:
 
     @property
     def rules(self) -> tuple[Rule, ...]:
+        """The rules in order (the first match wins), as now in force."""
         return self._rules
 
     def classify(self, path: str) -> SecretClass | None:
+        """The class of the first rule matching ``path``; None: no rule does (not served)."""
         for rule in self._rules:
             if rule.matches(path):
                 return rule.secret_class
         return None
 
     def class_named(self, name: str) -> SecretClass | None:
+        """The class now in force under ``name`` (incident windows included), or None."""
         return next((r.secret_class for r in self._rules if r.secret_class.name == name), None)
 
     def replace_class(self, secret_class: SecretClass) -> SecretClass:
@@ -105,6 +122,7 @@ class Policy:
 
 
 def is_literal(pattern: str) -> bool:
+    """A pattern without wildcards names exactly one path (only such paths can be preloaded)."""
     return not any(ch in pattern for ch in "*?")
 
 

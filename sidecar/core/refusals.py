@@ -25,6 +25,9 @@ def covers(path: str | None, prefix: str | None, candidate: str) -> bool:
 
 
 class Refusals:
+    """The negative cache (the store's recent "not found"/"forbidden", said again for a moment
+    instead of asking again) and the record of purges that ``purged_since`` consults."""
+
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
         self._refusals: dict[CacheKey, tuple[float, Refusal]] = {}  # key -> (ends, refusal)
@@ -34,6 +37,8 @@ class Refusals:
     # -- the negative cache ---------------------------------------------------------------
 
     def remember(self, key: CacheKey, secret_class: SecretClass, refusal: Refusal) -> None:
+        """Say the store's refusal of ``key`` again for its class's ``negative_seconds`` (not at all
+        when 0); bounded, the oldest forgotten first."""
         ttl = secret_class.negative_seconds
         if ttl <= 0:
             return
@@ -57,6 +62,7 @@ class Refusals:
         return None
 
     def forget(self, key: CacheKey) -> None:
+        """Forget any refusal of ``key`` (a value for it is now held)."""
         self._refusals.pop(key, None)
 
     # -- purges ------------------------------------------------------------------------------

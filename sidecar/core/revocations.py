@@ -20,6 +20,9 @@ class SecretRevoked(Exception):
 
 
 class Revocations:
+    """The revocation list in force, consulted by reads: which paths, or versions of them, are
+    refused and why. ``active`` lets the hot path skip it while it is empty."""
+
     def __init__(self) -> None:
         self._table: dict[str, dict[int | None, str]] = {}  # path -> {version|None: reason}
         self.active = False  # anything listed (a plain attribute: the hot path reads it)
@@ -55,6 +58,7 @@ class Revocations:
             raise SecretRevoked(path, version, versions[version])
 
     def listing(self) -> list[dict[str, Any]]:
+        """The list as dicts (path, version (None: every version), reason), by path, for /admin."""
         return [
             {"path": path, "version": version, "reason": reason}
             for path, versions in sorted(self._table.items())

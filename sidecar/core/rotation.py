@@ -137,6 +137,7 @@ class Rotations:
         return state
 
     def overlaps_open(self) -> int:
+        """How many paths still serve their previous version now (by the wall clock)."""
         wall = self._wall()
         return sum(1 for _, until in self._overlaps.values() if until > wall)
 
@@ -156,4 +157,5 @@ class Rotations:
                 del self._waiters[key]
 
     def awaited(self, key: CacheKey) -> bool:
+        """Is a blocking query waiting on ``key``? Then it is kept refreshed, read or not."""
         return bool(self._waiters.get(key))

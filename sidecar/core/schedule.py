@@ -13,9 +13,11 @@ from sidecar.core.entries import CacheKey
 
 
 class Due(enum.Enum):
+    """The kinds of background work a schedule item stands for."""
+
     REFRESH = "refresh"  # a value nears the end of its refresh interval
     EXPIRE = "expire"  # a value reaches max_cache_age
-    FETCH = "fetch"  # a preload, or a retry after a failed refresh (no entry required)
+    FETCH = "fetch"  # fetch the key, held or not: preloads, retries, waits, after a purge
     RETIRE = "retire"  # the overlap of a rotation ends: the previous version retires
     CONFIRM = "confirm"  # a value restored from a snapshot is checked with the store
 
@@ -39,6 +41,8 @@ class Schedule:
         return next(self._serials)
 
     def push(self, due: float, what: Due, key: CacheKey, serial: int = 0) -> None:
+        """Have ``what`` done for ``key`` at ``due`` (``serial``: the value it concerns; 0: none);
+        wakes the runner if it is now the earliest item."""
         item = (due, next(self._seq), what, key, serial)
         heapq.heappush(self._heap, item)
         if self._heap[0] is item:

@@ -21,6 +21,9 @@ StartFetch = Callable[[CacheKey], tuple["asyncio.Task[Entry]", bool]]
 
 
 class Upkeep:
+    """The cache's background work (see the module docstring): the cache tells it what is held,
+    restored, purged or awaited, and ``run_due`` does what came due."""
+
     def __init__(
         self,
         entries: EntryTable,
@@ -69,9 +72,12 @@ class Upkeep:
         )
 
     def retire_at(self, key: CacheKey, due: float) -> None:
+        """Retire the previous version of ``key``'s path at monotonic ``due`` (its overlap ends)."""
         self.schedule.push(due, Due.RETIRE, key)
 
     def fetch_soon(self, key: CacheKey) -> None:
+        """Fetch ``key`` at the runner's next look, if it is still wanted (a blocking query on a key
+        not held)."""
         self.schedule.push(self._clock(), Due.FETCH, key)
 
     def purged(self, keys: list[CacheKey]) -> None:
@@ -101,9 +107,12 @@ class Upkeep:
                 self.schedule.push(now + jitter * self._rng(), Due.FETCH, key)
 
     def preloaded(self) -> list[str]:
+        """The preloaded paths, sorted (kept fresh whether read or not; /readyz waits for them)."""
         return sorted(path for path, _ in self._preloaded)
 
     def expire_later(self, key: CacheKey, entry: Entry) -> None:
+        """Schedule ``entry``'s expiry at max_cache_age, once: a value no longer refreshed still
+        ends then."""
         if not entry.expiry_scheduled:
             entry.expiry_scheduled = True
             due = entry.confirmed_at + entry.secret_class.max_cache_age

@@ -22,6 +22,9 @@ RETIRED_MEMO = 4096  # (path, version) fingerprint sets kept for retired version
 
 
 class Match(enum.StrEnum):
+    """Which version a presented credential is: the current one, the previous one (overlap
+    open), an older retired one, or none known."""
+
     CURRENT = "current"
     PREVIOUS = "previous"
     RETIRED = "retired"
@@ -30,6 +33,9 @@ class Match(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
+    """A verification's answer: what matched (``kid``, ``version``), the current version, and
+    the retired versions the store could not give (so not checked)."""
+
     match: Match
     kid: str | None
     version: int | None
@@ -39,6 +45,10 @@ class Verdict:
 
 
 class Verifier:
+    """Tells which version of a secret a presented credential is: the current one, the previous
+    one during an overlap, or a retired one up to ``lookback`` versions back. Keyed
+    fingerprints, compared in constant time."""
+
     def __init__(
         self,
         cache: SecretCache,
@@ -57,6 +67,9 @@ class Verifier:
         self._retired: OrderedDict[tuple[str, int], Mapping[str, str]] = OrderedDict()
 
     async def verify(self, path: str, field: str, value: Any) -> Verdict:
+        """Which version of ``path``'s ``field`` the presented ``value`` is; every candidate is
+        compared, and the verdict is told as a ``Verified`` fact. Raises what reading ``path``
+        does."""
         latest = await self._cache.get(path)
         secret = latest.entry.secret
         secret_class = latest.entry.secret_class

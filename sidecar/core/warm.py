@@ -14,7 +14,8 @@ from sidecar.store.interface import Secret
 
 
 def restore_verdict(policy: Policy, path: str, age: float) -> tuple[SecretClass | None, str | None]:
-    """May a value of this age, restored from disk, be used? (class, None) or (class, reason)."""
+    """May a value of this age, restored from disk, be used? (class, None) if so, else
+    (class, reason), or (None, reason) when no rule classifies the path any more."""
     secret_class = policy.classify(path)
     if secret_class is None:
         return None, "no rule classifies this path any more"
@@ -40,8 +41,8 @@ def restore(
     Returns (restored, discarded). Values are provisional: served at once, marked stale,
     without asking the store; each is confirmed in the background at a random moment within
     ``confirm_within`` seconds (so a fleet restarting together asks the store once per secret,
-    spread out). Values past max_cache_age, of fail_closed classes, or no longer classified by
-    the rules are discarded.
+    spread out). Values past max_cache_age, of fail_closed classes, no longer classified by
+    the rules, or of a key already held are discarded.
     """
     now, at = clock(), wall()
     restored = discarded = 0

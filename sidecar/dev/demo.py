@@ -46,6 +46,8 @@ DEMO_CLASSES = {
 
 
 def write_demo_config(directory: Path, store: DevOpenBao, port: int, ops_port: int) -> Path:
+    """Write the demo's sidecar.yaml in ``directory`` (with the store token and snapshot key
+    files it names), pointing at ``store``; returns its path."""
     token_file = directory / "store-token"
     token_file.write_text(store.root_token + "\n")
     token_file.chmod(0o600)
@@ -85,6 +87,8 @@ def write_demo_config(directory: Path, store: DevOpenBao, port: int, ops_port: i
 
 
 def seed(store: DevOpenBao) -> None:
+    """Fill the dev store with the demo secrets: two versions each of a database login and a
+    signing key, an empty revocation list, and a KV v1 mount holding a legacy API key."""
     store.kv_put("app/db", {"username": "app", "password": "demo-password-v1"})
     store.kv_put("app/db", {"username": "app", "password": "demo-password-v2"})
     store.kv_put("payments/signing-key", {"key": "demo-signing-key-v1", "algorithm": "HS256"})

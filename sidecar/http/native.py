@@ -47,6 +47,9 @@ QUERY_PARAMS = frozenset({"field", "version", "wait", "newer_than"})
 
 
 def native_hit(cache: SecretCache) -> FastPath:
+    """The native API's fast path for ``hit_front``: a fresh hit on ``/secrets/<path>`` answered
+    before routing; None sends the request on its full route."""
+
     def fast(path: str) -> web.StreamResponse | None:
         hit = cache.hit(path)
         return None if hit is None else _render_hit(*hit, cache.wall)
@@ -70,6 +73,8 @@ PREVIOUS = -1  # ``?version=previous``
 
 @dataclass(frozen=True, slots=True)
 class Query:
+    """The checked query parameters of a ``/secrets/`` read (``_parse_query`` makes it)."""
+
     field: str | None = None
     version: int | None = None  # a version number, PREVIOUS, or None for the latest
     wait: float | None = None
@@ -168,6 +173,9 @@ CACHE_HEADER = {"hit": "HIT", "miss": "MISS", "coalesced": "MISS", "stale": "STA
 
 
 async def get_secret(request: web.Request) -> web.Response:
+    """``GET /secrets/{path}``: a secret's envelope, or one field's bare value (``?field=``), of
+    the latest version, a given one, or the previous one during an overlap; with ``?wait=``, a
+    blocking query for a newer version (304 when none came in time)."""
     path = request.match_info["path"]
     cache = request.app[CACHE_KEY]
     if request.method == "GET" and "?" not in request.raw_path:
@@ -270,6 +278,8 @@ def render(lookup: Lookup, field: str | None, wall: Callable[[], float]) -> web.
 
 
 async def verify_secret(request: web.Request) -> web.Response:
+    """``POST /verify/{path}`` with ``{"field", "value"}``: which version of the secret a
+    credential is (current, previous, retired or unknown)."""
     path = request.match_info["path"]
     if request.method != "POST":
         return error_response(
@@ -302,12 +312,14 @@ async def verify_secret(request: web.Request) -> web.Response:
 
 
 async def not_found(request: web.Request) -> web.Response:
+    """The guarded 404 for whatever no other route serves."""
     return error_response(
         Refused(404, "not_found", "no such endpoint; secrets are at /secrets/<path>")
     )
 
 
 def secrets_routes(app: web.Application) -> None:
+    """Add the native API's routes to ``app``: /secrets/, /verify/ and /events, for callers."""
     # [\s\S]: a path with an encoded newline must reach the handler (and get its 400).
     app.router.add_route(
         "*", SECRETS_PREFIX + r"{path:[\s\S]*}", guarded(get_secret, Access.CALLER, SECRETS_PREFIX)

@@ -25,6 +25,9 @@ MIN_LENGTH = 16
 
 
 class CallerTokenError(Exception):
+    """A token file cannot be read or created, or holds an unusable token: a configuration error
+    reported at start (a rotation to a bad token is logged and ignored instead)."""
+
     pass
 
 
@@ -81,6 +84,9 @@ def _read(path: Path, key: str) -> str:
 def load_or_create(
     path: Path, mode: int = 0o640, *, key: str = "caller_token_file", dir_mode: int = 0o750
 ) -> str:
+    """The token in ``path``; if there is no such file, a random one written there with ``mode``
+    (its directory, if missing, made with ``dir_mode``). ``key`` names the setting in messages.
+    Raises CallerTokenError; warns when the file is more open than ``mode``."""
     try:
         token = _read(path, key)
     except FileNotFoundError:
@@ -209,6 +215,7 @@ class TokenFile:
         return True
 
     async def watch(self, interval: float = 1.0) -> None:
+        """Forever: ``poll`` the file every ``interval`` seconds (a background task)."""
         while True:
             await asyncio.sleep(interval)
             self.poll()

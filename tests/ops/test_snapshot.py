@@ -30,7 +30,7 @@ from sidecar.ops.snapshot import (
 )
 from sidecar.store.interface import Secret
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 KEY = bytes(range(0xE0, 0x100))  # its base64 has both "+" and "/", so urlsafe differs
 OTHER_KEY = bytes(32)
 HEADER_SIZE = 62  # documented in sidecar/snapshot.py
@@ -559,7 +559,7 @@ def test_writer_killed_mid_write_leaves_old_or_new_complete_snapshot(tmp_path):
 
 # -- format versions ---------------------------------------------------------------------------
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 def test_version_2_keeps_the_mount_table_as_its_own_record(tmp_path):

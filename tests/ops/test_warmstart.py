@@ -289,7 +289,7 @@ async def test_a_version_1_snapshot_warms_a_start(tmp_path: Path):
     from sidecar.ops.warmstart import Snapshotter
     from sidecar.settings import SnapshotSettings
 
-    fixture = Path(__file__).resolve().parent / "fixtures" / "snapshot-v1.bin"
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "snapshot-v1.bin"
     snapshot = tmp_path / "state" / "snapshot"
     snapshot.parent.mkdir()
     shutil.copy(fixture, snapshot)

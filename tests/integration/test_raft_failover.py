@@ -8,9 +8,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import AUTH, CLASSES, SidecarFactory, config, metric
+from tests.integration.test_raft_harness import audited_reads
 from tests.raft import RaftCluster
-from tests.test_raft_harness import audited_reads
+
+pytestmark = pytest.mark.slow
 
 BUSY = {
     "standard": {
