@@ -18,6 +18,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Iterator
 
+from sidecar.core.controls import Controls
 from sidecar.core.entries import CacheKey, Entry, EntryTable, Lookup, Outcome, PathNotAllowed
 from sidecar.core.facts import (
     EntriesChanged,
@@ -29,10 +30,10 @@ from sidecar.core.facts import (
     Unavailable,
 )
 from sidecar.core.fetch import Fetcher
-from sidecar.core.outage import Decision, aged_out, decide, fail_closed
+from sidecar.core.outage import without_store
 from sidecar.core.policy import Freshness, Policy, SecretClass
-from sidecar.core.refusals import Refusals, covers
-from sidecar.core.revocations import Revocation, Revocations, SecretRevoked
+from sidecar.core.refusals import Refusals
+from sidecar.core.revocations import Revocations, SecretRevoked
 from sidecar.core.rotation import Rotations
 from sidecar.core.upkeep import Upkeep
 from sidecar.core.warm import exportable, restore, restore_verdict
@@ -106,6 +107,10 @@ class SecretCache:
             classify=self.classify,
             clock=clock,
             wall=wall,
+        )
+        # purge, revocations and class windows: incident controls, not the read path
+        self.controls = Controls(
+            self._entries, policy, self._refusals, self._revoked, self._upkeep, clock
         )
 
     # -- what is held ------------------------------------------------------------------------
@@ -231,6 +236,9 @@ class SecretCache:
             self.hits[secret_class.name] = self.hits.get(secret_class.name, 0) + 1
         self._listener.notify(LookedUp(secret_class, outcome))
 
+    def _stale_served(self, entry: Entry, age: float) -> None:
+        self._listener.notify(StaleServed(entry.secret.path, entry.secret_class, entry, age))
+
     def _first_served(self, key: CacheKey, entry: Entry) -> None:
         entry.served = True
         if key[1] is None:
@@ -247,33 +255,15 @@ class SecretCache:
     ) -> Lookup:
         """The store could not answer. Serve what the class allows, or say why not."""
         try:
-            lookup = self._serve_without_store(key, entry, secret_class, exc)
+            lookup = without_store(
+                self._entries, key, entry, secret_class, exc, self._clock(), self._stale_served
+            )
         except StoreUnavailable as refused:
             self._looked_up(secret_class, outcome)
             self._listener.notify(Unavailable(secret_class, refused.reason))
             raise
         self._looked_up(secret_class, lookup.outcome)
         return lookup
-
-    def _serve_without_store(
-        self, key: CacheKey, entry: Entry | None, secret_class: SecretClass, exc: StoreUnavailable
-    ) -> Lookup:
-        if entry is None:
-            entry = self._entries.get(key)  # may have arrived while we waited
-        if entry is not None:
-            age = self._clock() - entry.confirmed_at
-            decision = decide(entry.secret_class, age, provisional=entry.provisional)
-            if decision is Decision.FRESH:
-                return Lookup(entry, Outcome.HIT, age)
-            if decision is Decision.STALE:
-                self._listener.notify(StaleServed(key[0], entry.secret_class, entry, age))
-                return Lookup(entry, Outcome.STALE, age)
-            if decision is Decision.FAIL_CLOSED:
-                raise fail_closed(secret_class, exc) from exc
-            self._entries.expire(key, entry)
-        if self._entries.aged_out(key):
-            raise aged_out(secret_class, exc) from exc
-        raise exc
 
     # -- rotation: blocking queries, overlap ----------------------------------------------
 
@@ -314,57 +304,6 @@ class SecretCache:
     def overlaps_open(self) -> int:
         """How many paths still serve their previous version after a rotation (metrics, /admin)."""
         return self._rotations.overlaps_open()
-
-    # -- emergency: purge, revocation, incident windows -----------------------------------
-
-    def purge(self, *, path: str | None = None, prefix: str | None = None) -> int:
-        """Drop values (every version) of a path, of a prefix, or all (neither given).
-        Preloaded paths are fetched again soon; anything else on its next read. A fetch under
-        way keeps nothing it brings back (its answer may predate what the purge is for), and
-        the store's remembered refusals (the negative cache) are forgotten too."""
-        self._refusals.purged(path, prefix)
-        doomed = [key for key, _ in self._entries.items() if covers(path, prefix, key[0])]
-        self._entries.remove(doomed)
-        self._upkeep.purged(doomed)
-        return len(doomed)
-
-    def set_revocations(
-        self, revoked: Iterable[Revocation]
-    ) -> tuple[list[Revocation], list[Revocation], int]:
-        """Replace the revocation list. Returns (added, removed, values purged). A listed path
-        (or path and version) is dropped from memory now and refused until it leaves the list."""
-        added, removed = self._revoked.replace(revoked)
-        doomed = [
-            key
-            for key, entry in self._entries.items()
-            if self._revoked.covers(key[0], entry.secret.version)
-        ]
-        return added, removed, self._entries.remove(doomed)
-
-    def revocations(self) -> list[dict[str, object]]:
-        """The revocation list in force, one dict (path, version, reason) per entry, for /admin."""
-        return self._revoked.listing()
-
-    def replace_class(self, secret_class: SecretClass) -> SecretClass:
-        """Swap a class for a changed copy (an incident window); returns the one replaced.
-        Entries follow at once; expiry is re-checked against the new max_cache_age."""
-        replaced = self._policy.replace_class(secret_class)
-        for _, entry in self._entries.items():
-            if entry.secret_class.name == secret_class.name:
-                entry.secret_class = secret_class
-        self._upkeep.window_changed(
-            secret_class, shorter=secret_class.max_cache_age < replaced.max_cache_age
-        )
-        log.info(
-            "class window changed",
-            extra={
-                "class": secret_class.name,
-                "max_cache_age": secret_class.max_cache_age,
-                "was": replaced.max_cache_age,
-                "at": self._clock(),
-            },
-        )
-        return replaced
 
     # -- warm start and preload ----------------------------------------------------------
 

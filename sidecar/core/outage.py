@@ -1,10 +1,12 @@
 """The outage decision, in one place: what a read gets when the store cannot confirm the value
-held (pure: a class, an age, and what went wrong)."""
+held (pure: a class, an age, and what went wrong), and how a read applies it."""
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 
+from sidecar.core.entries import CacheKey, Entry, EntryTable, Lookup, Outcome
 from sidecar.core.policy import Freshness, SecretClass
 from sidecar.store.interface import StoreUnavailable
 
@@ -51,3 +53,34 @@ def aged_out(secret_class: SecretClass, cause: StoreUnavailable) -> StoreUnavail
         f"and the store cannot confirm it ({cause.reason})",
         retry_after=cause.retry_after,
     )
+
+
+def without_store(
+    entries: EntryTable,
+    key: CacheKey,
+    entry: Entry | None,
+    secret_class: SecretClass,
+    cause: StoreUnavailable,
+    now: float,
+    on_stale: Callable[[Entry, float], None],
+) -> Lookup:
+    """The store could not answer a read of ``key`` (of ``secret_class``): the value held as
+    ``decide`` allows it (``on_stale`` hears of a stale one), or the refusal that says why not.
+    ``entry``: what the read saw before it asked the store (None: nothing; one may have arrived
+    since)."""
+    if entry is None:
+        entry = entries.get(key)
+    if entry is not None:
+        age = now - entry.confirmed_at
+        decision = decide(entry.secret_class, age, provisional=entry.provisional)
+        if decision is Decision.FRESH:
+            return Lookup(entry, Outcome.HIT, age)
+        if decision is Decision.STALE:
+            on_stale(entry, age)
+            return Lookup(entry, Outcome.STALE, age)
+        if decision is Decision.FAIL_CLOSED:
+            raise fail_closed(secret_class, cause) from cause
+        entries.expire(key, entry)
+    if entries.aged_out(key):
+        raise aged_out(secret_class, cause) from cause
+    raise cause

@@ -71,7 +71,7 @@ async def status(request: web.Request) -> web.Response:
             "secrets_cached": len(cache),
             "overlaps_open": cache.overlaps_open(),
             "extensions": admin.extensions(),
-            "revocations": cache.revocations(),
+            "revocations": cache.controls.revocations(),
             "revocation_list_polled_at": admin.revocations_polled_at,
         }
     )

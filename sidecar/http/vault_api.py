@@ -212,7 +212,7 @@ async def _invalidate(request: web.Request, api_path: str) -> None:
     sidecar's identity is never used to ask about a path someone else wrote)."""
     cache = request.app[CACHE_KEY]
     for path in kv_candidates(api_path.removesuffix("/"), actions=KV2_PATHS):
-        if cache.purge(path=path):
+        if cache.controls.purge(path=path):
             log.info("write passed through; cached values dropped", extra={"path": path})
 
 

@@ -82,7 +82,7 @@ class Admin:
     ) -> int:
         """Drop cached values (one path, a prefix, or everything) from memory and from the
         snapshot, e.g. after a leak; returns how many entries went."""
-        count = self._cache.purge(path=path, prefix=prefix)
+        count = self._cache.controls.purge(path=path, prefix=prefix)
         scope = "path" if path is not None else "prefix" if prefix is not None else "all"
         self._audit.record("purged", scope=scope, target=path or prefix, entries=count, by=by)
         log.warning("purged", extra={"scope": scope, "target": path or prefix, "entries": count})
@@ -118,7 +118,9 @@ class Admin:
                 400, f"'for' must be more than 0 and at most {format_duration(MAX_EXTENSION)}"
             )
         self._configured[class_name] = configured
-        self._cache.replace_class(dataclasses.replace(configured, max_cache_age=max_cache_age))
+        self._cache.controls.replace_class(
+            dataclasses.replace(configured, max_cache_age=max_cache_age)
+        )
         previous = self._reverts.pop(class_name, None)
         if previous is not None:
             previous.cancel()
@@ -153,7 +155,7 @@ class Admin:
         self._extended_until.pop(class_name, None)
         if configured is None:
             return
-        self._cache.replace_class(configured)
+        self._cache.controls.replace_class(configured)
         self._audit.record(
             "cache_window_reverted",
             **{"class": class_name},
@@ -178,7 +180,7 @@ class Admin:
         """Make the cache follow a newly read revocation list: revoked values are dropped now
         (and from the snapshot), additions and lifted entries are audited, and listeners hear of
         each revocation."""
-        added, removed, purged = self._cache.set_revocations(revoked)
+        added, removed, purged = self._cache.controls.set_revocations(revoked)
         for path, version, reason in added:
             self._audit.record("revoked", path=path, version=version, reason=reason, entries=purged)
             self._listener.notify(Revoked(path, version, reason))

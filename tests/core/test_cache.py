@@ -416,7 +416,7 @@ async def test_negative_cache_remembers_refusals_briefly_and_purge_forgets_them(
     with pytest.raises(SecretForbidden):
         await h.cache.get(OTHER)
     h.backend.error = None
-    assert h.cache.purge(prefix="secret/app/") == 1  # the value of APP; OTHER had none
+    assert h.cache.controls.purge(prefix="secret/app/") == 1  # the value of APP; OTHER had none
     assert (await h.cache.get(OTHER)).outcome is Outcome.MISS
 
 
@@ -832,7 +832,7 @@ async def test_replaced_and_purged_values_leave_memory_at_once(h: Harness) -> No
     gc.collect()
     assert first() is None  # the schedule does not keep the old value alive
     second = weakref.ref((await h.cache.get(APP)).entry)
-    assert h.cache.purge(path=APP) == 1
+    assert h.cache.controls.purge(path=APP) == 1
     await spin()  # let the loop drop its own finished futures
     gc.collect()
     assert second() is None
@@ -860,7 +860,7 @@ async def test_a_fetch_under_way_during_a_purge_keeps_nothing() -> None:
     backend.gate = asyncio.Event()
     read = asyncio.create_task(cache.get(APP))
     await _asked(backend)
-    assert cache.purge(path=APP) == 0
+    assert cache.controls.purge(path=APP) == 0
     backend.gate.set()
     assert (await read).entry.secret.data == {"value": f"{APP}@v1"}
     assert len(cache) == 0
@@ -871,7 +871,7 @@ async def test_a_fetch_under_way_during_a_purge_keeps_nothing() -> None:
     read = asyncio.create_task(cache.get(OTHER))
     await _asked(backend)
     backend.error = None  # the secret is written, then the operator purges
-    cache.purge(prefix="secret/app/")
+    cache.controls.purge(prefix="secret/app/")
     backend.gate.set()
     with pytest.raises(SecretNotFound):
         await read
@@ -882,7 +882,7 @@ async def test_a_fetch_under_way_during_a_purge_keeps_nothing() -> None:
     backend.gate = asyncio.Event()
     read = asyncio.create_task(cache.get(CRITICAL))
     await _asked(backend)
-    cache.purge(path=APP)
+    cache.controls.purge(path=APP)
     backend.gate.set()
     await read
     assert (await cache.get(CRITICAL)).outcome is Outcome.HIT

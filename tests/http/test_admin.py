@@ -118,7 +118,7 @@ async def test_revocation_list_in_the_store_turns_reads_into_410(
 
     # off the list: served again (a fresh store read)
     openbao.kv_put(list_path, {"revoked": []})
-    await _until(lambda: not sidecar.cache.revocations())
+    await _until(lambda: not sidecar.cache.controls.revocations())
     again = await client.get(f"/secrets/secret/{uid}/leaked", headers=AUTH)
     assert again.status == 200
     assert again.headers["X-Sidecar-Cache"] == "MISS"
@@ -148,7 +148,7 @@ async def test_revocation_list_keeps_working_when_the_circuit_is_open(
     assert reasons[-1] == "throttled", reasons
     # ...yet the revocation list is still read and obeyed.
     openbao.kv_put(list_path, {"revoked": [{"path": f"secret/{uid}/x", "reason": "incident"}]})
-    await _until(lambda: bool(sidecar.cache.revocations()))
+    await _until(lambda: bool(sidecar.cache.controls.revocations()))
     assert (await client.get(f"/secrets/secret/{uid}/x", headers=AUTH)).status == 410
 
 

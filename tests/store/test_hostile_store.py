@@ -154,7 +154,7 @@ async def test_a_malformed_revocation_list_keeps_the_last_good_one_and_polling_g
     client, sidecar = await make_sidecar(
         hostile.addr, revocation_list=f"secret/{listing}", revocation_poll_interval="100ms"
     )
-    await _until(lambda: sidecar.cache.revocations() != [])
+    await _until(lambda: sidecar.cache.controls.revocations() != [])
     leaked = await client.get(f"/secrets/secret/{uid}/leaked", headers=AUTH)
     assert leaked.status == 410
 
@@ -175,7 +175,7 @@ async def test_a_malformed_revocation_list_keeps_the_last_good_one_and_polling_g
     hostile.clear()
     openbao.kv_put(listing, {"revoked": [{"path": f"secret/{uid}/later", "reason": "later"}]})
     await _until(
-        lambda: [r["path"] for r in sidecar.cache.revocations()] == [f"secret/{uid}/later"]
+        lambda: [r["path"] for r in sidecar.cache.controls.revocations()] == [f"secret/{uid}/later"]
     )
     assert (await client.get(f"/secrets/secret/{uid}/later", headers=AUTH)).status == 410
     assert (await client.get(f"/secrets/secret/{uid}/leaked", headers=AUTH)).status == 200
