@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from sidecar.core.cache import SecretCache
 from sidecar.core.events import EventHub
@@ -29,4 +30,19 @@ HTTP_KEY = web.AppKey("http", HTTPSettings)
 ReadyReport = Callable[[], Mapping[str, Any]]
 # What every response says in Server: no versions (aiohttp's default names its own and Python's).
 SERVER = "secrets-sidecar"
+
+
+def hit_headers(cache_header: str) -> CIMultiDict[str]:
+    """The headers every fresh hit carries (``cache_header``: HIT under the API's own name),
+    built once and copied per response, never changed."""
+    return CIMultiDict(
+        {
+            "Content-Type": "application/json",
+            cache_header: "HIT",
+            "Cache-Control": "no-store",
+            "Server": SERVER,
+        }
+    )
+
+
 READY_KEY: web.AppKey[ReadyReport] = web.AppKey("ready")

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from multidict import CIMultiDict, istr
+from multidict import istr
 
 from sidecar.core.cache import Entry, Lookup, SecretCache
 from sidecar.core.durations import parse_duration
@@ -36,8 +36,8 @@ from sidecar.http.keys import (
     FACTS_KEY,
     MAX_WAIT_KEY,
     SECRETS_PREFIX,
-    SERVER,
     VERIFIER_KEY,
+    hit_headers,
 )
 from sidecar.store.interface import SecretNotFound
 
@@ -68,15 +68,13 @@ def whole_number(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
-PREVIOUS = -1  # ``?version=previous``
-
-
 @dataclass(frozen=True, slots=True)
 class Query:
     """The checked query parameters of a ``/secrets/`` read (``_parse_query`` makes it)."""
 
     field: str | None = None
-    version: int | None = None  # a version number, PREVIOUS, or None for the latest
+    version: int | None = None  # a version number, or None for the latest
+    previous: bool = False  # ``?version=previous``: the version before the latest
     wait: float | None = None
     newer_than: int | None = None
 
@@ -96,9 +94,8 @@ def _parse_query(request: web.Request) -> Query:
         raise BadRequest("field must not be empty")
     version: int | None = None
     text = query.get("version")
-    if text == "previous":
-        version = PREVIOUS
-    elif text is not None:
+    previous = text == "previous"
+    if text is not None and not previous:
         if not whole_number(text) or not 0 < int(text) < 2**63:
             raise BadRequest(f"version must be a positive whole number or 'previous', got {text!r}")
         version = int(text)
@@ -108,7 +105,7 @@ def _parse_query(request: web.Request) -> Query:
             wait = parse_duration(query["wait"])
         except ValueError as exc:
             raise BadRequest(f"wait: {exc}") from None
-        if version is not None:
+        if text is not None:
             raise BadRequest("wait watches the latest version; it does not combine with version")
     newer_than: int | None = None
     if "newer_than" in query:
@@ -120,7 +117,7 @@ def _parse_query(request: web.Request) -> Query:
         if not whole_number(text) or int(text) >= 2**63:
             raise BadRequest(f"newer_than must be a whole number, got {text!r}")
         newer_than = int(text)
-    return Query(field, version, wait, newer_than)
+    return Query(field, version, previous, wait, newer_than)
 
 
 # -- the secrets handler ------------------------------------------------------------------
@@ -158,14 +155,7 @@ def _overlap_member(entry: Entry, wall: Callable[[], float]) -> bytes:
 
 # Shared by every hit (copied per response, never changed): class and version are in the
 # envelope, headers only on ?field= answers.
-_HIT_HEADERS = CIMultiDict(
-    {
-        "Content-Type": "application/json",
-        "X-Sidecar-Cache": "HIT",
-        "Cache-Control": "no-store",
-        "Server": SERVER,
-    }
-)
+_HIT_HEADERS = hit_headers("X-Sidecar-Cache")
 _AGE = istr("Age")
 
 
@@ -179,8 +169,9 @@ async def get_secret(request: web.Request) -> web.Response:
     path = request.match_info["path"]
     cache = request.app[CACHE_KEY]
     if request.method == "GET" and "?" not in request.raw_path:
-        # The hot path: a fresh value already served once. Its path was validated when it
-        # was first fetched, so nothing here but a dict lookup and pre-rendered bytes.
+        # A fresh hit the pre-router front could not take (an escaped spelling of the path,
+        # or no front: a plain aiohttp runner): the guard has passed, so answer it the same
+        # way. Its path was validated when first fetched: a dict lookup and prepared bytes.
         hit = cache.hit(path)
         if hit is not None:
             return _render_hit(*hit, cache.wall)
@@ -191,7 +182,7 @@ async def get_secret(request: web.Request) -> web.Response:
     try:
         validate_path(path)
         query = _parse_query(request)
-        if query.version == PREVIOUS:
+        if query.previous:
             lookup = await _previous(request, path)
         elif query.wait is not None:
             lookup = await cache.get(path)

@@ -19,14 +19,14 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from multidict import CIMultiDict, istr
+from multidict import istr
 
 from sidecar.core.cache import Lookup, PathNotAllowed, SecretCache
 from sidecar.core.paths import InvalidPath, check_kv_path, check_path, kv_candidates
 from sidecar.http.bodies import read_body
 from sidecar.http.errors import BadRequest, Refused, error_response, vault_error
 from sidecar.http.guard import CALLER_KEY, GUARD_KEY, Access, FastPath, guarded
-from sidecar.http.keys import CACHE_KEY, PASSTHROUGH_KEY, SERVER, VAULT_PREFIX
+from sidecar.http.keys import CACHE_KEY, PASSTHROUGH_KEY, VAULT_PREFIX, hit_headers
 from sidecar.http.native import CACHE_HEADER, whole_number
 from sidecar.store.interface import METADATA, Mount, Secret, SecretNotFound, Store
 
@@ -92,14 +92,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         return error_response(exc, api_path, vault=True)
 
 
-_HIT_HEADERS = CIMultiDict(
-    {
-        "Content-Type": "application/json",
-        "X-Cache": "HIT",
-        "Cache-Control": "no-store",
-        "Server": SERVER,
-    }
-)
+_HIT_HEADERS = hit_headers("X-Cache")
 _AGE = istr("Age")
 
 
