@@ -10,17 +10,11 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from sidecar.backend_settings import AppRoleAuth, KubernetesAuth, TokenAuth
 from sidecar.core.durations import format_duration
 from sidecar.core.policy import is_literal
-from sidecar.settings import (
-    AppRoleAuth,
-    ConfigError,
-    KubernetesAuth,
-    Settings,
-    TokenAuth,
-    is_loopback,
-    split_hostport,
-)
+from sidecar.settings import Settings
+from sidecar.settings_fields import ConfigError, is_loopback, split_hostport
 
 
 def load_settings(path: Path | str | None) -> Settings:

@@ -11,10 +11,11 @@ import pytest
 import yaml
 
 from sidecar import __version__
+from sidecar.backend_settings import TokenAuth
 from sidecar.cli import main
 from sidecar.config import load_settings
 from sidecar.core.policy import OnOutage
-from sidecar.settings import ConfigError, Settings, TokenAuth
+from sidecar.settings import ConfigError, Settings
 
 BASE: dict[str, Any] = {
     "listen": "127.0.0.1:8100",

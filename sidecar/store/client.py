@@ -23,8 +23,8 @@ import orjson
 import requests
 from hvac.adapters import RawAdapter
 
+from sidecar.backend_settings import BackendSettings
 from sidecar.core.paths import SAFE_CHARACTERS
-from sidecar.settings import BackendSettings
 from sidecar.store.interface import ErrorKind, Forwarded, StoreUnavailable
 from sidecar.store.replies import Reply
 from sidecar.store.transport import (

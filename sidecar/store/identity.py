@@ -15,10 +15,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+from sidecar.backend_settings import AppRoleAuth, BackendSettings, KubernetesAuth, TokenAuth
 from sidecar.core.backoff import full_jitter
 from sidecar.core.facts import AuthEvent, Listener
 from sidecar.core.supervise import listener_of_failures, supervised
-from sidecar.settings import AppRoleAuth, BackendSettings, KubernetesAuth, TokenAuth
 from sidecar.store import replies
 from sidecar.store.interface import (
     ErrorKind,

@@ -11,10 +11,10 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from sidecar.backend_settings import BackendSettings
 from sidecar.core.coalesce import Coalescer
 from sidecar.core.facts import Listener, Quiet
 from sidecar.core.supervise import listener_of_failures, supervised
-from sidecar.settings import BackendSettings
 from sidecar.store import replies
 from sidecar.store.client import HvacClient
 from sidecar.store.identity import Authenticator

@@ -11,9 +11,9 @@ import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from sidecar.backend_settings import BackendSettings
 from sidecar.core.backoff import CircuitBreaker, TokenBucket
 from sidecar.core.facts import Listener, NodeState
-from sidecar.settings import BackendSettings
 from sidecar.store.interface import ErrorKind, StoreUnavailable
 from sidecar.store.replies import REDIRECTS, Reply, unavailable_for
 
