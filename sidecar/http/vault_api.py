@@ -28,7 +28,14 @@ from sidecar.http.errors import BadRequest, Refused, error_response, vault_error
 from sidecar.http.guard import CALLER_KEY, GUARD_KEY, Access, FastPath, guarded
 from sidecar.http.keys import CACHE_KEY, PASSTHROUGH_KEY, VAULT_PREFIX, hit_headers
 from sidecar.http.native import CACHE_HEADER, whole_number
-from sidecar.store.interface import METADATA, Mount, Secret, SecretNotFound, Store
+from sidecar.store.interface import (
+    METADATA,
+    Mount,
+    PassThrough,
+    Secret,
+    SecretNotFound,
+    Store,
+)
 
 log = logging.getLogger("sidecar.vault_api")
 
@@ -192,7 +199,7 @@ async def _passthrough(request: web.Request, api_path: str, store_token: str) ->
     body = await read_body(request)
     store = request.app[STORE_KEY]
     forwarded = await store.forward(
-        request.method, api_path, list(request.query.items()), body, headers
+        PassThrough(request.method, api_path, list(request.query.items()), body, headers)
     )
     if request.method not in READ_METHODS and 200 <= forwarded.status < 300:
         await _invalidate(request, api_path)

@@ -25,7 +25,7 @@ from hvac.adapters import RawAdapter
 
 from sidecar.backend_settings import BackendSettings
 from sidecar.core.paths import SAFE_CHARACTERS
-from sidecar.store.interface import ErrorKind, Forwarded, StoreUnavailable
+from sidecar.store.interface import ErrorKind, Forwarded, PassThrough, StoreUnavailable
 from sidecar.store.replies import Reply
 from sidecar.store.transport import (
     Aborted,
@@ -73,37 +73,19 @@ class HvacClient:
         """One request to the node at ``url``, with ``token`` (or none)."""
         return await self._off_loop(self._blocking_send, url, method, api_path, params, json, token)
 
-    async def forward(
-        self,
-        url: str,
-        method: str,
-        api_path: str,
-        query: list[tuple[str, str]],
-        body: bytes,
-        headers: Mapping[str, str],
-    ) -> Forwarded:
+    async def forward(self, url: str, request: PassThrough) -> Forwarded:
         """One request passed through as it came (the caller's own token in ``headers``)."""
-        return await self._off_loop(
-            self._blocking_forward, url, method, api_path, query, body, dict(headers)
-        )
+        return await self._off_loop(self._blocking_forward, url, request)
 
-    def _blocking_forward(
-        self,
-        url: str,
-        method: str,
-        api_path: str,
-        query: list[tuple[str, str]],
-        body: bytes,
-        headers: dict[str, str],
-    ) -> Forwarded:
+    def _blocking_forward(self, url: str, request: PassThrough) -> Forwarded:
         with self._transport_errors():
             response = self._adapter(url).request(
-                method,
-                _url_path(api_path),
-                headers=headers,
+                request.method,
+                _url_path(request.api_path),
+                headers=dict(request.headers),
                 raise_exception=False,
-                params=query,
-                data=body or None,
+                params=request.query,
+                data=request.body or None,
                 stream=True,
             )
             content = read_body(response, self._settings.max_response_size)

@@ -186,6 +186,18 @@ class Mount:
 
 
 @dataclass(frozen=True, slots=True)
+class PassThrough:
+    """A caller's request to pass to the store as it came (Vault API passthrough), with the
+    caller's own store token in ``headers``, never the sidecar's."""
+
+    method: str
+    api_path: str
+    query: list[tuple[str, str]]
+    body: bytes
+    headers: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
 class Forwarded:
     """A store answer passed back unchanged (Vault API passthrough)."""
 
@@ -219,12 +231,5 @@ class Store(Backend, Protocol):
         """Trust mounts remembered by the snapshot, so a warm start need not ask the store which
         mount holds each path; returns how many were taken."""
 
-    async def forward(
-        self,
-        method: str,
-        api_path: str,
-        query: list[tuple[str, str]],
-        body: bytes,
-        headers: Mapping[str, str],
-    ) -> Forwarded:
+    async def forward(self, request: PassThrough) -> Forwarded:
         """One request passed through as it came, with the caller's own token."""

@@ -23,6 +23,7 @@ from sidecar.store.interface import (
     Forwarded,
     InvalidRequest,
     Mount,
+    PassThrough,
     Secret,
     SecretForbidden,
     SecretNotFound,
@@ -218,19 +219,12 @@ class KVStore:
             node.url, "GET", "sys/health", {"standbyok": "true", "perfstandbyok": "true"}
         )
 
-    async def forward(
-        self,
-        method: str,
-        api_path: str,
-        query: list[tuple[str, str]],
-        body: bytes,
-        headers: Mapping[str, str],
-    ) -> Forwarded:
+    async def forward(self, request: PassThrough) -> Forwarded:
         """Pass one request through to the store as it came, with the caller's own token
         (in ``headers``), never the sidecar's: the sidecar must not become everyone's way in.
         One node, no retry elsewhere: a write must not be sent twice."""
         node = self._nodes.first_ready()
-        return await self._client.forward(node.url, method, api_path, query, body, headers)
+        return await self._client.forward(node.url, request)
 
 
 def _rest(mount: Mount, path: str) -> str:
