@@ -10,7 +10,7 @@ fact per hit would cost as much as the hit.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar, dataclass_transform
 
 from sidecar.core.backoff import CircuitState
 from sidecar.core.entries import Entry, Outcome
@@ -20,11 +20,21 @@ from sidecar.store.interface import Secret, StoreError
 if TYPE_CHECKING:
     from sidecar.core.verify import Verdict
 
+_T = TypeVar("_T")
+
+
+@dataclass_transform()
+def fact(cls: type[_T]) -> type[_T]:
+    """A fact type: a message made and dropped by the thousand, read by listeners, never
+    compared or changed. So: slots, and none of the equality and frozen-ness methods a
+    dataclass generates per type (kilobytes of code each at import, times every fact)."""
+    return dataclass(slots=True, eq=False)(cls)
+
 
 # -- the cache ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@fact
 class FetchFinished:
     """A store read ended (``error`` None: it succeeded)."""
 
@@ -34,7 +44,7 @@ class FetchFinished:
     error: StoreError | None
 
 
-@dataclass(frozen=True, slots=True)
+@fact
 class LookedUp:
     """A read was answered this way (hits on the hot path are counted in place instead)."""
 
@@ -42,7 +52,7 @@ class LookedUp:
     outcome: Outcome
 
 
-@dataclass(frozen=True, slots=True)
+@fact
 class Unavailable:
     """A read was answered 503, for this reason."""
 
@@ -50,14 +60,14 @@ class Unavailable:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@fact
 class EntriesChanged:
     """The number of values held changed: now ``count``."""
 
     count: int
 
 
-@dataclass(frozen=True, slots=True)
+@fact
 class StaleServed:
     """A read got a value the store had not confirmed (an outage, or restored from a snapshot),
     ``age`` seconds since it last was."""
@@ -68,7 +78,7 @@ class StaleServed:
     age: float
 
 
-@dataclass(frozen=True, slots=True)
+@fact
 class Rotated:
     """The store's current version moved past the one held."""
 
@@ -78,7 +88,7 @@ class Rotated:
     new: Secret
 
 
-@dataclass(frozen=True, slots=True)
+@fact
 class FirstServed:
     """A version was served for the first time (after a rotation: the app took it up)."""
 
@@ -88,7 +98,7 @@ class FirstServed:
     since_rotation: float | None
 
 
-@dataclass(frozen=True, slots=True)
+@fact
 class PreviousRetired:
     """A rotation's overlap ended: the previous version is no longer served."""
 
@@ -99,14 +109,14 @@ class PreviousRetired:
     last_served: float | None
 
 
-@dataclass(frozen=True, slots=True)
+@fact
 class PreviousServed:
     """``?version=previous`` was answered (someone still reads the old value)."""
 
     secret_class: SecretClass
 
 
-@dataclass(frozen=True, slots=True)
+@fact
 class Verified:
     """A presented credential was checked against the versions of ``path`` (``verify.py``)."""
 
@@ -119,7 +129,7 @@ class Verified:
 # -- the store -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@fact
 class AuthEvent:
     """The sidecar's own store identity: a login or renewal, and its outcome."""
 
@@ -128,7 +138,7 @@ class AuthEvent:
     expires_at: float | None
 
 
-@dataclass(frozen=True, slots=True)
+@fact
 class NodeState:
     """A store node was seen up or down, with its circuit breaker's state."""
 
@@ -140,14 +150,14 @@ class NodeState:
 # -- operations ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@fact
 class BackgroundFailed:
     """A background task failed unexpectedly and was restarted."""
 
     task: str
 
 
-@dataclass(frozen=True, slots=True)
+@fact
 class SnapshotLoaded:
     """The snapshot was read at start: ``restored`` values warmed the cache."""
 
@@ -155,7 +165,7 @@ class SnapshotLoaded:
     unusable: bool  # the file was damaged, tampered with, or under another key
 
 
-@dataclass(frozen=True, slots=True)
+@fact
 class SnapshotSaved:
     """The snapshot was written, holding ``entries`` values."""
 
@@ -163,7 +173,7 @@ class SnapshotSaved:
     at: float  # wall time
 
 
-@dataclass(frozen=True, slots=True)
+@fact
 class SnapshotFailed:
     """A snapshot operation failed (an unusable file at load is told by ``SnapshotLoaded``
     instead)."""
@@ -171,7 +181,7 @@ class SnapshotFailed:
     operation: str  # "save" (a load problem is told by SnapshotLoaded)
 
 
-@dataclass(frozen=True, slots=True)
+@fact
 class Revoked:
     """An entry appeared on the fleet-wide revocation list."""
 
@@ -180,7 +190,7 @@ class Revoked:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@fact
 class RevocationsPolled:
     """The fleet-wide revocation list was polled (``ok``: read and applied)."""
 
@@ -188,7 +198,7 @@ class RevocationsPolled:
     at: float  # wall time
 
 
-@dataclass(frozen=True, slots=True)
+@fact
 class ConnectionClosed:
     """A listener closed or refused a connection to protect itself."""
 
@@ -196,7 +206,7 @@ class ConnectionClosed:
     reason: str  # limit, evicted, header_timeout
 
 
-@dataclass(frozen=True, slots=True)
+@fact
 class ConnectionsOpen:
     """How many connections a listener has open now."""
 
