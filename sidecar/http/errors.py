@@ -62,6 +62,7 @@ _HTTP_CODES = {
     400: "bad_request",
     404: "not_found",
     405: "method_not_allowed",
+    409: "conflict",
     413: "request_too_large",
 }
 

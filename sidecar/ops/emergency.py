@@ -17,7 +17,7 @@ from sidecar.core.cache import SecretCache
 from sidecar.core.clock import SYSTEM, Clock, Timer
 from sidecar.core.durations import format_duration
 from sidecar.core.facts import Listener, RevocationsPolled, Revoked
-from sidecar.core.policy import SecretClass
+from sidecar.core.policy import OnOutage, SecretClass
 from sidecar.ops.audit import AuditLog, iso_time
 from sidecar.ops.warmstart import Snapshotter
 from sidecar.store.interface import Backend, SecretNotFound, StoreError
@@ -35,7 +35,7 @@ class MalformedList(Exception):
 
 class AdminError(Exception):
     """An admin request refused, with the HTTP status to answer (404 for an unknown class, 400
-    for a value out of range)."""
+    for a value out of range, 409 for a request the class's policy makes meaningless)."""
 
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
@@ -101,6 +101,13 @@ class Admin:
         if current is None:
             raise AdminError(404, f"no class named {class_name!r}")
         configured = self._configured.get(class_name, current)
+        if configured.on_outage is not OnOutage.SERVE_STALE:
+            raise AdminError(
+                409,
+                f"class {class_name!r} is {configured.on_outage}: it never serves a value the "
+                "store cannot confirm, so a longer cache window changes nothing; extend is for "
+                "serve_stale classes",
+            )
         if max_cache_age > self._ceiling:
             raise AdminError(
                 400,

@@ -216,3 +216,27 @@ async def _until(condition: Any) -> None:
     async with asyncio.timeout(5):
         while not condition():
             await asyncio.sleep(0.05)
+
+
+async def test_extend_refuses_a_fail_closed_class_and_audits_nothing(
+    make_sidecar: SidecarFactory, tmp_path: Path
+):
+    """A fail_closed class never serves an unconfirmed value: a longer window would change
+    nothing but the audit log's story. Refused with a reason, nothing recorded."""
+    client, sidecar = await make_sidecar(
+        classes=QUICK, max_cache_age_ceiling="1h", audit_log=str(tmp_path / "audit.log")
+    )
+    response = await client.post(
+        "/admin/extend",
+        headers=ADMIN,
+        json={"class": "payments", "max_cache_age": "30m", "for": "10m"},
+    )
+    assert response.status == 409
+    body = await response.json()
+    assert body["error"] == "conflict"
+    assert "fail_closed" in body["reason"] and "serve_stale" in body["reason"]
+    assert sidecar.cache.class_named("payments").max_cache_age == 300.0
+    status = await (await client.get("/admin/status", headers=ADMIN)).json()
+    assert status["extensions"] == {}
+    audit = tmp_path / "audit.log"
+    assert not audit.exists() or "cache_window_extended" not in audit.read_text()
