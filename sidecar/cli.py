@@ -84,8 +84,21 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``sidecar`` command: run the subcommand ``argv`` names and return its exit code (usage
-    help and 2 when none is given)."""
-    args = _parser().parse_args(argv)
+    help and 2 when none is given). A reader that stops early (``| head``) ends the output
+    quietly, not with a traceback."""
+    try:
+        status = _dispatch(_parser().parse_args(argv))
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at exit
+    except BrokenPipeError:
+        # As Python's documentation recommends: point stdout at /dev/null so the flush at
+        # interpreter exit does not fail again, and exit as a cut-off write does.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILURE
+    return status
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         return _run(args.config)
     if args.command == "check-config":

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -503,6 +505,24 @@ def test_check_config_accepts_a_valid_file_and_lists_classes(
     assert rows["payments"][-1] == "secret/payments/**"
     assert rows["standard"][-1] == "secret/**"
     assert "store: https://vault.example.com:8200 (auth: token)" in captured.out
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(tmp_path: Path) -> None:
+    """``sidecar check-config … | head -1``: the pipe closes before the table is written; the
+    command ends quietly (no BrokenPipeError traceback, no "Exception ignored" at exit)."""
+    path = write(tmp_path, doc())
+    reader_gone = subprocess.Popen(
+        [sys.executable, "-m", "sidecar", "check-config", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert reader_gone.stdout is not None and reader_gone.stderr is not None
+    reader_gone.stdout.close()  # long before the command (still importing) writes anything
+    err = reader_gone.stderr.read().decode()
+    assert reader_gone.wait(60) == 1
+    assert "Traceback" not in err
+    assert "BrokenPipe" not in err
+    assert "Exception ignored" not in err
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
