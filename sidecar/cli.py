@@ -224,8 +224,7 @@ def _inspect_snapshot(path: Path | None, *, as_json: bool) -> int:
     for item in report["entries"]:
         rows.append(
             (
-                item["path"]
-                + ("" if item["version_key"] is None else f"?version={item['version_key']}"),
+                item["path"] + ("" if item["held_as"] == "latest" else f" ({item['held_as']})"),
                 "-" if item["version"] is None else str(item["version"]),
                 item["class"] or "-",
                 format_duration(round(item["age_seconds"])),

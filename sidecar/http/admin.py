@@ -14,6 +14,7 @@ from sidecar.http.errors import BadRequest, error_response
 from sidecar.http.guard import Access, guarded
 from sidecar.http.keys import ADMIN_KEY, CACHE_KEY
 from sidecar.http.native import validate_path
+from sidecar.ops.audit import iso_time
 
 
 def _json(document: dict[str, Any]) -> web.Response:
@@ -72,7 +73,11 @@ async def status(request: web.Request) -> web.Response:
             "overlaps_open": cache.overlaps_open(),
             "extensions": admin.extensions(),
             "revocations": cache.controls.revocations(),
-            "revocation_list_polled_at": admin.revocations_polled_at,
+            "revocation_list_polled_at": (
+                None
+                if admin.revocations_polled_at is None
+                else iso_time(admin.revocations_polled_at)
+            ),
         }
     )
 

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from sidecar.core.cache import SecretCache, restore_verdict
 from sidecar.core.facts import Listener, SnapshotFailed, SnapshotLoaded, SnapshotSaved
-from sidecar.ops.audit import AuditLog
+from sidecar.ops.audit import AuditLog, iso_time
 from sidecar.ops.snapshot import (
     SnapshotEntry,
     SnapshotKeyError,
@@ -23,6 +23,7 @@ from sidecar.ops.snapshot import (
     write_snapshot,
 )
 from sidecar.settings import ConfigError, Settings, SnapshotSettings
+from sidecar.store.interface import METADATA
 
 log = logging.getLogger("sidecar.snapshot")
 
@@ -117,7 +118,7 @@ class Snapshotter:
                 "file": str(self._path),
                 "restored": restored,
                 "discarded": discarded,
-                "written_at": result.written_at,
+                "written_at": None if result.written_at is None else iso_time(result.written_at),
             },
         )
         return restored
@@ -199,6 +200,16 @@ class Snapshotter:
             await self.save()
 
 
+def _held_as(version_key: int | None) -> str:
+    """How a snapshot entry was read: the latest value, a version asked for by number, or a
+    KV v2 metadata document (the Vault-compatible API's ``metadata/`` reads; no value)."""
+    if version_key is None:
+        return "latest"
+    if version_key == METADATA:
+        return "metadata"
+    return f"version {version_key}"
+
+
 def inspect_snapshot(settings: Settings, wall: Callable[[], float] = time.time) -> dict[str, Any]:
     """What the snapshot holds and what a start would do with each entry. Never values."""
     key = snapshot_key(settings.snapshot)
@@ -215,6 +226,7 @@ def inspect_snapshot(settings: Settings, wall: Callable[[], float] = time.time) 
         entries.append(
             {
                 "path": entry.secret.path,
+                "held_as": _held_as(entry.version_key),
                 "version_key": entry.version_key,
                 "version": entry.secret.version,
                 "class": secret_class.name if secret_class else None,
@@ -226,7 +238,7 @@ def inspect_snapshot(settings: Settings, wall: Callable[[], float] = time.time) 
     return {
         "file": str(path),
         "format_version": result.format_version,
-        "written_at": result.written_at,
+        "written_at": None if result.written_at is None else iso_time(result.written_at),
         "mounts": len(result.mounts),
         "problem": result.problem,
         "skipped": result.skipped,

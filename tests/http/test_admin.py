@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,11 @@ async def test_revocation_list_in_the_store_turns_reads_into_410(
     old = await client.get(f"/secrets/secret/{uid}/versioned?version=1", headers=AUTH)
     assert old.status == 410
     assert all(key[0] != f"secret/{uid}/leaked" for key, _ in sidecar.cache.entries())
+    status = await (await client.get("/admin/status", headers=ADMIN)).json()
+    # RFC 3339 like every other time the sidecar prints, not an epoch float
+    assert re.fullmatch(
+        r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", status["revocation_list_polled_at"]
+    )
 
     # off the list: served again (a fresh store read)
     openbao.kv_put(list_path, {"revoked": []})

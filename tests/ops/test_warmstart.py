@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +180,9 @@ async def test_snapshot_inspect_shows_no_values(
     client, _ = await make_sidecar(document=doc)
     for name in ("db", "gone"):
         assert (await client.get(f"/secrets/secret/{uid}/{name}", headers=AUTH)).status == 200
+    # a metadata read through the Vault-compatible API is held (and saved) too
+    metadata = await client.get(f"/v1/secret/metadata/{uid}/db", headers=AUTH)
+    assert metadata.status == 200
     await client.close()
 
     # Now the rules no longer cover .../gone: inspect says a start would discard it.
@@ -191,10 +195,19 @@ async def test_snapshot_inspect_shows_no_values(
     assert f"secret/{uid}/db" in out and "restore" in out
     assert f"secret/{uid}/gone" in out and "discard: no rule classifies" in out
     assert "ws-inspect" not in out
+    # times as RFC 3339; the metadata document named as such, not as "?version=0"
+    written = next(line for line in out.splitlines() if line.startswith("written:"))
+    assert re.fullmatch(r"written:\s+\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", written)
+    assert f"secret/{uid}/db (metadata)" in out
+    assert "?version=0" not in out
 
     assert main(["snapshot", "inspect", "--config", str(cfg), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["restorable"] == 1
+    assert report["restorable"] == 2  # the value and its metadata; not the one out of rules
+    assert report["written_at"].endswith("Z")
+    held = {(e["path"], e["held_as"]) for e in report["entries"]}
+    assert (f"secret/{uid}/db", "metadata") in held
+    assert (f"secret/{uid}/db", "latest") in held
     assert "ws-inspect" not in json.dumps(report)
 
 
