@@ -24,6 +24,7 @@ from sidecar.store.interface import (
     SecretNotFound,
     StoreError,
     StoreUnavailable,
+    Unaskable,
 )
 
 log = logging.getLogger("sidecar.cache")
@@ -145,6 +146,8 @@ class Fetcher:
         purges: int,
     ) -> None:
         path, version = key
+        if isinstance(exc, Unaskable):
+            return  # the caller's mistake, found without asking the store: not a store failure
         self._listener.notify(FetchFinished(path, secret_class, elapsed, exc))
         dropped = self._log_limit.allow(exc.kind)
         if dropped is not None:

@@ -130,6 +130,12 @@ class InvalidRequest(StoreError):
     kind = ErrorKind.INVALID_REQUEST
 
 
+class Unaskable(InvalidRequest):
+    """A request the sidecar refuses without asking the store (a version of a KV v1 secret,
+    a path on a mount that is not KV): the caller's 400, and not a store error, so it is
+    neither counted in ``sidecar_backend_errors_total`` nor audited as a failed fetch."""
+
+
 class StoreUnavailable(StoreError):
     """Nobody could ask the store (down, sealed, slow, rate limited, circuit open): an outage,
     answered 503 with ``retry_after`` as the hint, and ridden out with the held value where the

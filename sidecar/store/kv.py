@@ -21,12 +21,12 @@ from sidecar.store.identity import Authenticator
 from sidecar.store.interface import (
     METADATA,
     Forwarded,
-    InvalidRequest,
     Mount,
     PassThrough,
     Secret,
     SecretForbidden,
     SecretNotFound,
+    Unaskable,
     VersionInfo,
 )
 from sidecar.store.mounts import MountTable
@@ -92,18 +92,16 @@ class KVStore:
 
     async def read(self, path: str, version: int | None, *, urgent: bool = False) -> Secret:
         """One secret for the cache, read the way its mount's KV version needs (``METADATA``
-        reads the KV v2 metadata document); a request the mount cannot answer is InvalidRequest."""
+        reads the KV v2 metadata document); a request the mount cannot answer is Unaskable."""
         mount = await self._mount_for(path, urgent=urgent)
         if not mount.kv:
-            raise InvalidRequest(
+            raise Unaskable(
                 f"{mount.path!r} is a {mount.engine!r} secrets engine; the sidecar serves KV only"
             )
         rest = _rest(mount, path)
         if version == METADATA:
             if mount.kv_version != 2:
-                raise InvalidRequest(
-                    f"metadata exists only on KV v2 mounts; {mount.path!r} is KV 1"
-                )
+                raise Unaskable(f"metadata exists only on KV v2 mounts; {mount.path!r} is KV 1")
             reply = await self.call("GET", f"{mount.path}metadata/{rest}")
             return replies.kv2_metadata(path, reply.body)
         if mount.kv_version == 2:
@@ -111,9 +109,7 @@ class KVStore:
             reply = await self.call("GET", f"{mount.path}data/{rest}", params=params, urgent=urgent)
             return replies.kv2_secret(path, version, reply.body)
         if version is not None:
-            raise InvalidRequest(
-                f"versions exist only on KV v2 mounts; {mount.path!r} is KV version 1"
-            )
+            raise Unaskable(f"versions exist only on KV v2 mounts; {mount.path!r} is KV version 1")
         reply = await self.call("GET", path, urgent=urgent)
         return replies.kv1_secret(path, reply.body)
 
@@ -230,5 +226,5 @@ class KVStore:
 def _rest(mount: Mount, path: str) -> str:
     rest = path[len(mount.path) :]
     if not rest:
-        raise InvalidRequest(f"{path!r} names the mount {mount.path!r}, not a secret in it")
+        raise Unaskable(f"{path!r} names the mount {mount.path!r}, not a secret in it")
     return rest

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from sidecar.dev.openbao import DevOpenBao
@@ -117,9 +119,12 @@ async def test_deleted_version_is_not_found(
     assert "deleted" in body["reason"]
 
 
-async def test_kv_version_1_mount(make_sidecar: SidecarFactory, openbao: DevOpenBao, uid: str):
+async def test_kv_version_1_mount(
+    make_sidecar: SidecarFactory, openbao: DevOpenBao, uid: str, tmp_path: Path
+):
     openbao.kv1_put(f"{uid}/legacy", {"api_key": "kv1-value"})
-    client, _ = await make_sidecar()
+    audit = tmp_path / "audit.log"
+    client, sidecar = await make_sidecar(audit_log=str(audit))
     response = await client.get(f"/secrets/kv1/{uid}/legacy", headers=AUTH)
     assert response.status == 200
     body = await response.json()
@@ -132,6 +137,9 @@ async def test_kv_version_1_mount(make_sidecar: SidecarFactory, openbao: DevOpen
     assert versioned.status == 400
     assert "KV v2" in (await versioned.json())["reason"]
     assert openbao.count_requests(f"kv1/{uid}/legacy") == 1
+    # the caller's mistake, found without asking the store: not a store error
+    assert metric(sidecar, "sidecar_backend_errors_total", {"kind": "invalid_request"}) == 0
+    assert "fetch_failed" not in audit.read_text()
 
 
 async def test_missing_secret_is_404(make_sidecar: SidecarFactory, uid: str):
