@@ -3,6 +3,7 @@ every problem found at once, each naming its key and the valid range."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from sidecar.core.policy import is_literal
 from sidecar.settings import Settings
 from sidecar.settings_fields import ConfigError, is_loopback, split_hostport
 
+NO_CONFIG = "no config file given (use --config FILE or set SIDECAR_CONFIG)"
+
 
 def load_settings(path: Path | str | None) -> Settings:
     """Read, merge and check the configuration; raise ConfigError naming every bad key."""
@@ -23,7 +26,19 @@ def load_settings(path: Path | str | None) -> Settings:
     document: dict[str, Any] = {}
     if path is not None:
         document = _read_yaml(Path(path))
+    elif not _sidecar_variables():
+        # Nothing to read at all: say that, not "classes: required key is missing".
+        raise ConfigError([NO_CONFIG])
     return settings_from(document, source)
+
+
+def _sidecar_variables() -> dict[str, str]:
+    """The SIDECAR_* environment variables that are settings (SIDECAR_CONFIG names the file)."""
+    return {
+        name.upper(): value
+        for name, value in os.environ.items()
+        if name.upper().startswith("SIDECAR_") and name.upper() != "SIDECAR_CONFIG"
+    }
 
 
 def settings_from(document: Mapping[str, Any], source: str | None = None) -> Settings:
@@ -31,11 +46,26 @@ def settings_from(document: Mapping[str, Any], source: str | None = None) -> Set
     try:
         settings = Settings(**document)
     except ValidationError as exc:
-        raise ConfigError(format_errors(exc), source) from None
+        raise ConfigError(_say_where(format_errors(exc)), source) from None
     problems = _cross_checks(settings)
     if problems:
         raise ConfigError(problems, source)
     return settings
+
+
+def _say_where(problems: list[str]) -> list[str]:
+    """A problem whose key an environment variable set says so: the fix is in the environment,
+    not in the file (``SIDECAR_BACKEND__TIMEOUT`` for ``backend.timeout``)."""
+    variables = _sidecar_variables()
+    said = []
+    for problem in problems:
+        key, sep, _ = problem.partition(": ")
+        parts = key.replace("[", ".").replace("]", "").split(".") if sep else []
+        # the variable that set this key, or one of its parents (a whole section as JSON)
+        names = ["SIDECAR_" + "__".join(parts[:n]).upper() for n in range(len(parts), 0, -1)]
+        name = next((n for n in names if n in variables), None)
+        said.append(problem if name is None else f"{problem} (from the environment: {name})")
+    return said
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -603,3 +603,32 @@ def test_every_key_is_in_the_example_config_and_the_readme() -> None:
         k for k in every if f"`{k}`" not in readme and f"`{k.rsplit('.', 1)[0]}." not in readme
     )
     assert not missing_readme, missing_readme
+
+
+# -- where a problem comes from --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [["run"], ["snapshot", "inspect"]])
+def test_no_config_at_all_says_so(
+    command: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SIDECAR_CONFIG", raising=False)
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert "no config file given (use --config FILE or set SIDECAR_CONFIG)" in err
+    assert "required key is missing" not in err
+
+
+def test_a_bad_environment_variable_is_named_as_the_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SIDECAR_BACKEND__TIMEOUT", "soon")
+    monkeypatch.setenv("SIDECAR_LOG_LEVEL", "loud")
+    document = doc()
+    document["colour"] = "blue"  # a mistake in the file: reported without an env hint
+    problems = problems_of(tmp_path, document)
+    assert "(from the environment: SIDECAR_BACKEND__TIMEOUT)" in problem_for(
+        problems, "backend.timeout"
+    )
+    assert "(from the environment: SIDECAR_LOG_LEVEL)" in problem_for(problems, "log_level")
+    assert "environment" not in problem_for(problems, "colour")
