@@ -4,7 +4,7 @@ every problem found at once, each naming its key and the valid range."""
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,10 @@ def settings_from(document: Mapping[str, Any], source: str | None = None) -> Set
     try:
         settings = Settings(**document)
     except ValidationError as exc:
-        raise ConfigError(_say_where(format_errors(exc)), source) from None
+        problems = _say_where(format_errors(exc))
+        # What cannot be validated yet is still worth saying now: every mistake in one run.
+        problems += [p for p in _document_checks(document) if p not in problems]
+        raise ConfigError(problems, source) from None
     problems = _cross_checks(settings)
     if problems:
         raise ConfigError(problems, source)
@@ -93,14 +96,46 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return document
 
 
+def _unknown_class(i: int, name: str, classes: Iterable[str]) -> str:
+    defined = ", ".join(sorted(classes))
+    return f"secrets.{i}.class: unknown class {name!r} (defined classes: {defined})"
+
+
+def _glob_preload(i: int, match: str) -> str:
+    return (
+        f"secrets.{i}.preload: only a literal path can be preloaded, and {match!r} "
+        "has wildcards; add a rule with the exact path"
+    )
+
+
+_BOTH_ADDRESSES = "backend.addresses: give either address or addresses, not both"
+
+
+def _document_checks(document: Mapping[str, Any]) -> list[str]:
+    """The checks across keys that can be made on the file as written, so they are reported
+    together with the errors that stopped validation, not one round of fixes later."""
+    problems = []
+    classes, rules = document.get("classes"), document.get("secrets")
+    if isinstance(classes, Mapping) and isinstance(rules, list):
+        for i, rule in enumerate(rules):
+            if not isinstance(rule, Mapping):
+                continue
+            name, match = rule.get("class"), rule.get("match")
+            if isinstance(name, str) and name not in classes:
+                problems.append(_unknown_class(i, name, map(str, classes)))
+            if rule.get("preload") is True and isinstance(match, str) and not is_literal(match):
+                problems.append(_glob_preload(i, match))
+    backend = document.get("backend")
+    if isinstance(backend, Mapping) and "address" in backend and backend.get("addresses"):
+        problems.append(_BOTH_ADDRESSES)
+    return problems
+
+
 def _cross_checks(settings: Settings) -> list[str]:
     problems = []
-    defined = ", ".join(sorted(settings.classes))
     for i, rule in enumerate(settings.secrets):
         if rule.class_ not in settings.classes:
-            problems.append(
-                f"secrets.{i}.class: unknown class {rule.class_!r} (defined classes: {defined})"
-            )
+            problems.append(_unknown_class(i, rule.class_, settings.classes))
     host, _ = split_hostport(settings.listen)
     if not is_loopback(host) and not settings.allow_remote_callers:
         problems.append(
@@ -109,12 +144,9 @@ def _cross_checks(settings: Settings) -> list[str]:
         )
     for i, rule in enumerate(settings.secrets):
         if rule.preload and not is_literal(rule.match):
-            problems.append(
-                f"secrets.{i}.preload: only a literal path can be preloaded, and {rule.match!r} "
-                "has wildcards; add a rule with the exact path"
-            )
+            problems.append(_glob_preload(i, rule.match))
     if "address" in settings.backend.model_fields_set and settings.backend.addresses:
-        problems.append("backend.addresses: give either address or addresses, not both")
+        problems.append(_BOTH_ADDRESSES)
     for name, spec in settings.classes.items():
         if spec.max_cache_age > settings.max_cache_age_ceiling:
             problems.append(

@@ -632,3 +632,28 @@ def test_a_bad_environment_variable_is_named_as_the_source(
     )
     assert "(from the environment: SIDECAR_LOG_LEVEL)" in problem_for(problems, "log_level")
     assert "environment" not in problem_for(problems, "colour")
+
+
+def test_every_mistake_in_one_run_as_the_readme_shows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unknown keys, bad values and checks across keys (an unknown class, a glob preload) are
+    reported together: no second round of fixes. The README's example is this run's output."""
+    document = doc()
+    document["backend"]["colour"] = "blue"
+    document["classes"]["standard"]["max_cache_age"] = "10s"
+    document["secrets"] = [
+        {"match": "secret/payments/**", "class": "payment"},
+        {"match": "secret/app/*", "class": "standard", "preload": True},
+    ]
+    path = write(tmp_path, document, name="bad.yaml")
+    monkeypatch.chdir(tmp_path)  # the README shows the file by its relative name
+    assert main(["check-config", "bad.yaml"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    example = readme.split("sidecar: invalid configuration in bad.yaml:", 1)[1]
+    example = example.split("```", 1)[0]
+    shown = ["sidecar: invalid configuration in bad.yaml:", *example.strip("\n").splitlines()]
+    assert [line for line in err if line in shown] == shown
+    assert any(line.startswith("  secrets.1.preload: only a literal path") for line in err)
+    assert path.exists()
