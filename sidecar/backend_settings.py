@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import (
+    BeforeValidator,
     ByteSize,
     Field,
     PrivateAttr,
@@ -75,7 +76,19 @@ class KubernetesAuth(Strict):
     mount: Text = "kubernetes"
 
 
-AuthSettings = Annotated[TokenAuth | AppRoleAuth | KubernetesAuth, Field(discriminator="method")]
+def _token_unless_said(value: object) -> object:
+    """``method`` defaults to ``token``, as documented: an ``auth:`` block with only a
+    ``token_file`` means token auth, not "method is required"."""
+    if isinstance(value, dict) and "method" not in value:
+        return {**value, "method": "token"}
+    return value
+
+
+AuthSettings = Annotated[
+    TokenAuth | AppRoleAuth | KubernetesAuth,
+    Field(discriminator="method"),
+    BeforeValidator(_token_unless_said),
+]
 
 
 class TLSSettings(Strict):

@@ -657,3 +657,15 @@ def test_every_mistake_in_one_run_as_the_readme_shows(
     assert [line for line in err if line in shown] == shown
     assert any(line.startswith("  secrets.1.preload: only a literal path") for line in err)
     assert path.exists()
+
+
+def test_auth_method_defaults_to_token_as_documented(tmp_path: Path) -> None:
+    document = doc()
+    document["backend"]["auth"] = {"token_file": str(tmp_path / "store-token")}
+    settings = load_settings(write(tmp_path, document))
+    assert isinstance(settings.backend.auth, TokenAuth)
+    assert settings.backend.auth.token_file == tmp_path / "store-token"
+    # an AppRole block without its method is still read as token auth, and says what is wrong
+    document["backend"]["auth"] = {"role_id": "x"}
+    problems = problems_of(tmp_path, document)
+    assert any(p.startswith("backend.auth.role_id: unknown key") for p in problems), problems
