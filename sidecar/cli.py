@@ -170,26 +170,43 @@ def _check(path: Path) -> int:
     if settings is None:
         return EXIT_CONFIG
     print(f"{path}: configuration is valid\n")
-    rows = [("CLASS", "OWNER", "ON OUTAGE", "REFRESH", "MAX AGE", "PRELOAD", "RULES")]
-    for name, spec in settings.classes.items():
-        rules = [r.match for r in settings.secrets if r.class_ == name]
-        rows.append(
+    policy = settings.policy()
+    _table(
+        [("CLASS", "OWNER", "ON OUTAGE", "REFRESH", "MAX AGE", "OVERLAP")]
+        + [
             (
                 name,
                 spec.owner,
                 spec.on_outage.value,
                 format_duration(spec.refresh_interval),
                 format_duration(spec.max_cache_age),
-                "yes" if spec.preload else "no",
-                ", ".join(rules) or "(no rule uses it)",
+                format_duration(spec.overlap) if spec.overlap else "-",
             )
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    for row in rows:
-        print(
-            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1]
-        )
-    preloads = settings.policy().preload_paths()
+            for name, spec in settings.classes.items()
+        ]
+    )
+    for name, spec in settings.classes.items():
+        print(f"\n{name}: {spec.business_function} (owner {spec.owner})")
+        print(f"  rotation:   {spec.rotation_method}")
+        print(f"  revocation: {spec.revocation_steps}")
+        if not any(r.class_ == name for r in settings.secrets):
+            print("  (no rule uses it)")
+    print("\nrules, first match wins:")
+    preloaded = set(policy.preload_paths())
+    _table(
+        [("#", "MATCH", "CLASS", "PRELOAD")]
+        + [
+            (str(i), rule.match, rule.class_, "yes" if rule.match in preloaded else "no")
+            for i, rule in enumerate(settings.secrets)
+        ]
+    )
+    for i, rule in enumerate(settings.secrets):
+        if rule.match.strip("/") == "**":
+            print(
+                f"\nnote: rule {i} ({rule.match!r}) matches every path, so the rules allow "
+                "whatever the sidecar's store token can read; list the paths the app needs"
+            )
+    preloads = policy.preload_paths()
     print(f"\npreloaded at start ({len(preloads)}): {', '.join(preloads) or 'none'}")
     print(f"store: {', '.join(settings.backend.urls)} (auth: {settings.backend.auth.method})")
     print(f"secrets API: {settings.listen}   ops API: {settings.metrics_listen}")
@@ -199,6 +216,13 @@ def _check(path: Path) -> int:
     else:
         print(f"snapshot: {snapshot.path} every {format_duration(snapshot.interval)}")
     return EXIT_OK
+
+
+def _table(rows: Sequence[Sequence[str]]) -> None:
+    """Rows in aligned columns (the last one unpadded)."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1])
 
 
 def _inspect_snapshot(path: Path | None, *, as_json: bool) -> int:
@@ -232,8 +256,6 @@ def _inspect_snapshot(path: Path | None, *, as_json: bool) -> int:
             )
         )
     if len(rows) > 1:
-        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-        for row in rows:
-            print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1])
+        _table(rows)
     print(f"\n{report['restorable']} of {len(report['entries'])} entries would be restored")
     return EXIT_OK if report.get("problem") is None else EXIT_FAILURE

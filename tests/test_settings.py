@@ -491,7 +491,9 @@ def test_check_config_rejects_a_missing_file(
 def test_check_config_accepts_a_valid_file_and_lists_classes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = write(tmp_path, doc())
+    document = doc()  # a literal rule of the preloaded class: the one rule that preloads
+    document["secrets"].insert(0, {"match": "secret/payments/key", "class": "payments"})
+    path = write(tmp_path, document)
     assert main(["check-config", str(path)]) == 0
     captured = capsys.readouterr()
     assert captured.err == ""
@@ -501,9 +503,19 @@ def test_check_config_accepts_a_valid_file_and_lists_classes(
     assert header.split()[:4] == ["CLASS", "OWNER", "ON", "OUTAGE"]
     rows = {line.split()[0]: line.split() for line in lines if line.startswith(("standard", "pay"))}
     assert rows["standard"][:5] == ["standard", "team-app", "serve_stale", "1m", "15m"]
-    assert rows["payments"][:6] == ["payments", "team-payments", "fail_closed", "30s", "5m", "yes"]
-    assert rows["payments"][-1] == "secret/payments/**"
-    assert rows["standard"][-1] == "secret/**"
+    assert rows["payments"][:5] == ["payments", "team-payments", "fail_closed", "30s", "5m"]
+    # what people need in an incident: how each class is rotated and revoked
+    out = captured.out
+    assert "payments: payment signing keys (owner team-payments)" in out
+    assert "  rotation:   new key version with overlap" in out
+    assert "  revocation: destroy the version, page the owner" in out
+    assert "  rotation:   new KV v2 version" in out
+    # rules in order, preload as it applies to each rule (a glob is never preloaded)
+    rules = [line.split() for line in lines[lines.index("rules, first match wins:") + 1 :]]
+    assert rules[0] == ["#", "MATCH", "CLASS", "PRELOAD"]
+    assert rules[1] == ["0", "secret/payments/key", "payments", "yes"]
+    assert rules[2] == ["1", "secret/payments/**", "payments", "no"]
+    assert rules[3] == ["2", "secret/**", "standard", "no"]
     assert "store: https://vault.example.com:8200 (auth: token)" in captured.out
 
 
@@ -669,3 +681,14 @@ def test_auth_method_defaults_to_token_as_documented(tmp_path: Path) -> None:
     document["backend"]["auth"] = {"role_id": "x"}
     problems = problems_of(tmp_path, document)
     assert any(p.startswith("backend.auth.role_id: unknown key") for p in problems), problems
+
+
+def test_check_config_notes_a_rule_that_allows_everything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    document = doc()
+    assert main(["check-config", str(write(tmp_path, document))]) == 0
+    assert "matches every path" not in capsys.readouterr().out
+    document["secrets"].append({"match": "**", "class": "standard"})
+    assert main(["check-config", str(write(tmp_path, document))]) == 0
+    assert "note: rule 2 ('**') matches every path" in capsys.readouterr().out
