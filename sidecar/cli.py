@@ -17,7 +17,7 @@ from pathlib import Path
 import orjson
 
 from sidecar import __version__
-from sidecar.config import load_settings
+from sidecar.config import file_problems, load_settings
 from sidecar.core.durations import format_duration
 from sidecar.http.tokens import CallerTokenError
 from sidecar.ops import logs
@@ -45,6 +45,12 @@ def _parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check-config", help="validate a config file and show its classes")
     check.add_argument("config", type=Path)
+    check.add_argument(
+        "--files",
+        action="store_true",
+        help="also check, as this machine sees them, the files it names (token, keys, TLS): "
+        "run it where the sidecar will run",
+    )
 
     snapshot = commands.add_parser("snapshot", help="look inside the encrypted snapshot")
     snapshot_commands = snapshot.add_subparsers(dest="snapshot_command", metavar="ACTION")
@@ -102,7 +108,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         return _run(args.config)
     if args.command == "check-config":
-        return _check(args.config)
+        return _check(args.config, files=args.files)
     if args.command == "snapshot" and args.snapshot_command == "inspect":
         return _inspect_snapshot(args.config, as_json=args.json)
     if args.command == "demo":
@@ -135,7 +141,7 @@ def _load(path: Path | None) -> Settings | None:
 
 def _run(path: Path | None) -> int:
     settings = _load(path)
-    if settings is None:
+    if settings is None or not _files_ready(settings, path):
         return EXIT_CONFIG
     logs.configure(settings.log_level)
     from sidecar.server import ListenError, serve
@@ -165,9 +171,22 @@ def _event_loop_run(coro: object) -> None:
         uvloop.run(coro)  # type: ignore[arg-type]
 
 
-def _check(path: Path) -> int:
+def _files_ready(settings: Settings, path: Path | None) -> bool:
+    """Every file the settings name is there and readable (all problems said at once)."""
+    problems, warnings = file_problems(settings)
+    for warning in warnings:
+        print(f"sidecar: warning: {warning}", file=sys.stderr)
+    if problems:
+        print(f"sidecar: files named in {path or 'the configuration'}:", file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+        print("sidecar: nothing started; fix the files above and run again", file=sys.stderr)
+    return not problems
+
+
+def _check(path: Path, *, files: bool = False) -> int:
     settings = _load(path)
-    if settings is None:
+    if settings is None or (files and not _files_ready(settings, path)):
         return EXIT_CONFIG
     print(f"{path}: configuration is valid\n")
     policy = settings.policy()

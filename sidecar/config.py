@@ -4,6 +4,7 @@ every problem found at once, each naming its key and the valid range."""
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -248,3 +249,48 @@ def _inner_model(annotation: Any) -> Any:
             if isinstance(inner, type) and issubclass(inner, BaseModel):
                 return inner
     return None
+
+
+def file_problems(settings: Settings) -> tuple[list[str], list[str]]:
+    """Files the sidecar will read, checked before it starts: (problems, warnings). A problem
+    is a file that is missing or unreadable; a warning, a secret file others may read. (The
+    caller and admin token files are created at start when missing.)"""
+    auth = settings.backend.auth
+    tls = settings.backend.tls
+    needed: list[tuple[str, Path | None, bool]] = [  # (key, path, holds a secret)
+        ("snapshot.key_file", settings.snapshot.key_file, True),
+        ("audit_fingerprint_key_file", settings.audit_fingerprint_key_file, True),
+        ("backend.tls.ca_cert", tls.ca_cert, False),
+        ("backend.tls.client_cert", tls.client_cert, False),
+        ("backend.tls.client_key", tls.client_key, True),
+    ]
+    if isinstance(auth, TokenAuth):
+        needed.append(("backend.auth.token_file", auth.token_file, True))
+    elif isinstance(auth, AppRoleAuth):
+        needed.append(("backend.auth.role_id_file", auth.role_id_file, False))
+        needed.append(("backend.auth.secret_id_file", auth.secret_id_file, True))
+    elif isinstance(auth, KubernetesAuth):
+        needed.append(("backend.auth.jwt_file", auth.jwt_file, True))
+    problems, warnings = [], []
+    for key, path, secret in needed:
+        if path is None:
+            continue
+        try:
+            mode = path.stat().st_mode
+            if not stat.S_ISREG(mode):
+                problems.append(f"{key}: {path} is not a regular file")
+                continue
+            with path.open("rb"):
+                pass
+        except FileNotFoundError:
+            problems.append(f"{key}: {path} does not exist")
+            continue
+        except OSError as exc:
+            problems.append(f"{key}: {path} cannot be read ({exc.strerror})")
+            continue
+        if secret and mode & 0o007:
+            warnings.append(
+                f"{key}: {path} can be read by any user (mode {stat.S_IMODE(mode):04o}); "
+                "make it 0600 or 0640"
+            )
+    return problems, warnings

@@ -692,3 +692,36 @@ def test_check_config_notes_a_rule_that_allows_everything(
     document["secrets"].append({"match": "**", "class": "standard"})
     assert main(["check-config", str(write(tmp_path, document))]) == 0
     assert "note: rule 2 ('**') matches every path" in capsys.readouterr().out
+
+
+def test_check_config_files_are_checked_where_the_sidecar_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--files`` (and every ``sidecar run``) looks at each file the settings name: all
+    problems in one run; a secret file others can read is a warning."""
+    document = doc()
+    document["backend"]["auth"]["token_file"] = str(tmp_path / "no-token")
+    document["backend"]["tls"] = {"ca_cert": str(tmp_path)}  # a folder, not a file
+    key = tmp_path / "snapshot.key"
+    key.write_bytes(b"k" * 32)
+    key.chmod(0o644)
+    document["snapshot"] = {"key_file": str(key), "path": str(tmp_path / "snap")}
+    path = write(tmp_path, document)
+    assert main(["check-config", str(path)]) == 0  # without --files: the file alone (CI)
+    capsys.readouterr()
+
+    assert main(["check-config", str(path), "--files"]) == 2
+    err = capsys.readouterr().err
+    assert f"backend.auth.token_file: {tmp_path / 'no-token'} does not exist" in err
+    assert f"backend.tls.ca_cert: {tmp_path} is not a regular file" in err
+    assert "warning: snapshot.key_file" in err and "any user (mode 0644)" in err
+    assert main(["run", "--config", str(path)]) == 2  # the same, before anything starts
+    assert "backend.auth.token_file" in capsys.readouterr().err
+
+    (tmp_path / "no-token").write_text("s.token")
+    (tmp_path / "no-token").chmod(0o600)
+    del document["backend"]["tls"]
+    key.chmod(0o600)
+    path = write(tmp_path, document)
+    assert main(["check-config", str(path), "--files"]) == 0
+    assert capsys.readouterr().err == ""
