@@ -51,14 +51,14 @@ class EventHub:
     def notify(self, fact: Fact) -> None:
         """Publish the facts subscribers want (rotations, retirements, revocations); skip others."""
         match fact:
-            case Rotated(path, secret_class, old, new):
+            case Rotated(path, secret_class, old_version, new):
                 self.publish(
                     {
                         "event": "rotation",
                         "path": path,
                         "version": new.version,
                         "kid": new.kid,
-                        "previous_kid": old.kid,
+                        "previous_kid": path if old_version is None else f"{path}#{old_version}",
                         "class": secret_class.name,
                     }
                 )

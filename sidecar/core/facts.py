@@ -80,12 +80,15 @@ class StaleServed:
 
 @fact
 class Rotated:
-    """The store's current version moved past the one held."""
+    """The store's current version moved past the last one seen for the path. ``old`` is that
+    value while it is still held; after a purge or a revocation dropped it, only its version
+    is known (the rotation is evidence all the same)."""
 
     path: str
     secret_class: SecretClass
-    old: Secret
+    old_version: int | None
     new: Secret
+    old: Secret | None = None
 
 
 @fact

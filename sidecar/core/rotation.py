@@ -57,6 +57,7 @@ class Rotations:
         self._clock = clock
         self._wall = wall
         self._rotated_at: dict[str, float] = {}  # path -> wall time the last rotation was seen
+        self._seen: dict[str, int] = {}  # path -> the latest version ever held (survives purges)
         self._overlaps: dict[str, tuple[int, float]] = {}  # path -> (current version, until)
         self._previous_served: dict[str, float] = {}  # path -> wall time previous last served
         self._changed: dict[str, asyncio.Event] = {}  # set when a path's latest version moves
@@ -69,7 +70,13 @@ class Rotations:
         version's overlap ends when a retirement is newly due, else None."""
         old, new = (held.secret if held else None), entry.secret
         wall, now = self._wall(), self._clock()
-        if old is not None and new.version is not None and (old.version or 0) < new.version:
+        # The version last seen, even when its value was purged or revoked since: a new one
+        # after that is a rotation too, and the evidence must not lose it.
+        last = (old.version or 0) if old is not None else self._seen.get(path)
+        if new.version is not None:
+            self._seen[path] = max(new.version, self._seen.get(path, 0))
+        if last is not None and new.version is not None and last < new.version:
+            old_version = old.version if old is not None else last
             self._rotated_at[path] = wall
             if held is not None and held.last_read > -math.inf:
                 self._previous_served[path] = wall - (now - held.last_read)
@@ -78,11 +85,18 @@ class Rotations:
                 extra={
                     "path": path,
                     "class": secret_class.name,
-                    "old": old.version,
+                    "old": old_version,
                     "new": new.version,
                 },
             )
-            self._listener.notify(Rotated(path, secret_class, old, new))
+            self._listener.notify(Rotated(path, secret_class, old_version, new, old))
+            if entry.overlap_until <= wall and old_version is not None:
+                # No overlap for the previous version (the class has none, or it is already
+                # over): it is retired now, the same moment /verify starts calling it retired.
+                last_served = self._previous_served.pop(path, None)
+                self._listener.notify(
+                    PreviousRetired(path, secret_class, old_version, new.version, last_served)
+                )
         if old is None or old.version != new.version:
             event = self._changed.pop(path, None)
             if event is not None:

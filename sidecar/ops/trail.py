@@ -57,13 +57,13 @@ class AuditTrail:
                     age_seconds=round(age, 3),
                     **self._who(secret_class),
                 )
-            case Rotated(path, secret_class, old, new):
+            case Rotated(path, secret_class, old_version, new, old):
                 self._audit.record(
                     "rotation_detected",
                     path=path,
-                    old_version=old.version,
+                    old_version=old_version,
                     new_version=new.version,
-                    old_fingerprint=self._audit.fingerprint(old.data),
+                    old_fingerprint=None if old is None else self._audit.fingerprint(old.data),
                     new_fingerprint=self._audit.fingerprint(new.data),
                     created_time=new.created_time,
                     **self._who(secret_class),

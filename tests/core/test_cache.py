@@ -10,7 +10,15 @@ from dataclasses import dataclass, field
 import pytest
 
 from sidecar.core.cache import Outcome, PathNotAllowed, SecretCache
-from sidecar.core.facts import EntriesChanged, Fact, FetchFinished, LookedUp, Unavailable
+from sidecar.core.facts import (
+    EntriesChanged,
+    Fact,
+    FetchFinished,
+    LookedUp,
+    PreviousRetired,
+    Rotated,
+    Unavailable,
+)
 from sidecar.core.policy import OnOutage, Policy, Rule, SecretClass
 from sidecar.store.interface import (
     ErrorKind,
@@ -896,3 +904,39 @@ async def _asked(backend: FakeBackend) -> None:
         if len(backend.calls) > asked:
             return
     raise AssertionError("the store was not asked")
+
+
+async def test_a_rotation_after_a_purge_is_still_a_rotation() -> None:
+    """The value was purged (or revoked), then the store moved on: the new version is a
+    rotation from the version last seen, so the evidence keeps every step (v1 -> v2 -> v3)."""
+    clock = Clock()
+    backend = FakeBackend(clock)
+    rotations: list[tuple[int | None, int | None, bool]] = []
+    retired: list[tuple[int, int]] = []
+
+    class Listen:
+        def notify(self, fact: Fact) -> None:
+            if isinstance(fact, Rotated):
+                rotations.append((fact.old_version, fact.new.version, fact.old is not None))
+            elif isinstance(fact, PreviousRetired):
+                retired.append((fact.version, fact.current_version))
+
+    cache = SecretCache(
+        backend, POLICY, listener=Listen(), clock=lambda: clock.now, rng=lambda: 0.5
+    )
+    await cache.get(APP)
+    backend.latest[APP] = 2
+    clock.advance(REFRESH + 1)
+    await cache.get(APP)  # held v1, the store has v2: a rotation with the old value known
+    assert cache.controls.purge(path=APP) == 1
+    backend.latest[APP] = 3
+    await cache.get(APP)  # nothing held: still a rotation, from the version last seen
+    backend.latest[APP] = 3
+    clock.advance(REFRESH + 1)
+    await cache.get(APP)  # the same version again: no rotation
+    assert rotations == [(1, 2, True), (2, 3, False)]
+    # no overlap in this class: each previous version is retired when the rotation is seen,
+    # as /verify already calls it (one definition of "retired")
+    assert retired == [(1, 2), (2, 3)]
+    await cache.settle()
+    await cache.close()

@@ -12,7 +12,7 @@ from typing import Any
 from sidecar.cli import main
 from sidecar.core.clock import ManualClock
 from sidecar.dev.openbao import DevOpenBao
-from tests.conftest import AUTH, CLASSES, SidecarFactory, metric
+from tests.conftest import ADMIN, AUTH, CLASSES, SidecarFactory, metric
 
 ROTATING = {
     "rotating": {
@@ -281,3 +281,45 @@ async def _until(condition: Callable[[], bool], within: float = 5.0) -> None:
     async with asyncio.timeout(within):
         while not condition():
             await asyncio.sleep(0.02)
+
+
+async def test_evidence_keeps_rotations_across_a_purge_and_retires_without_overlap(
+    make_sidecar: SidecarFactory,
+    openbao: DevOpenBao,
+    uid: str,
+    tmp_path: Path,
+    capsys,
+    clock: ManualClock,
+):
+    """v1 -> v2, a purge, then v3: the evidence lists both rotations (the second one seen with
+    nothing held), and in a class without overlap each previous version is retired when the
+    rotation is seen, which is what /verify answers too."""
+    name = f"{uid}/strict/key"
+    openbao.kv_put(name, {"key": "strict-1"})
+    client, _ = await _rotating_sidecar(make_sidecar, tmp_path)
+    path = f"/secrets/secret/{name}"
+
+    async def version_after_refresh() -> int:
+        clock.advance(1.1)  # past the class's refresh_interval: the read asks the store
+        return int((await (await client.get(path, headers=AUTH)).json())["version"])
+
+    assert (await (await client.get(path, headers=AUTH)).json())["version"] == 1
+    openbao.kv_put(name, {"key": "strict-2"})
+    assert await version_after_refresh() == 2
+    verdict = await client.post(
+        f"/verify/secret/{name}", headers=AUTH, json={"field": "key", "value": "strict-1"}
+    )
+    assert (await verdict.json())["match"] == "retired"
+    purged = await client.post("/admin/purge", headers=ADMIN, json={"path": f"secret/{name}"})
+    assert purged.status == 200
+    openbao.kv_put(name, {"key": "strict-3"})
+    assert (await (await client.get(path, headers=AUTH)).json())["version"] == 3
+    await client.close()
+
+    capsys.readouterr()
+    assert main(["evidence", "--audit-log", str(tmp_path / "audit.log"), "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)  # exit 1: the retired value was presented
+    rotations = report["paths"][f"secret/{name}"]["rotations"]
+    assert [(r["old_version"], r["new_version"]) for r in rotations] == [(1, 2), (2, 3)]
+    assert all(r["previous_retired"] is not None for r in rotations)
+    assert all(r["first_served"] is not None for r in rotations)
