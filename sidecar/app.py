@@ -83,6 +83,11 @@ class Sidecar:
             "preloaded_servable": servable,
             "preloaded_total": len(preload),
             "store_authenticated": self.store.authenticated,
+            **(
+                {"store_auth_failure": failure}
+                if (failure := self.store.auth_failure) is not None
+                else {}
+            ),
             "secrets_cached": len(self.cache),
         }
 

@@ -66,8 +66,17 @@ class Authenticator:
         settings: BackendSettings,
         listener: Listener,
         rng: Callable[[], float],
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._backend = backend
+        self._clock = clock
+        # After a failed login, nothing logs in again before ``_retry_at``: reads are refused
+        # at once (503 auth_failed) instead of each sending a login, so one misconfigured fleet
+        # cannot hammer the store's auth endpoint.
+        self._failures = 0
+        self._retry_at = 0.0
+        self.failure: str | None = None  # why the last login failed (None: it did not)
+        self._last_error: StoreUnavailable | None = None
         self._method = settings.auth
         self._backoff = settings.backoff
         self._rng = rng
@@ -99,7 +108,9 @@ class Authenticator:
                 break
             except StoreError as exc:
                 delay = max(
-                    0.1, full_jitter(attempt, self._backoff.base, self._backoff.cap, self._rng)
+                    0.1,
+                    self._retry_at - self._clock(),
+                    full_jitter(attempt, self._backoff.base, self._backoff.cap, self._rng),
                 )
                 attempt += 1
                 log.error(
@@ -152,22 +163,59 @@ class Authenticator:
             return self.token
 
     async def _obtain(self, failed: str | None = None) -> str:
-        """A token to use: the configured one, or a fresh login. ``failed``: known dead."""
+        """A token to use: the configured one, or a fresh login. ``failed``: known dead. Within
+        the backoff after a failed login, refused at once without asking the store."""
         method = self._method
+        wait = self._retry_at - self._clock()
+        last = self._last_error
+        if wait > 0 and last is not None:
+            raise StoreUnavailable(
+                last.reason,
+                kind=last.kind,
+                detail=f"the sidecar cannot authenticate to the store ({self.failure}); "
+                f"next login attempt in {wait:.1f}s",
+                retry_after=wait,
+            )
         try:
-            if isinstance(method, TokenAuth):
-                return self._token_from(method, failed)
-            return await self._login(method)
+            token = (
+                self._token_from(method, failed)
+                if isinstance(method, TokenAuth)
+                else await self._login(method)
+            )
         except StoreError as exc:
+            if isinstance(exc, StoreUnavailable):
+                unavailable = exc
+            else:
+                why = (
+                    f"the store refused the {method.method} login ({exc.kind.value}); check "
+                    "the credentials in backend.auth"
+                    if exc.kind in (ErrorKind.FORBIDDEN, ErrorKind.INVALID_REQUEST)
+                    else str(exc)
+                )
+                unavailable = StoreUnavailable(
+                    "auth_failed", kind=ErrorKind.AUTH_FAILED, detail=why
+                )
+            self._failures += 1
+            self._last_error = unavailable
+            self.failure = str(unavailable)
+            self._retry_at = self._clock() + max(
+                0.1,
+                full_jitter(self._failures - 1, self._backoff.base, self._backoff.cap, self._rng),
+            )
             self._listener.notify(AuthEvent("login", False, None))
             log.error(
-                "store authentication failed", extra={"method": method.method, "reason": str(exc)}
+                "store authentication failed; reads are refused until a login succeeds",
+                extra={
+                    "method": method.method,
+                    "reason": str(exc),
+                    "retry_in_seconds": round(self._retry_at - self._clock(), 2),
+                },
             )
-            if isinstance(exc, StoreUnavailable):
+            if unavailable is exc:
                 raise
-            raise StoreUnavailable(
-                "auth_failed", kind=ErrorKind.AUTH_FAILED, detail=str(exc)
-            ) from None
+            raise unavailable from None
+        self._failures, self._last_error, self.failure = 0, None, None
+        return token
 
     def _token_from(self, method: TokenAuth, failed: str | None) -> str:
         if method.token_file is not None:

@@ -221,6 +221,10 @@ class Store(Backend, Protocol):
         """Whether the sidecar holds a store token yet, for the readiness report."""
 
     @property
+    def auth_failure(self) -> str | None:
+        """Why the last attempt to authenticate failed, while it keeps failing (readiness)."""
+
+    @property
     def addresses(self) -> list[str]:
         """The configured store node URLs, first preferred: where store requests may go."""
 

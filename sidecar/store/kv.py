@@ -55,8 +55,14 @@ class KVStore:
         self._nodes = Nodes(settings, listener, clock=clock, rng=rng)
         self._mounts = MountTable(clock)
         self._mount_lookups: Coalescer[str, Mount] = Coalescer()
-        self._auth = Authenticator(self, settings, listener, rng)
+        self._auth = Authenticator(self, settings, listener, rng, clock)
         self._prober: asyncio.Task[None] | None = None
+
+    @property
+    def auth_failure(self) -> str | None:
+        """Why the sidecar cannot authenticate to the store right now (None: it can, or has
+        not tried yet); /readyz shows it."""
+        return self._auth.failure
 
     @property
     def authenticated(self) -> bool:

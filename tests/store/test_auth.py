@@ -98,6 +98,45 @@ async def test_bad_approle_credentials_are_unavailable_auth_failed(
     assert metric(sidecar, "sidecar_auth_events_total", {"event": "login", "result": "failure"})
 
 
+async def test_failing_logins_back_off_and_reads_are_refused_without_asking(
+    make_sidecar: SidecarFactory, openbao: DevOpenBao, uid: str, tmp_path: Path
+):
+    """A wrong secret_id: reads get 503 auth_failed at once, and logins follow the backoff,
+    not the read rate (one misconfigured fleet must not hammer the auth endpoint). /readyz
+    says why; once the credential is fixed, the next attempt logs in."""
+    openbao.kv_put(f"{uid}/a", {"v": "approle-a"})
+    auth = _approle(openbao, uid, tmp_path)
+    # OpenBao locks a role out after a few failed logins (403 for 15 min); off here, so that
+    # fixing the credential is what ends the failure
+    openbao.request(
+        "POST",
+        f"sys/auth/{auth['mount']}/tune",
+        {"user_lockout_config": {"lockout_disable": True}},
+    )
+    good = Path(auth["secret_id_file"]).read_text()
+    Path(auth["secret_id_file"]).write_text("not-the-secret-id")
+    client, sidecar = await make_sidecar(
+        backend={"auth": auth, "backoff": {"base": "200ms", "cap": "1s"}}
+    )
+    statuses = []
+    for _ in range(40):  # an app reading 20 times a second for 2 s
+        response = await client.get(f"/secrets/secret/{uid}/a", headers=AUTH)
+        statuses.append((response.status, (await response.json())["reason"]))
+        await asyncio.sleep(0.05)
+    assert set(statuses) == {(503, "auth_failed")}
+    logins = openbao.count_requests(f"auth/{auth['mount']}/login", "update")
+    assert 1 <= logins <= 10, logins  # backoff-paced; without it, one login per read (40+)
+    ready = sidecar.readiness()
+    assert ready["store_authenticated"] is False
+    assert "auth_failed" in ready["store_auth_failure"]
+
+    Path(auth["secret_id_file"]).write_text(good)
+    async with asyncio.timeout(10):
+        while (await client.get(f"/secrets/secret/{uid}/a", headers=AUTH)).status != 200:
+            await asyncio.sleep(0.1)
+    assert "store_auth_failure" not in sidecar.readiness()
+
+
 async def test_token_file_is_read_again_when_the_token_dies(
     make_sidecar: SidecarFactory, openbao: DevOpenBao, uid: str, tmp_path: Path
 ):
