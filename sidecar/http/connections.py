@@ -26,11 +26,14 @@ import resource
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
+import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMethod
 from aiohttp.web_protocol import RequestHandler
 
 from sidecar.core.facts import ConnectionClosed, ConnectionsOpen, Listener, Quiet
 from sidecar.core.loglimit import LogLimiter
+from sidecar.http.keys import SERVER
 
 log = logging.getLogger("sidecar.connections")
 
@@ -169,10 +172,47 @@ class ConnectionGuard:
         self._facts.notify(ConnectionsOpen(self.listener, len(self._open)))
 
 
+LIST_REFUSED = (
+    "the sidecar does not take the LIST method (its HTTP server cannot parse it): the "
+    "Vault-compatible API serves KV reads from the cache. List with GET and ?list=true, which "
+    "is forwarded to the store with your own token when vault_api.passthrough is on, or ask "
+    "the store directly"
+)
+
+
+class _Handler(RequestHandler):
+    """aiohttp's connection handler, with one refusal in Vault's shape: ``LIST`` (what hvac's
+    ``list_secrets`` and ``bao kv list`` send) fails in the HTTP parser, before any route, and
+    would otherwise come back as a bare text 400 quoting the request line."""
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """A Vault-shaped 405 for LIST; aiohttp's own answer for anything else."""
+        if isinstance(exc, BadHttpMethod) and "b'LIST " in str(exc.message):
+            response = web.Response(
+                status=405,
+                body=orjson.dumps({"errors": [LIST_REFUSED]}),
+                content_type="application/json",
+                headers={"Server": SERVER, "Cache-Control": "no-store"},
+            )
+            response.force_close()
+            return response
+        return super().handle_error(request, status, exc, message)
+
+
 class GuardedServer(web.Server):
     """aiohttp's low-level server, telling the guard of each connection made and lost."""
 
     guard: ConnectionGuard
+
+    def __call__(self) -> RequestHandler:
+        """A connection handler of our own kind (see ``_Handler``)."""
+        return _Handler(self, loop=self._loop, **self._kwargs)
 
     def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
         """Tell the guard of each new connection, so the cap and the header deadline apply from

@@ -40,6 +40,25 @@ from sidecar.store.interface import (
 log = logging.getLogger("sidecar.vault_api")
 
 MOUNTS_PREFIX = "sys/internal/ui/mounts/"
+LOOKUP_SELF = "auth/token/lookup-self"
+# What ``auth/token/lookup-self`` answers for the caller token (hvac's is_authenticated(), the
+# CLI's token lookup): the caller token is the sidecar's, not a store token, so it has no
+# lease, TTL or policies in the store; its own value (Vault's "id") is never echoed.
+CALLER_TOKEN_INFO = {
+    "accessor": "",
+    "display_name": "secrets-sidecar-caller",
+    "entity_id": "",
+    "expire_time": None,
+    "explicit_max_ttl": 0,
+    "meta": {"issuer": "secrets-sidecar"},
+    "num_uses": 0,
+    "orphan": True,
+    "path": "",
+    "policies": ["secrets-sidecar-caller"],
+    "renewable": False,
+    "ttl": 0,
+    "type": "service",
+}
 KV2_PATHS = ("data", "metadata", "delete", "undelete", "destroy", "subkeys")
 HOP_BY_HOP = frozenset(
     {"host", "connection", "content-length", "transfer-encoding", "keep-alive", "x-sidecar-token"}
@@ -83,6 +102,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
             return await _passthrough(request, api_path, request.headers["X-Vault-Token"])
         if request.method == "GET" and api_path.startswith(MOUNTS_PREFIX):
             return await _mount_info(request, api_path[len(MOUNTS_PREFIX) :])
+        if request.method == "GET" and api_path == LOOKUP_SELF:
+            return _vault_response({"data": CALLER_TOKEN_INFO})
         read = await _as_kv_read(request, api_path) if request.method == "GET" else None
         if read is None:
             return await _not_a_kv_read(request, api_path)

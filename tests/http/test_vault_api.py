@@ -321,3 +321,28 @@ async def test_the_server_header_names_no_versions(
     ):
         response = await client.get(path, headers=VAULT)
         assert response.headers["Server"] == "secrets-sidecar", path
+
+
+async def test_hvac_list_and_is_authenticated_get_vault_shaped_answers(
+    make_sidecar: SidecarFactory, openbao: DevOpenBao, uid: str, tmp_path: Path
+):
+    """hvac's list_secrets sends LIST, which the HTTP parser refuses before any route: a
+    Vault-shaped 405 that says what to do, not a text 400 quoting the request line.
+    is_authenticated() asks auth/token/lookup-self: answered for the caller token (never
+    echoing it), and a wrong token is not authenticated."""
+    openbao.kv_put(f"{uid}/db", {"password": "hv-list"})
+    client, _ = await make_sidecar()
+    sidecar = _hvac(_url(client), CALLER_TOKEN)
+    with pytest.raises(hvac.exceptions.VaultError) as refused:
+        await _in_thread(sidecar.secrets.kv.v2.list_secrets, f"{uid}/")
+    assert "does not take the LIST method" in str(refused.value)
+    assert "passthrough" in str(refused.value)
+    assert "b'LIST" not in str(refused.value)
+    assert refused.value.errors == [str(refused.value).split(", on list ")[0]]  # Vault's shape
+
+    assert await _in_thread(sidecar.is_authenticated) is True
+    looked_up = await _in_thread(sidecar.lookup_token)
+    assert looked_up["data"]["display_name"] == "secrets-sidecar-caller"
+    assert CALLER_TOKEN not in json.dumps(looked_up)
+    stranger = _hvac(_url(client), "not-the-caller-token-0123456789")
+    assert await _in_thread(stranger.is_authenticated) is False
