@@ -68,6 +68,13 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="start a local OpenBao dev server with demo secrets and run against it"
     )
+    demo.add_argument(
+        "action",
+        nargs="?",
+        choices=["rotate"],
+        help="rotate: write the demo signing key again (previous, then current), so the "
+        "overlap examples work for another 2 minutes",
+    )
     demo.add_argument("--dir", type=Path, default=Path(".demo"), help="where demo files go")
     demo.add_argument("--port", type=int, default=8100, help="secrets API port (default 8100)")
 
@@ -113,7 +120,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _inspect_snapshot(args.config, as_json=args.json)
     if args.command == "demo":
         try:
-            from sidecar.dev.demo import run_demo
+            from sidecar.dev.demo import rotate_demo, run_demo
         except ImportError:
             print(
                 "sidecar: the demo ships with the source tree, not the installed package; "
@@ -121,6 +128,8 @@ def _dispatch(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return EXIT_CONFIG
+        if args.action == "rotate":
+            return rotate_demo(args.dir)
         return run_demo(args.dir, args.port, _run)
     if args.command == "evidence":
         from sidecar.ops.evidence import main as evidence_main

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +14,9 @@ import yaml
 
 from sidecar.dev.openbao import DevOpenBao, DevStoreError, _is_free, bao_binary, free_port
 from sidecar.ops import logs
+
+SIGNING_KEYS = ("demo-signing-key-previous", "demo-signing-key")  # each rotation: previous, current
+DEMO_OVERLAP = "2m"
 
 DEMO_CLASSES = {
     "standard": {
@@ -31,7 +36,7 @@ DEMO_CLASSES = {
         "on_outage": "fail_closed",
         "rotation_method": "new key version with overlap; verifiers accept both kids",
         "revocation_steps": "destroy the version in the store; page team-payments",
-        "overlap": "2m",
+        "overlap": DEMO_OVERLAP,
     },
     "legacy": {
         "business_function": "Legacy API key on a KV v1 mount",
@@ -43,6 +48,63 @@ DEMO_CLASSES = {
         "revocation_steps": "overwrite with a new key at the vendor, then in the store",
     },
 }
+
+
+def rotate_demo(directory: Path) -> int:
+    """``sidecar demo rotate``: write the demo signing key again, as a previous then a current
+    version, so ``?version=previous`` and ``/verify`` of the previous key work for another
+    overlap (2 minutes) from now, with the same values as the README shows."""
+    try:
+        config = yaml.safe_load((directory / "sidecar.yaml").read_text())
+        token = (directory / "store-token").read_text().strip()
+    except OSError as exc:
+        print(
+            f"demo: no demo in {directory} ({exc.strerror}); start one with `make run`",
+            file=sys.stderr,
+        )
+        return 2
+    address = str(config["backend"]["address"])
+    if not address.startswith("http://127.0.0.1:"):
+        print(f"demo: {address} is not the demo's local OpenBao", file=sys.stderr)
+        return 2
+    for value in SIGNING_KEYS:
+        request = urllib.request.Request(  # noqa: S310 - checked above: the local dev server
+            f"{address}/v1/secret/data/payments/signing-key",
+            data=json.dumps({"data": {"key": value, "algorithm": "HS256"}}).encode(),
+            headers={"X-Vault-Token": token, "Content-Type": "application/json"},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+                version = json.loads(response.read())["data"]["version"]
+        except OSError as exc:
+            print(
+                f"demo: the demo's OpenBao at {address} did not answer ({exc}); "
+                "is `make run` still running?",
+                file=sys.stderr,
+            )
+            return 1
+    # Drop what the sidecar holds for the key, so the next read sees the new version at once
+    # instead of within the class's refresh interval.
+    admin = Path(config["admin_token_file"]).read_text().strip()
+    purge = urllib.request.Request(
+        f"http://{config['listen']}/admin/purge",
+        data=json.dumps({"path": "secret/payments/signing-key"}).encode(),
+        headers={"X-Sidecar-Token": admin, "Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(purge, timeout=10):  # noqa: S310
+            pass
+    except OSError as exc:
+        print(f"demo: the sidecar did not take the purge ({exc})", file=sys.stderr)
+        return 1
+    print(
+        f"secret/payments/signing-key is at version {version}; for {DEMO_OVERLAP} from now "
+        f"?version=previous serves version {version - 1} ({SIGNING_KEYS[0]}) and /verify calls "
+        "that value previous; after that, retired"
+    )
+    return 0
 
 
 def write_demo_config(directory: Path, store: DevOpenBao, port: int, ops_port: int) -> Path:
@@ -91,8 +153,8 @@ def seed(store: DevOpenBao) -> None:
     signing key, an empty revocation list, and a KV v1 mount holding a legacy API key."""
     store.kv_put("app/db", {"username": "app", "password": "demo-password-v1"})
     store.kv_put("app/db", {"username": "app", "password": "demo-password-v2"})
-    store.kv_put("payments/signing-key", {"key": "demo-signing-key-v1", "algorithm": "HS256"})
-    store.kv_put("payments/signing-key", {"key": "demo-signing-key", "algorithm": "HS256"})
+    for value in SIGNING_KEYS:  # the previous key, then the current one
+        store.kv_put("payments/signing-key", {"key": value, "algorithm": "HS256"})
     store.kv_put("sidecar/revocations", {"revoked": []})
     store.enable_kv("kv1", 1)
     store.kv1_put("legacy/api", {"api_key": "demo-legacy-key"})
@@ -122,7 +184,7 @@ def run_demo(directory: Path, port: int, run: Callable[[Path], int]) -> int:
     caller = f'-H "X-Sidecar-Token: $(cat {directory / "caller-token"})"'
     admin = f'-H "X-Sidecar-Token: $(cat {directory / "admin-token"})"'
     bao = f"BAO_ADDR={store.addr} BAO_TOKEN={store.root_token} {bao_binary()}"
-    verify = '{"field":"key","value":"demo-signing-key-v1"}'
+    verify = '{"field":"key","value":"demo-signing-key-previous"}'
     print(
         f"""
 OpenBao dev server: {store.addr} (root token: {store.root_token}; audit log {store.audit_log})
