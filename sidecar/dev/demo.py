@@ -113,6 +113,9 @@ def write_demo_config(directory: Path, store: DevOpenBao, port: int, ops_port: i
     token_file = directory / "store-token"
     token_file.write_text(store.root_token + "\n")
     token_file.chmod(0o600)
+    env_file = directory / "store.env"  # `. .demo/store.env`: the bao CLI against the demo store
+    env_file.write_text(f"export BAO_ADDR={store.addr} BAO_TOKEN={store.root_token}\n")
+    env_file.chmod(0o600)
     key_file = directory / "snapshot.key"
     key_file.write_bytes(os.urandom(32))
     key_file.chmod(0o600)
@@ -123,6 +126,7 @@ def write_demo_config(directory: Path, store: DevOpenBao, port: int, ops_port: i
         "admin_token_file": str(directory / "admin-token"),
         "audit_log": str(directory / "audit.log"),
         "revocation_list": "secret/sidecar/revocations",
+        "revocation_poll_interval": "2s",
         "log_level": "info",
         "startup_jitter": "1s",
         "snapshot": {
