@@ -587,14 +587,14 @@ def test_hardening_keys_have_safe_defaults(tmp_path: Path) -> None:
     assert load_settings(write(tmp_path, sized)).backend.max_response_size == 512 * 1024
 
 
-def test_every_key_is_in_the_example_config_and_the_readme() -> None:
+def test_every_key_is_in_the_example_config_and_the_configuration_page() -> None:
     from pydantic import BaseModel
 
     from sidecar.settings import BackendSettings, Settings
 
     root = Path(__file__).resolve().parent.parent
     example = (root / "examples" / "sidecar.yaml").read_text()
-    readme = (root / "README.md").read_text()
+    readme = (root / "docs" / "configuration.md").read_text()
 
     def keys(model: type[BaseModel], prefix: str) -> list[str]:
         found = []
