@@ -51,6 +51,12 @@ def _parser() -> argparse.ArgumentParser:
         help="also check, as this machine sees them, the files it names (token, keys, TLS): "
         "run it where the sidecar will run",
     )
+    check.add_argument(
+        "--check-store",
+        action="store_true",
+        help="also log in as the sidecar and ask the store, rule by rule, whether its policy "
+        "allows the reads (a literal path is read once; no value is shown); exit 1 if not",
+    )
 
     snapshot = commands.add_parser("snapshot", help="look inside the encrypted snapshot")
     snapshot_commands = snapshot.add_subparsers(dest="snapshot_command", metavar="ACTION")
@@ -115,7 +121,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         return _run(args.config)
     if args.command == "check-config":
-        return _check(args.config, files=args.files)
+        return _check(args.config, files=args.files, store=args.check_store)
     if args.command == "snapshot" and args.snapshot_command == "inspect":
         return _inspect_snapshot(args.config, as_json=args.json)
     if args.command == "demo":
@@ -193,9 +199,9 @@ def _files_ready(settings: Settings, path: Path | None) -> bool:
     return not problems
 
 
-def _check(path: Path, *, files: bool = False) -> int:
+def _check(path: Path, *, files: bool = False, store: bool = False) -> int:
     settings = _load(path)
-    if settings is None or (files and not _files_ready(settings, path)):
+    if settings is None or ((files or store) and not _files_ready(settings, path)):
         return EXIT_CONFIG
     print(f"{path}: configuration is valid\n")
     policy = settings.policy()
@@ -243,7 +249,19 @@ def _check(path: Path, *, files: bool = False) -> int:
         print("snapshot: off (no snapshot.key_file)")
     else:
         print(f"snapshot: {snapshot.path} every {format_duration(snapshot.interval)}")
+    if store:
+        return _check_store(settings)
     return EXIT_OK
+
+
+def _check_store(settings: Settings) -> int:
+    """Ask the store, with the sidecar's identity, about every rule; 1 if any read is refused."""
+    from sidecar.store.preflight import check_rules
+
+    print(f"\nasking the store as the sidecar ({settings.backend.auth.method} auth):")
+    checks = asyncio.run(check_rules(settings.backend, [r.match for r in settings.secrets]))
+    _table([("RULE", "STORE")] + [(c.match, ("ok: " if c.ok else "NO: ") + c.said) for c in checks])
+    return EXIT_OK if all(c.ok for c in checks) else EXIT_FAILURE
 
 
 def _table(rows: Sequence[Sequence[str]]) -> None:
