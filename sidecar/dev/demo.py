@@ -203,6 +203,7 @@ Try, in another terminal:
   curl -s {caller} {base}/secrets/kv1/legacy/api
   curl -s {caller} {base}/secrets/secret/payments/signing-key
   curl -s {caller} "{base}/secrets/secret/payments/signing-key?version=previous"
+                  # served for {DEMO_OVERLAP} after a rotation; `sidecar demo rotate` opens it again
   curl -s {caller} {base}/secrets/secret/app/missing                 # 404
   curl -s {base}/secrets/secret/app/db                                # 401
 

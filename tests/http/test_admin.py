@@ -116,6 +116,11 @@ async def test_revocation_list_in_the_store_turns_reads_into_410(
     old = await client.get(f"/secrets/secret/{uid}/versioned?version=1", headers=AUTH)
     assert old.status == 410
     assert all(key[0] != f"secret/{uid}/leaked" for key, _ in sidecar.cache.entries())
+    # a path entry (no version) covers versions written later too: a kill switch
+    openbao.kv_put(f"{uid}/leaked", {"key": "leaked-v2"})
+    still = await client.get(f"/secrets/secret/{uid}/leaked", headers=AUTH)
+    assert still.status == 410
+    assert "leaked-v2" not in await still.text()
     status = await (await client.get("/admin/status", headers=ADMIN)).json()
     # RFC 3339 like every other time the sidecar prints, not an epoch float
     assert re.fullmatch(
