@@ -24,6 +24,7 @@ from sidecar.ops import logs
 from sidecar.settings import ConfigError, Settings
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+EXIT_BROKEN_PIPE = 128 + 13  # as a shell reports a command ended by SIGPIPE
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -113,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # interpreter exit does not fail again, and exit as a cut-off write does.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_FAILURE
+        return EXIT_BROKEN_PIPE
     return status
 
 
@@ -156,7 +157,7 @@ def _load(path: Path | None) -> Settings | None:
 
 def _run(path: Path | None) -> int:
     settings = _load(path)
-    if settings is None or not _files_ready(settings, path):
+    if settings is None or not _files_ready(settings, path, at_start=True):
         return EXIT_CONFIG
     logs.configure(settings.log_level)
     from sidecar.server import ListenError, serve
@@ -186,9 +187,9 @@ def _event_loop_run(coro: object) -> None:
         uvloop.run(coro)  # type: ignore[arg-type]
 
 
-def _files_ready(settings: Settings, path: Path | None) -> bool:
+def _files_ready(settings: Settings, path: Path | None, *, at_start: bool = False) -> bool:
     """Every file the settings name is there and readable (all problems said at once)."""
-    problems, warnings = file_problems(settings)
+    problems, warnings = file_problems(settings, at_start=at_start)
     for warning in warnings:
         print(f"sidecar: warning: {warning}", file=sys.stderr)
     if problems:

@@ -251,10 +251,12 @@ def _inner_model(annotation: Any) -> Any:
     return None
 
 
-def file_problems(settings: Settings) -> tuple[list[str], list[str]]:
+def file_problems(settings: Settings, *, at_start: bool = False) -> tuple[list[str], list[str]]:
     """Files the sidecar will read, checked before it starts: (problems, warnings). A problem
     is a file that is missing or unreadable; a warning, a secret file others may read. (The
-    caller and admin token files are created at start when missing.)"""
+    caller and admin token files are created at start when missing.) ``at_start``: a missing
+    store credential is only a warning, since the login retries until it appears (an init
+    container or an agent may write it a moment later)."""
     auth = settings.backend.auth
     tls = settings.backend.tls
     needed: list[tuple[str, Path | None, bool]] = [  # (key, path, holds a secret)
@@ -270,7 +272,9 @@ def file_problems(settings: Settings) -> tuple[list[str], list[str]]:
         needed.append(("backend.auth.role_id_file", auth.role_id_file, False))
         needed.append(("backend.auth.secret_id_file", auth.secret_id_file, True))
     elif isinstance(auth, KubernetesAuth):
-        needed.append(("backend.auth.jwt_file", auth.jwt_file, True))
+        # a projected service account token: short-lived, audience-bound, and 0644 by default
+        needed.append(("backend.auth.jwt_file", auth.jwt_file, False))
+    credentials = {key for key, _, _ in needed if key.startswith("backend.auth.")}
     problems, warnings = [], []
     for key, path, secret in needed:
         if path is None:
@@ -283,7 +287,12 @@ def file_problems(settings: Settings) -> tuple[list[str], list[str]]:
             with path.open("rb"):
                 pass
         except FileNotFoundError:
-            problems.append(f"{key}: {path} does not exist")
+            if at_start and key in credentials:
+                warnings.append(
+                    f"{key}: {path} does not exist yet; the login retries until it does"
+                )
+            else:
+                problems.append(f"{key}: {path} does not exist")
             continue
         except OSError as exc:
             problems.append(f"{key}: {path} cannot be read ({exc.strerror})")

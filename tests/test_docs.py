@@ -69,3 +69,28 @@ def test_every_test_named_in_the_security_page_exists():
     files = set(re.findall(r"tests/([\w/]+\.py)", page))
     assert files, "the page names no test files: is the pattern still right?"
     assert all((ROOT / "tests" / f).exists() for f in files), files
+
+
+def test_relative_links_between_pages_resolve():
+    """A link from one page to a file of the repository (docs moved between pages) points at
+    something that exists; an anchor, at a heading of that page."""
+    import re
+
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    broken = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if target.startswith(("http://", "https://", "mailto:")):
+                continue
+            path, _, anchor = target.partition("#")
+            file = (page.parent / path).resolve() if path else page
+            if not file.exists():
+                broken.append(f"{page.name}: {target}")
+            elif anchor and file.suffix == ".md":
+                headings = re.findall(r"^#+ (.+)$", file.read_text(), re.M)
+                slugs = {
+                    re.sub(r"[^\w\- ]", "", h).strip().lower().replace(" ", "-") for h in headings
+                }
+                if anchor not in slugs:
+                    broken.append(f"{page.name}: {target} (no such heading)")
+    assert broken == []

@@ -531,7 +531,7 @@ def test_a_reader_that_stops_early_gets_no_traceback(tmp_path: Path) -> None:
     assert reader_gone.stdout is not None and reader_gone.stderr is not None
     reader_gone.stdout.close()  # long before the command (still importing) writes anything
     err = reader_gone.stderr.read().decode()
-    assert reader_gone.wait(60) == 1
+    assert reader_gone.wait(60) == 141  # as a shell reports a command ended by SIGPIPE
     assert "Traceback" not in err
     assert "BrokenPipe" not in err
     assert "Exception ignored" not in err
@@ -716,7 +716,11 @@ def test_check_config_files_are_checked_where_the_sidecar_runs(
     assert f"backend.tls.ca_cert: {tmp_path} is not a regular file" in err
     assert "warning: snapshot.key_file" in err and "any user (mode 0644)" in err
     assert main(["run", "--config", str(path)]) == 2  # the same, before anything starts
-    assert "backend.auth.token_file" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    # at start a store credential may still be on its way (an init container writes it): only
+    # a warning then, the login retries; the folder where a CA file should be is not
+    assert "backend.auth.token_file" in err and "does not exist yet" in err
+    assert f"backend.tls.ca_cert: {tmp_path} is not a regular file" in err
 
     (tmp_path / "no-token").write_text("s.token")
     (tmp_path / "no-token").chmod(0o600)

@@ -16,6 +16,8 @@ from sidecar.core.facts import Listener, PreviousRetired, Rotated
 from sidecar.core.policy import SecretClass
 from sidecar.store.interface import Secret
 
+MAX_SEEN = 65536  # paths whose last version is remembered after a purge (bounded memory)
+
 log = logging.getLogger("sidecar.cache")
 
 _FRACTION = re.compile(r"(\.\d{6})\d+")
@@ -74,7 +76,9 @@ class Rotations:
         # after that is a rotation too, and the evidence must not lose it.
         last = (old.version or 0) if old is not None else self._seen.get(path)
         if new.version is not None:
-            self._seen[path] = max(new.version, self._seen.get(path, 0))
+            self._seen[path] = max(new.version, self._seen.pop(path, 0))  # newest last
+            if len(self._seen) > MAX_SEEN:
+                del self._seen[next(iter(self._seen))]  # the path not rotated for longest
         if last is not None and new.version is not None and last < new.version:
             old_version = old.version if old is not None else last
             self._rotated_at[path] = wall

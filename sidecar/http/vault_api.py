@@ -102,7 +102,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
             return await _passthrough(request, api_path, request.headers["X-Vault-Token"])
         if request.method == "GET" and api_path.startswith(MOUNTS_PREFIX):
             return await _mount_info(request, api_path[len(MOUNTS_PREFIX) :])
-        if request.method == "GET" and api_path == LOOKUP_SELF:
+        if request.method == "GET" and api_path == LOOKUP_SELF and not _own_store_token(request):
             return _vault_response({"data": CALLER_TOKEN_INFO})
         read = await _as_kv_read(request, api_path) if request.method == "GET" else None
         if read is None:
@@ -118,6 +118,16 @@ async def handle(request: web.Request) -> web.StreamResponse:
         return render(lookup, read.version)
     except Exception as exc:  # every failure becomes a Vault-shaped status in error_response
         return error_response(exc, api_path, vault=True)
+
+
+def _own_store_token(request: web.Request) -> bool:
+    """The caller token came in X-Sidecar-Token and X-Vault-Token is the caller's own store
+    token, to be passed through: questions about "self" are then about that token."""
+    return (
+        request.app[PASSTHROUGH_KEY]
+        and "X-Sidecar-Token" in request.headers
+        and "X-Vault-Token" in request.headers
+    )
 
 
 _HIT_HEADERS = hit_headers("X-Cache")

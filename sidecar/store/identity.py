@@ -77,6 +77,7 @@ class Authenticator:
         self._retry_at = 0.0
         self.failure: str | None = None  # why the last login failed (None: it did not)
         self._last_error: StoreUnavailable | None = None
+        self._dead: str | None = None  # a token the store said is expired or revoked
         self._method = settings.auth
         self._backoff = settings.backoff
         self._rng = rng
@@ -130,6 +131,11 @@ class Authenticator:
         if self._renewal is not None:
             self._renewal.cancel()
             await asyncio.gather(self._renewal, return_exceptions=True)
+
+    @property
+    def failure_reason(self) -> str | None:
+        """The reason code of the last failed login while logins keep failing (None: not)."""
+        return None if self._last_error is None else self._last_error.reason
 
     async def ensure(self) -> str:
         """The token to send now; without one, obtain it (once, under the lock, for every waiter)
@@ -223,7 +229,10 @@ class Authenticator:
         else:
             assert method.env_token is not None  # guaranteed by settings validation
             token = method.env_token.get_secret_value()
-        if token == failed:
+        if token in (failed, self._dead):
+            # Still the token the store declared dead: a failure (and the backoff grows), not
+            # a success that sends another doomed request.
+            self._dead = token
             raise StoreUnavailable(
                 "auth_failed",
                 kind=ErrorKind.AUTH_FAILED,

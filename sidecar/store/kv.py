@@ -60,9 +60,11 @@ class KVStore:
 
     @property
     def auth_failure(self) -> str | None:
-        """Why the sidecar cannot authenticate to the store right now (None: it can, or has
-        not tried yet); /readyz shows it."""
-        return self._auth.failure
+        """Whether the sidecar cannot authenticate to the store right now, as a reason code
+        (``auth_failed``, or the outage's when the store could not be asked); None when it can
+        or has not tried yet. /readyz shows it on a listener without a token, so the details
+        (which may name files) stay in the log and in the 503s callers get."""
+        return self._auth.failure_reason
 
     @property
     def authenticated(self) -> bool:

@@ -5,6 +5,7 @@ path under its literal prefix, since no read can cover every path it matches."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from sidecar.backend_settings import BackendSettings
@@ -40,10 +41,13 @@ async def _check(store: KVStore, match: str) -> RuleCheck:
             return RuleCheck(match, True, "read allowed (value read once, not kept)")
         if not literal.strip("/"):
             return RuleCheck(match, False, "matches every path: nothing to ask the store about")
-        path = literal if literal.endswith("/") else literal.rsplit("/", 1)[0] + "/"
-        mount = await store.mount(path + PROBE)
-        rest = (path + PROBE)[len(mount.path) :]
+        # One path the rule matches: each wildcard stands for a probe name, so a policy
+        # written like the rule (secret/data/app/db-*, secret/data/+/db) is asked fairly.
+        probe = re.sub(r"\*\*|\*", PROBE, match).replace("?", "x")
+        mount = await store.mount(probe)
+        rest = probe[len(mount.path) :]
         api_path = mount.path + ("data/" if mount.kv_version == 2 else "") + rest
+        path = literal
         reply = await store.call(
             "POST", "sys/capabilities-self", json={"paths": [api_path]}, urgent=True
         )

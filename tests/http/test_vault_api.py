@@ -346,3 +346,20 @@ async def test_hvac_list_and_is_authenticated_get_vault_shaped_answers(
     assert CALLER_TOKEN not in json.dumps(looked_up)
     stranger = _hvac(_url(client), "not-the-caller-token-0123456789")
     assert await _in_thread(stranger.is_authenticated) is False
+
+
+async def test_lookup_self_with_the_callers_own_store_token_is_passed_through(
+    make_sidecar: SidecarFactory, openbao: DevOpenBao, uid: str
+):
+    """With passthrough, a client that sends the caller token in X-Sidecar-Token and its own
+    store token in X-Vault-Token asks about *that* token: the store answers, not the sidecar."""
+    mine = openbao.request(
+        "POST", "auth/token/create", {"policies": ["default"], "display_name": f"app-{uid}"}
+    )["auth"]["client_token"]
+    client, _ = await make_sidecar(vault_api={"passthrough": True})
+    both = {"X-Sidecar-Token": CALLER_TOKEN, "X-Vault-Token": mine}
+    answer = await client.get("/v1/auth/token/lookup-self", headers=both)
+    assert answer.status == 200
+    assert (await answer.json())["data"]["display_name"] == f"token-app-{uid}"
+    local = await client.get("/v1/auth/token/lookup-self", headers=VAULT)
+    assert (await local.json())["data"]["display_name"] == "secrets-sidecar-caller"

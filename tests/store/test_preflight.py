@@ -20,6 +20,7 @@ def test_check_store_reports_each_rule_as_the_store_answers(
     openbao.kv_put(f"{uid}/other/key", {"key": "preflight-other"})
     policy = (
         f'path "secret/data/{uid}/app/*" {{ capabilities = ["read"] }}\n'
+        f'path "secret/data/{uid}/db-*" {{ capabilities = ["read"] }}\n'
         f'path "sys/internal/ui/mounts/secret/{uid}/*" {{ capabilities = ["read"] }}\n'
     )
     openbao.request("POST", f"sys/policies/acl/pf{uid}", {"policy": policy})
@@ -33,6 +34,7 @@ def test_check_store_reports_each_rule_as_the_store_answers(
         {"match": f"secret/{uid}/other/key", "class": "standard"},  # refused
         {"match": f"secret/{uid}/app/**", "class": "standard"},  # allowed under the prefix
         {"match": f"secret/{uid}/other/**", "class": "standard"},  # refused under the prefix
+        {"match": f"secret/{uid}/db-*", "class": "standard"},  # a glob inside a segment
     ]
     document = config(openbao.addr, token_file, tmp_path, rules=rules)
     path = tmp_path / "sidecar.yaml"
@@ -51,6 +53,7 @@ def test_check_store_reports_each_rule_as_the_store_answers(
         f"secret/{uid}/other/key": "NO:",
         f"secret/{uid}/app/**": "ok:",
         f"secret/{uid}/other/**": "NO:",
+        f"secret/{uid}/db-*": "ok:",
     }, out
     assert "preflight-value" not in out and "preflight-other" not in out
 
