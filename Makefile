@@ -37,6 +37,28 @@ format: $(STAMP)
 	$(BIN)/ruff format sidecar tests benchmarks
 	$(BIN)/ruff check --fix sidecar tests benchmarks
 
+# -- the container image (Dockerfile) ---------------------------------------------------------
+IMAGE      ?= localhost/secrets-sidecar:dev
+BASE_IMAGE ?= docker.io/library/python:3.11-slim-bookworm
+IMAGE_DEPS := podman buildah debootstrap
+
+.PHONY: image image-deps image-test
+
+## image: build the container image with podman (BASE_IMAGE=... for another base)
+image:
+	podman build --isolation=chroot --build-arg BASE_IMAGE=$(BASE_IMAGE) \
+	  --build-arg VERSION=$$($(PYTHON) -c 'import re; print(re.search(r"__version__ = \"(.*)\"", open("sidecar/__init__.py").read()).group(1))') \
+	  -v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro -t $(IMAGE) .
+
+image-deps:
+	@for tool in $(IMAGE_DEPS); do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then echo ">> installing$$missing from Debian's packages"; \
+	  apt-get install -y -q $(IMAGE_DEPS) >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q $(IMAGE_DEPS) >/dev/null; }; fi
+
+## image-test: build the image on a locally made Debian base and run it against OpenBao (minutes)
+image-test: $(STAMP) image-deps
+	$(BIN)/pytest -m image -p no:cacheprovider
+
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache
 

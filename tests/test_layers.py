@@ -191,5 +191,6 @@ def test_tests_mirror_the_package():
     assert sorted(p.name for p in tests.glob("test_*.py")) == [
         "test_docs.py",
         "test_layers.py",
+        "test_packaging.py",
         "test_settings.py",
     ]

@@ -1,0 +1,203 @@
+"""The container image, built by podman from the project's Dockerfile on a Debian base made
+locally (no registry is reachable), then run with its own entrypoint by buildah against the
+test OpenBao on loopback. Marked ``image``: ``make image-test`` runs it (it needs podman,
+buildah and debootstrap, which ``make image-test`` installs), ``make test`` does not yet.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sidecar import __version__
+from sidecar.dev.openbao import DevOpenBao, free_port
+from tests.conftest import CLASSES
+
+pytestmark = pytest.mark.image
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE = "localhost/secrets-sidecar-base:bookworm"
+IMAGE = "localhost/secrets-sidecar:test"
+CA = "/etc/ssl/certs/ca-certificates.crt"
+
+
+def _run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{args}: {done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+    return done
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The image, built from the Dockerfile on a base with Python that debootstrap made."""
+    for tool in ("podman", "buildah", "debootstrap"):
+        assert shutil.which(tool), f"{tool} is missing: run `make image-test`, which installs it"
+    if subprocess.run(["podman", "image", "exists", BASE]).returncode != 0:
+        root = tmp_path_factory.mktemp("base") / "root"
+        _run(
+            "debootstrap",
+            "--variant=minbase",
+            "--include=python3,python3-venv,ca-certificates",
+            "bookworm",
+            str(root),
+        )
+        tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
+        _run_with_stdin = subprocess.run(
+            ["podman", "import", "-", BASE], stdin=tar.stdout, capture_output=True, timeout=600
+        )
+        assert tar.wait() == 0 and _run_with_stdin.returncode == 0
+    _run(
+        "podman",
+        "build",
+        "--isolation=chroot",
+        "--build-arg",
+        f"BASE_IMAGE={BASE}",
+        "--build-arg",
+        f"VERSION={__version__}",
+        "-v",
+        f"{CA}:{CA}:ro",
+        "-t",
+        IMAGE,
+        str(ROOT),
+    )
+    return IMAGE
+
+
+@pytest.fixture
+def container(image: str) -> Iterator[str]:
+    name = _run("buildah", "from", image).stdout.strip()
+    yield name
+    subprocess.run(["buildah", "rm", name], capture_output=True)
+
+
+def _config(image: str) -> dict[str, object]:
+    return json.loads(_run("podman", "image", "inspect", image).stdout)[0]["Config"]
+
+
+def test_the_image_runs_as_a_fixed_non_root_user_with_the_sidecar_as_entrypoint(image: str):
+    config = _config(image)
+    assert config["User"] == "10001:10001"
+    assert config["Entrypoint"] == ["sidecar", "run"]
+    assert config["StopSignal"] == "SIGTERM"
+    assert "Healthcheck" not in config
+    assert config["Labels"]["org.opencontainers.image.version"] == __version__
+    assert config["Labels"]["org.opencontainers.image.licenses"] == "Apache-2.0"
+
+
+def test_version_and_check_config_run_inside_and_dev_tools_are_not_there(
+    container: str, tmp_path: Path
+):
+    version = _run(
+        "buildah", "run", "--isolation", "chroot", container, "--", "sidecar", "--version"
+    )
+    assert version.stdout.strip() == f"sidecar {__version__}"
+    absent = subprocess.run(
+        [
+            "buildah",
+            "run",
+            "--isolation",
+            "chroot",
+            container,
+            "--",
+            "sh",
+            "-c",
+            "command -v bao || command -v pytest || command -v gcc || ls /root/.cache/pip",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert absent.returncode != 0, absent.stdout  # no OpenBao binary, pytest, compiler, pip cache
+
+
+def test_the_image_serves_a_secret_from_the_store(container: str, tmp_path: Path):
+    store = DevOpenBao(tmp_path / "store").start()
+    try:
+        store.kv_put("app/db", {"password": "image-password"})
+        folder = tmp_path / "conf"
+        folder.mkdir(mode=0o777)
+        folder.chmod(0o777)  # the image's user (10001) writes its token files here
+        (folder / "store-token").write_text(store.root_token)
+        (folder / "store-token").chmod(0o644)
+        port = free_port()
+        (folder / "sidecar.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "listen": f"127.0.0.1:{port}",
+                    "metrics_listen": f"127.0.0.1:{free_port()}",
+                    "caller_token_file": "/conf/caller/token",
+                    "admin_token_file": "/conf/admin/token",
+                    "backend": {
+                        "address": store.addr,
+                        "auth": {"method": "token", "token_file": "/conf/store-token"},
+                    },
+                    "classes": CLASSES,
+                    "secrets": [{"match": "secret/app/**", "class": "standard"}],
+                }
+            )
+        )
+        checked = _run(
+            "buildah",
+            "run",
+            "--isolation",
+            "chroot",
+            "-v",
+            f"{folder}:/conf",
+            container,
+            "--",
+            "sidecar",
+            "check-config",
+            "/conf/sidecar.yaml",
+            "--files",
+        )
+        assert "configuration is valid" in checked.stdout
+        entrypoint = _config(IMAGE)["Entrypoint"]
+        process = subprocess.Popen(
+            [
+                "buildah",
+                "run",
+                "--isolation",
+                "chroot",
+                "-v",
+                f"{folder}:/conf",
+                "--env",
+                "SIDECAR_CONFIG=/conf/sidecar.yaml",
+                container,
+                "--",
+                *entrypoint,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while not (folder / "caller" / "token").exists():
+                assert process.poll() is None, process.stdout.read().decode()  # type: ignore[union-attr]
+                assert time.monotonic() < deadline, "the sidecar in the image did not start"
+                time.sleep(0.2)
+            token = (folder / "caller" / "token").read_text().strip()
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/secrets/secret/app/db?field=password",
+                headers={"X-Sidecar-Token": token},
+            )
+            for _ in range(100):
+                try:
+                    with urllib.request.urlopen(request, timeout=5) as answer:
+                        assert answer.read() == b"image-password"
+                        break
+                except OSError:
+                    time.sleep(0.2)
+            else:
+                raise AssertionError("the sidecar in the image never answered")
+        finally:
+            process.terminate()
+            process.wait(30)
+    finally:
+        store.stop()
