@@ -1,7 +1,7 @@
 """The container image, built by podman from the project's Dockerfile on a Debian base made
 locally (no registry is reachable), then run with its own entrypoint by buildah against the
 test OpenBao on loopback. Marked ``image``: ``make image-test`` runs it (it needs podman,
-buildah and debootstrap, which ``make image-test`` installs), ``make test`` does not yet.
+buildah and debootstrap, which ``make image-test`` installs); CI runs it after ``make test``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from sidecar import __version__
 from sidecar.dev.openbao import DevOpenBao, free_port
 from tests.conftest import CLASSES
 
-pytestmark = pytest.mark.image
+# Building the base and the image takes about a minute here; allow for a slower machine.
+pytestmark = [pytest.mark.image, pytest.mark.timeout(900)]
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = "localhost/secrets-sidecar-base:bookworm"
