@@ -41,6 +41,7 @@ format: $(STAMP)
 IMAGE      ?= localhost/secrets-sidecar:dev
 BASE_IMAGE ?= docker.io/library/python:3.11-slim-bookworm
 IMAGE_DEPS := podman buildah debootstrap
+SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: image image-deps image-test
 
@@ -53,7 +54,7 @@ image:
 image-deps:
 	@for tool in $(IMAGE_DEPS); do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
 	if [ -n "$$missing" ]; then echo ">> installing$$missing from Debian's packages"; \
-	  apt-get install -y -q $(IMAGE_DEPS) >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q $(IMAGE_DEPS) >/dev/null; }; fi
+	  $(SUDO) apt-get install -y -q $(IMAGE_DEPS) >/dev/null || { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q $(IMAGE_DEPS) >/dev/null; }; fi
 
 ## image-test: build the image on a locally made Debian base and run it against OpenBao (minutes)
 image-test: $(STAMP) image-deps
