@@ -7,17 +7,24 @@
 ARG BASE_IMAGE=docker.io/library/python:3.11-slim-bookworm
 
 FROM ${BASE_IMAGE} AS build
+# binutils, for `strip`, in this stage only: the runtime stage copies the venv alone.
+# hadolint ignore=DL3008
+RUN apt-get update -q \
+ && apt-get install -y -q --no-install-recommends binutils \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY sidecar ./sidecar
 # A wheel of the project (sidecar.dev is left out of it), installed with its dependencies into
-# a venv that the runtime stage copies whole; bytecode is compiled here, since the runtime
-# filesystem is read-only.
+# a venv that the runtime stage copies whole: no pip or setuptools, no C sources, shared objects
+# without their debug symbols (uvloop's alone is 13.6 MB with them, 1.6 MB without); bytecode
+# is compiled here, since the runtime filesystem is read-only.
 RUN python3 -m venv /opt/sidecar \
  && /opt/sidecar/bin/pip install --no-cache-dir --disable-pip-version-check . \
  && /opt/sidecar/bin/pip uninstall --yes --disable-pip-version-check setuptools pip \
  && find /opt/sidecar -depth \( -name '*.c' -o -name '*.pyx' -o -name '*.pxd' -o -name '*.h' \
       -o -name '*.pyi' \) -delete \
+ && find /opt/sidecar -name '*.so' -exec strip --strip-unneeded {} + \
  && python3 -m compileall -q /opt/sidecar
 
 FROM ${BASE_IMAGE}
