@@ -93,6 +93,16 @@ def test_the_image_runs_as_a_fixed_non_root_user_with_the_sidecar_as_entrypoint(
     assert config["Labels"]["org.opencontainers.image.licenses"] == "Apache-2.0"
 
 
+def test_the_project_adds_at_most_60_mb_to_its_base(image: str):
+    """What the image costs over its base: the venv with the runtime dependencies only."""
+    sizes = {
+        name: int(_run("podman", "image", "inspect", "--format", "{{.Size}}", name).stdout)
+        for name in (BASE, image)
+    }
+    added = sizes[image] - sizes[BASE]
+    assert 0 < added <= 60 * 1000 * 1000, f"{added / 1e6:.1f} MB added to the base"
+
+
 def test_version_and_check_config_run_inside_and_dev_tools_are_not_there(
     container: str, tmp_path: Path
 ):
