@@ -26,7 +26,7 @@ pytest: $(STAMP)
 
 ## test-fast: the inner loop: lint, types, and every test not marked slow (raft, bench smoke)
 test-fast: lint $(STAMP)
-	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest -m "not slow and not image"
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check sidecar tests benchmarks
