@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import math
 import os
 import secrets
 import struct
@@ -44,7 +43,12 @@ import orjson
 from sidecar.ops.files import fsync_directory, remove_stale_temps
 from sidecar.ops.snapshot_key import KEY_SIZE as _KEY_SIZE
 from sidecar.ops.snapshot_key import SnapshotKeyError, key_file_mode_problem, load_key
-from sidecar.store.interface import Secret
+from sidecar.ops.snapshot_records import (
+    SnapshotEntry,
+    decode_mounts,
+    decode_secret,
+    secret_record,
+)
 
 __all__ = [
     "FORMAT_VERSION",
@@ -75,17 +79,6 @@ _NONCE_SIZE = 12
 _TAG_SIZE = 16
 _LABEL = b"secrets-sidecar snapshot v1\x00"
 _KEY_CHECK_LABEL = b"secrets-sidecar snapshot key check"
-
-
-@dataclass(frozen=True, slots=True)
-class SnapshotEntry:
-    """One cached value as kept across restarts, with what deciding its restore needs: its class
-    when saved, and when the store last confirmed it."""
-
-    version_key: int | None  # the cache key's version part: None = "latest", N = that version
-    secret: Secret
-    class_name: str
-    confirmed_at: float  # wall-clock epoch seconds when the store last confirmed the value
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +150,7 @@ def write_snapshot(
             f.write(bytes(_HEADER_SIZE))  # placeholder: the count is known only at the end
             count = 0
             for entry in entries:
-                record = _seal(aead, count, *_secret_record(entry))
+                record = _seal(aead, count, *secret_record(entry))
                 if record is not None:
                     f.write(record)
                     count += 1
@@ -180,20 +173,6 @@ def write_snapshot(
     fsync_directory(path.parent)
     remove_stale_temps(path)
     return count
-
-
-def _secret_record(entry: SnapshotEntry) -> tuple[list[Any], dict[str, Any]]:
-    secret = entry.secret
-    return ["secret", secret.path, entry.version_key], {
-        "data": dict(secret.data),
-        "version": secret.version,
-        "created_time": secret.created_time,
-        "kv_version": secret.kv_version,
-        "class": entry.class_name,
-        "confirmed_at": entry.confirmed_at,
-        "custom_metadata": secret.custom_metadata,
-        "lease_duration": secret.lease_duration,
-    }
 
 
 def _seal(aead: AESGCM, index: int, meta_fields: list[Any], fields: dict[str, Any]) -> bytes | None:
@@ -339,58 +318,12 @@ def _open(
         if version == 1:  # [path, version_key]; the mount table under a reserved path
             fields = ["mounts"] if fields[:1] == [_V1_MOUNTS_PATH] else ["secret", *fields]
         if fields == ["mounts"]:
-            return _decode_mounts(body)
+            return decode_mounts(body)
         if fields[:1] == ["secret"]:
-            return _decode(fields[1:], body)
+            return decode_secret(fields[1:], body)
         return None
     except (InvalidTag, orjson.JSONDecodeError, ValueError, TypeError):
         return None
-
-
-def _decode_mounts(payload: Any) -> list[dict[str, Any]]:
-    if isinstance(payload, dict) and "data" in payload:  # version 1: a secret-shaped record
-        payload = payload["data"]
-    mounts = payload.get("mounts") if isinstance(payload, dict) else None
-    if not isinstance(mounts, list) or not all(isinstance(m, dict) for m in mounts):
-        raise ValueError("bad mount table")
-    return mounts
-
-
-def _decode(meta: Any, payload: Any) -> SnapshotEntry:
-    """Authentic bytes may still come from a buggy or different writer: check the shape."""
-    if not (isinstance(meta, list) and len(meta) == 2 and isinstance(payload, dict)):
-        raise ValueError("bad record shape")
-    path, version_key = meta
-    confirmed_at = payload.get("confirmed_at")
-    if not (
-        isinstance(path, str)
-        and _is_optional_int(version_key)
-        and isinstance(payload.get("data"), dict)
-        and _is_optional_int(payload.get("version"))
-        and isinstance(payload.get("created_time"), str | None)
-        and type(payload.get("kv_version")) is int
-        and isinstance(payload.get("class"), str)
-        and isinstance(confirmed_at, int | float)
-        and not isinstance(confirmed_at, bool)
-        and math.isfinite(confirmed_at)
-    ):
-        raise ValueError("bad record fields")
-    custom = payload.get("custom_metadata")
-    lease = payload.get("lease_duration", 0)
-    secret = Secret(
-        path,
-        payload["data"],
-        payload["version"],
-        payload["created_time"],
-        payload["kv_version"],
-        custom_metadata=custom if isinstance(custom, dict) else None,
-        lease_duration=lease if type(lease) is int else 0,
-    )
-    return SnapshotEntry(version_key, secret, payload["class"], float(confirmed_at))
-
-
-def _is_optional_int(value: object) -> bool:
-    return value is None or type(value) is int
 
 
 # -- inspect --------------------------------------------------------------------------

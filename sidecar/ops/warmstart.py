@@ -15,13 +15,13 @@ from sidecar.core.cache import SecretCache, restore_verdict
 from sidecar.core.facts import Listener, SnapshotFailed, SnapshotLoaded, SnapshotSaved
 from sidecar.ops.audit import AuditLog, iso_time
 from sidecar.ops.snapshot import (
-    SnapshotEntry,
     SnapshotKeyError,
     key_file_mode_problem,
     load_key,
     read_snapshot,
     write_snapshot,
 )
+from sidecar.ops.snapshot_records import SnapshotEntry
 from sidecar.settings import ConfigError, Settings, SnapshotSettings
 from sidecar.store.interface import METADATA
 
