@@ -16,7 +16,15 @@ from aiohttp.test_utils import TestClient
 
 from sidecar.core.clock import ManualClock
 from sidecar.dev.openbao import DevOpenBao, bao_binary
-from tests.conftest import AUTH, CALLER_TOKEN, CLASSES, SidecarFactory, config
+from tests.conftest import (
+    ADMIN_TOKEN,
+    AUTH,
+    CALLER_TOKEN,
+    CLASSES,
+    SidecarFactory,
+    config,
+    raw_request,
+)
 
 VAULT = {"X-Vault-Token": CALLER_TOKEN}
 
@@ -363,3 +371,28 @@ async def test_lookup_self_with_the_callers_own_store_token_is_passed_through(
     assert (await answer.json())["data"]["display_name"] == f"token-app-{uid}"
     local = await client.get("/v1/auth/token/lookup-self", headers=VAULT)
     assert (await local.json())["data"]["display_name"] == "secrets-sidecar-caller"
+
+
+async def test_lookup_self_and_list_hold_up_to_odd_requests(
+    make_sidecar: SidecarFactory, tmp_path: Path
+):
+    """The answers added for hvac, tried the way the guard's own tests try every endpoint:
+    the admin token and no token are refused, an absolute-form target is refused, a
+    percent-encoded spelling reaches the same answer (never the token), and LIST says nothing
+    but what to do, whoever sends it."""
+    client, _ = await make_sidecar()
+    path = "/v1/auth/token/lookup-self"
+    status, _, body = await raw_request(client, "GET", path, {"X-Vault-Token": ADMIN_TOKEN})
+    assert status == 403
+    status, _, _ = await raw_request(client, "GET", path)
+    assert status in (401, 403)
+    absolute = f"http://{client.host}:{client.port}{path}"
+    status, _, _ = await raw_request(client, "GET", absolute, VAULT)
+    assert status == 400
+    status, _, body = await raw_request(client, "GET", "/v1/auth/token/lookup%2Dself", VAULT)
+    assert status == 200 and CALLER_TOKEN.encode() not in body
+    status, _, body = await raw_request(
+        client, "LIST", "/v1/secret/metadata/x", {"X-Vault-Token": ADMIN_TOKEN}
+    )
+    assert status == 405
+    assert json.loads(body)["errors"][0].startswith("the sidecar does not take the LIST method")

@@ -3,6 +3,7 @@ sidecar's identity (a real OpenBao and a token that carries a narrow policy)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import yaml
 from sidecar.cli import main
 from sidecar.dev.openbao import DevOpenBao
 from tests.conftest import config
+from tests.hostile import HostileStore, respond
 
 
 def test_check_store_reports_each_rule_as_the_store_answers(
@@ -61,3 +63,32 @@ def test_check_store_reports_each_rule_as_the_store_answers(
     del document["secrets"][3]
     path.write_text(yaml.safe_dump(document))
     assert main(["check-config", str(path), "--check-store"]) == 0
+
+
+@pytest.mark.parametrize(
+    "lie",
+    [{"capabilities": "read"}, {"capabilities": [1, None]}, ["read"], {}],
+    ids=["text", "not-strings", "a-list", "nothing"],
+)
+def test_check_store_reads_a_lying_capabilities_reply_as_no_grant(
+    openbao: DevOpenBao, uid: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], lie
+) -> None:
+    """A capabilities reply of the wrong shape grants nothing (and crashes nothing)."""
+    store = HostileStore(openbao.port).start()
+    try:
+        store.on("sys/capabilities-self", respond(200, json.dumps(lie).encode()))
+        token_file = tmp_path / "t"
+        token_file.write_text(openbao.root_token)
+        token_file.chmod(0o600)
+        rules = [{"match": f"secret/{uid}/**", "class": "standard"}]
+        path = tmp_path / "sidecar.yaml"
+        path.write_text(yaml.safe_dump(config(store.addr, token_file, tmp_path, rules=rules)))
+        assert main(["check-config", str(path), "--check-store"]) == 1
+        out = capsys.readouterr().out
+        verdict = next(line for line in out.splitlines() if line.startswith(f"secret/{uid}/**"))
+        # a JSON object of the wrong shape grants nothing; anything else is a bad reply
+        assert verdict.split(None, 1)[1].startswith(
+            ("NO: the policy does not grant read", "NO: could not ask: bad_response")
+        ), verdict
+    finally:
+        store.stop()
