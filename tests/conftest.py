@@ -23,6 +23,7 @@ from sidecar.config import settings_from
 from sidecar.core.clock import ManualClock
 from sidecar.dev.openbao import DevOpenBao
 from sidecar.server import Server, SidecarRunner
+from tests.loopserver import dechunk
 
 CALLER_TOKEN = "test-caller-token-0123456789abcdef"
 ADMIN_TOKEN = "test-admin-token-fedcba9876543210"
@@ -204,21 +205,10 @@ async def raw_request(
                 parsed[name.strip().lower()] = value.strip()
         payload = b"" if head_only else await asyncio.wait_for(reader.read(), 10)
         if parsed.get("transfer-encoding") == "chunked":
-            payload = _dechunk(payload)
+            payload = dechunk(payload)
         return int(status_line.split()[1]), parsed, payload
     finally:
         writer.close()
-
-
-def _dechunk(data: bytes) -> bytes:
-    out = b""
-    while data:
-        size_line, _, data = data.partition(b"\r\n")
-        size = int(size_line.split(b";")[0], 16)
-        if size == 0:
-            break
-        out, data = out + data[:size], data[size + 2 :]
-    return out
 
 
 @contextlib.asynccontextmanager

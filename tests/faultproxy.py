@@ -15,53 +15,26 @@ import contextlib
 import re
 import socket
 import struct
-import threading
 from typing import Literal
+
+from tests.loopserver import ThreadedServer
 
 Mode = Literal["pass", "blackhole", "reset"]
 
 
-class FaultProxy:
+class FaultProxy(ThreadedServer):
     def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
+        super().__init__()
         self.target = (target_host, target_port)
         self.mode: Mode = "pass"
         self.delay = 0.0
         self.connections = 0
         self.request_lines: list[str] = []  # every HTTP request line sent towards the store
-        self.port = 0
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
-    @property
-    def addr(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> FaultProxy:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(5)
-        return self
-
-    async def _start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    def stop(self) -> None:
-        async def _stop() -> None:
-            if self._server is not None:
-                self._server.close()
-            for writer in list(self._writers):
-                writer.transport.abort()
-            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in others:
-                task.cancel()
-            await asyncio.gather(*others, return_exceptions=True)
-
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(_stop(), self._loop).result(5)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
+    def _closing(self) -> None:
+        for writer in list(self._writers):
+            writer.transport.abort()
 
     def set(self, mode: Mode, delay: float = 0.0) -> None:
         self.mode, self.delay = mode, delay

@@ -20,10 +20,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from tests.loopserver import ThreadedServer, dechunk
 
 
 @dataclass
@@ -59,44 +60,14 @@ def drip(interval: float, phase: str = "headers") -> Rule:
     return Rule("drip", interval=interval, phase=phase)
 
 
-class HostileStore:
+class HostileStore(ThreadedServer):
     def __init__(self, upstream_port: int) -> None:
+        super().__init__()
         self.upstream = ("127.0.0.1", upstream_port)
         self.rules: dict[str, Rule] = {}
         self.seen: list[str] = []
         self.sent: list[int] = []
         self.cut = 0
-        self.port = 0
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._server: asyncio.Server | None = None
-
-    @property
-    def addr(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> HostileStore:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(5)
-        return self
-
-    async def _start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    def stop(self) -> None:
-        async def _stop() -> None:
-            if self._server is not None:
-                self._server.close()
-            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in others:
-                task.cancel()
-            await asyncio.gather(*others, return_exceptions=True)
-
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(_stop(), self._loop).result(5)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
 
     def on(self, prefix: str, rule: Rule) -> None:
         self.rules[prefix] = rule
@@ -163,7 +134,7 @@ class HostileStore:
             name, _, value = line.partition(":")
             reply_headers[name.strip().lower()] = value.strip()
         if reply_headers.get("transfer-encoding") == "chunked":
-            payload = _dechunk(payload)
+            payload = dechunk(payload)
         kept = {k: v for k, v in reply_headers.items() if k in ("content-type", "retry-after")}
         return int(status_line.split()[1]), kept, payload
 
@@ -221,14 +192,3 @@ class HostileStore:
             self.cut += 1
         finally:
             self.sent.append(sent)
-
-
-def _dechunk(data: bytes) -> bytes:
-    out = b""
-    while data:
-        size_line, _, data = data.partition(b"\r\n")
-        size = int(size_line.split(b";")[0], 16)
-        if size == 0:
-            break
-        out, data = out + data[:size], data[size + 2 :]
-    return out
