@@ -50,9 +50,11 @@ def native_hit(cache: SecretCache) -> FastPath:
     """The native API's fast path for ``hit_front``: a fresh hit on ``/secrets/<path>`` answered
     before routing; None sends the request on its full route."""
 
+    look, wall = cache.hit, cache.wall  # bound once: this runs for every fresh hit
+
     def fast(path: str) -> web.StreamResponse | None:
-        hit = cache.hit(path)
-        return None if hit is None else _render_hit(*hit, cache.wall)
+        hit = look(path)
+        return None if hit is None else _render_hit(hit[0], hit[1], wall)
 
     return fast
 
