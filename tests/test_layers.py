@@ -181,13 +181,13 @@ def test_every_public_class_and_function_says_what_it_is_for():
 
 def test_tests_mirror_the_package():
     """Unit tests sit in the folder of the layer they test; behaviour against the real store
-    end to end in integration/; at the top only what tests the top-level modules or the
-    layout itself."""
+    end to end in integration/; the deployment artefacts (chart, manifests) in deploy/; at the
+    top only what tests the top-level modules or the layout itself."""
     tests = PACKAGE.parent / "tests"
     folders = {p.name for p in tests.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
-    assert folders == {"core", "store", "http", "ops", "integration"}
+    assert folders == {"core", "store", "http", "ops", "integration", "deploy"}
     layers = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()}
-    assert folders - {"integration"} <= layers
+    assert folders - {"integration", "deploy"} <= layers
     assert sorted(p.name for p in tests.glob("test_*.py")) == [
         "test_docs.py",
         "test_layers.py",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import os
 import stat
 from pathlib import Path
 
@@ -66,14 +67,24 @@ def _is_printable_ascii(raw: bytes) -> bool:
 
 
 def key_file_mode_problem(path: Path) -> str | None:
-    """A message for the log when others may read or replace the key, else None."""
+    """A message for the log when others may read or replace the key, else None.
+
+    Read access for the file's group is accepted when the sidecar itself is in that group: a
+    Kubernetes Secret volume with ``fsGroup`` always looks like that (root-owned, mode 0440,
+    group = the pod's ``fsGroup``), and so does a key shared with a service group on a host."""
     try:
-        mode = stat.S_IMODE(path.stat().st_mode)
+        info = path.stat()
     except OSError as exc:
         return f"cannot check permissions of snapshot key file {path}: {exc.strerror or exc}"
-    if mode & 0o077:
+    mode = stat.S_IMODE(info.st_mode)
+    group_read_by_us = mode & 0o070 == 0o040 and info.st_gid in _our_groups()
+    if mode & 0o007 or (mode & 0o070 and not group_read_by_us):
         return (
             f"snapshot key file {path} has mode {mode:04o}: group/other can access it; "
             f"run: chmod 600 {path}"
         )
     return None
+
+
+def _our_groups() -> set[int]:
+    return {os.getgid(), os.getegid(), *os.getgroups()}

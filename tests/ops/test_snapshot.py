@@ -248,13 +248,28 @@ def test_key_file_mode_problem(tmp_path):
     assert key_file_mode_problem(key) is None
     key.chmod(0o400)
     assert key_file_mode_problem(key) is None
-    for mode in (0o640, 0o604, 0o620):
+    for mode in (0o604, 0o620, 0o660, 0o644):
         key.chmod(mode)
         problem = key_file_mode_problem(key)
         assert problem is not None
         assert f"{mode:04o}" in problem
         assert "chmod 600" in problem
     assert key_file_mode_problem(tmp_path / "absent") is not None
+
+
+def test_a_key_readable_by_our_own_group_is_accepted_and_by_a_foreign_group_is_not(tmp_path):
+    """The shape of a Kubernetes Secret volume with fsGroup: mode 0440, group = the pod's group."""
+    key = tmp_path / "key"
+    key.write_bytes(KEY)
+    key.chmod(0o440)
+    assert key.stat().st_gid in {os.getgid(), *os.getgroups()}
+    assert key_file_mode_problem(key) is None
+    if os.geteuid() != 0:
+        pytest.skip("giving the file a foreign group needs root")
+    foreign = max({os.getgid(), *os.getgroups()}) + 4242
+    os.chown(key, -1, foreign)
+    problem = key_file_mode_problem(key)
+    assert problem is not None and "0440" in problem
 
 
 # -- tampering ----------------------------------------------------------------------------

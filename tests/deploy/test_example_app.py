@@ -1,0 +1,49 @@
+"""The chart's example workload is a real client: its container command, with the environment
+the chart gives it, reads a secret through a real sidecar in front of OpenBao and logs the
+version, never the value."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+from sidecar.dev.openbao import DevOpenBao
+from tests.conftest import CALLER_TOKEN, config, running
+from tests.deploy.manifests import containers, pod_specs, render
+
+
+async def test_the_example_app_reads_its_secret_through_the_sidecar(
+    openbao: DevOpenBao, store_token_file: Path, tmp_path: Path, uid: str
+):
+    openbao.kv_put(f"{uid}/config", {"password": "example-app-value-7f3a"})
+    ((_, spec),) = pod_specs(render({"example": {"secretPath": f"secret/{uid}/config"}}))
+    app = containers(spec)["app"]
+    assert app["command"][:2] == ["python", "-c"]
+    token_file = tmp_path / "caller-token"
+    token_file.write_text(CALLER_TOKEN)
+    document = config(openbao.addr, store_token_file, tmp_path)
+    async with running(document) as (_, api, _ops):
+        env = {e["name"]: e["value"] for e in app["env"]}
+        assert env["SECRETS_SIDECAR_URL"] == "http://127.0.0.1:8100"  # the chart's port
+        env |= {
+            "SECRETS_SIDECAR_URL": api,
+            "SECRETS_SIDECAR_TOKEN_FILE": str(token_file),
+            "INTERVAL_SECONDS": "0.1",
+        }
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, *app["command"][1:], env=env, stdout=asyncio.subprocess.PIPE
+        )
+        try:
+            assert process.stdout is not None
+            lines = [
+                (await asyncio.wait_for(process.stdout.readline(), 10)).decode() for _ in range(2)
+            ]
+        finally:
+            process.kill()
+            await process.wait()
+    assert lines == [
+        f"read secret/{uid}/config status 200 version 1 cache MISS stale False\n",
+        f"read secret/{uid}/config status 200 version 1 cache HIT stale False\n",
+    ]
+    assert "example-app-value" not in "".join(lines)
