@@ -6,13 +6,18 @@ buildah and debootstrap, which ``make image-test`` installs); CI runs it after `
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import shutil
+import signal
+import stat
 import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -212,3 +217,158 @@ def test_the_image_serves_a_secret_from_the_store(container: str, tmp_path: Path
             process.wait(30)
     finally:
         store.stop()
+
+
+# -- the chart's pod, run in the image -----------------------------------------------------------
+FS_GROUP = 10001
+
+
+def _lay_out(
+    volume: dict[str, Any], objects: dict[tuple[str, str], dict[str, Any]], root: Path
+) -> Path:
+    """One pod volume on the host, as the kubelet lays it out for a pod with fsGroup: ConfigMap
+    and Secret keys as files (Secrets mode|0440, group fsGroup), emptyDirs 2777 group fsGroup."""
+    host = root / volume["name"]
+    host.mkdir(parents=True)
+    os.chown(host, 0, FS_GROUP)
+    if "emptyDir" in volume:
+        host.chmod(0o2777)
+        return host
+    kind, source = (
+        ("ConfigMap", volume["configMap"])
+        if "configMap" in volume
+        else ("Secret", volume["secret"])
+    )
+    obj = objects[(kind, source.get("name") or source["secretName"])]
+    data = obj["data"]
+    items = source.get("items") or [{"key": k, "path": k} for k in data]
+    for item in items:
+        raw = data[item["key"]]
+        content = base64.b64decode(raw) if kind == "Secret" else raw.encode()
+        path = host / item["path"]
+        path.write_bytes(content)
+        os.chown(path, 0, FS_GROUP)
+        path.chmod((source.get("defaultMode", 0o644) | 0o440) & 0o777)
+    host.chmod(0o2755)
+    return host
+
+
+def _mounts(container: dict[str, Any], hosts: dict[str, Path]) -> list[str]:
+    args = []
+    for mount in container.get("volumeMounts", []):
+        suffix = ":ro" if mount.get("readOnly") else ""
+        args += ["-v", f"{hosts[mount['name']]}:{mount['mountPath']}{suffix}"]
+    return args
+
+
+def test_the_charts_pod_runs_in_the_image_with_only_its_volumes_written(
+    container: str, tmp_path: Path
+):
+    """A small kubelet: the chart's pod (token auth, audit to a file, snapshot on) with each
+    volume laid out as Kubernetes would, the sidecar container's entrypoint and args, then the
+    example app's command, in the image. The app reads its secret through the sidecar; the
+    sidecar writes only to its volumes (so a read-only root filesystem holds)."""
+    from tests.deploy.manifests import containers, pod_specs, render
+
+    store = DevOpenBao(tmp_path / "store").start()
+    try:
+        store.kv_put("example/config", {"password": "pod-secret-value-41c9"})
+        port, ops = free_port(), free_port()
+        docs = render(
+            {
+                "config": {"backend": {"address": store.addr}},
+                "auth": {"method": "token", "token": {"secretName": "store-token"}},
+                "audit": {"to": "file"},
+                "ports": {"secrets": port, "metrics": ops},
+                "example": {"intervalSeconds": 1},
+            }
+        )
+        objects = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+        token = base64.b64encode(store.root_token.encode()).decode()
+        objects[("Secret", "store-token")] = {"data": {"token": token}}
+        ((_, spec),) = pod_specs(docs)
+        assert spec["securityContext"]["fsGroup"] == FS_GROUP
+        hosts = {v["name"]: _lay_out(v, objects, tmp_path / "volumes") for v in spec["volumes"]}
+        by_name = containers(spec)
+        sidecar, app = by_name["secrets-sidecar"], by_name["app"]
+        rootfs = Path(_run("buildah", "mount", container).stdout.strip())
+        marker = time.time() - 1
+        entrypoint = _config(IMAGE)["Entrypoint"]
+        run = ["buildah", "run", "--isolation", "chroot"]
+        process = subprocess.Popen(
+            [*run, *_mounts(sidecar, hosts), container, "--", *entrypoint, *sidecar["args"]],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            _wait_ready(f"http://127.0.0.1:{ops}/readyz", process)
+            env = [f"{e['name']}={e['value']}" for e in app["env"]]
+            reader = subprocess.run(
+                [
+                    *run,
+                    *_mounts(app, hosts),
+                    *(x for e in env for x in ("--env", e)),
+                    container,
+                    "--",
+                    "timeout",
+                    "4",
+                    *app["command"],
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+        finally:
+            # SIGTERM as the kubelet sends it, to the sidecar itself (buildah would SIGKILL it)
+            _signal_process_running(sidecar["args"][-1], signal.SIGTERM)
+            log = process.communicate(timeout=30)[0].decode()
+        assert process.returncode == 0, log[-3000:]
+        assert '"msg":"stopped"' in log, log[-3000:]
+        assert "read secret/example/config status 200 version 1 cache" in reader.stdout, (
+            reader.stdout + reader.stderr
+        )
+        assert "pod-secret-value" not in reader.stdout + log
+        assert "snapshot key file" not in log  # 0440 root:fsGroup is how Kubernetes mounts it
+        snapshot = hosts["secrets-sidecar-snapshot"] / "snapshot"
+        assert stat.S_IMODE(snapshot.stat().st_mode) == 0o600  # written at shutdown
+        assert (hosts["secrets-sidecar-token"] / "token").exists()
+        assert (hosts["secrets-sidecar-admin-token"] / "token").exists()
+        written = [
+            str(p.relative_to(rootfs))
+            for p in rootfs.rglob("*")
+            if not p.is_symlink() and p.lstat().st_mtime > marker and not p.is_dir()
+        ]
+        # buildah itself writes the container's /etc/hosts, /etc/resolv.conf, /etc/hostname
+        buildah_owned = {"etc/hosts", "etc/resolv.conf", "etc/hostname"}
+        assert [p for p in written if p not in buildah_owned] == []
+    finally:
+        subprocess.run(["buildah", "umount", container], capture_output=True)
+        store.stop()
+
+
+def _signal_process_running(argument: str, signum: int) -> None:
+    """Signal the process whose command line has ``argument`` (the sidecar in the container)."""
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        ours = argument.encode() in argv and b"sidecar" in b" ".join(argv)
+        if proc.name.isdigit() and ours and b"buildah" not in argv[0]:
+            os.kill(int(proc.name), signum)
+            return
+    raise AssertionError(f"no process running with {argument}")
+
+
+def _wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        assert process.poll() is None, process.stdout.read().decode()  # type: ignore[union-attr]
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "the sidecar in the image never became ready"
+        time.sleep(0.2)
