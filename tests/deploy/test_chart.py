@@ -407,3 +407,12 @@ def test_the_charts_readme_shows_the_lines_the_example_application_uses():
     assert len(includes) == 8
     for line in includes:
         assert line in readme, line
+
+
+def test_the_install_notes_tell_how_to_read_a_secret_from_the_app_container():
+    rendered = helm_python.Chart.load(str(CHART)).render(None, name="demo", namespace="apps")
+    notes = rendered["secrets-sidecar/templates/NOTES.txt"]
+    assert 'curl -H "X-Sidecar-Token: $(cat /run/secrets-sidecar/token)"' in notes
+    assert "http://127.0.0.1:8100/secrets/" in notes
+    assert "kubectl -n apps logs deploy/demo-secrets-sidecar-example -c app" in notes
+    assert "kubectl -n apps exec deploy/demo-secrets-sidecar-example -c app -- python -c" in notes
