@@ -105,7 +105,13 @@ def create_app(
     forward and, where they need one, a store; everything else comes from the settings."""
     metrics = Metrics(registry)
     policy = settings.policy()
-    metrics.declare_classes(sorted(settings.classes))
+    metrics.declare_classes(settings.secret_classes(), policy.class_named)
+    metrics.declare_schedule(
+        snapshot_interval=settings.snapshot.interval if settings.snapshot.key_file else None,
+        revocation_poll_interval=(
+            settings.revocation_poll_interval if settings.revocation_list else None
+        ),
+    )
     key = snapshot_key(settings.snapshot)
     audit = _audit_log(settings, key)
     trail = AuditTrail(audit, settings.backend.auth.method)

@@ -183,12 +183,14 @@ class Settings(BaseSettings):
             check_kv_path(value, what="the path")
         return value
 
+    def secret_classes(self) -> list[SecretClass]:
+        """Every configured class, as configured (those no rule uses included)."""
+        return [SecretClass(name=name, **spec.model_dump()) for name, spec in self.classes.items()]
+
     def policy(self) -> Policy:
         """The rules and classes as the cache's Policy; a rule preloads only if it (or else its
         class) says so and its path is literal."""
-        classes = {
-            name: SecretClass(name=name, **spec.model_dump()) for name, spec in self.classes.items()
-        }
+        classes = {c.name: c for c in self.secret_classes()}
         return Policy(
             Rule(
                 rule.match,

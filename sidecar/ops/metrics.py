@@ -6,10 +6,15 @@ and versions never become labels.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
-from prometheus_client.core import CounterMetricFamily, GaugeHistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeHistogramMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from sidecar import __version__
@@ -36,6 +41,7 @@ from sidecar.core.facts import (
     Unavailable,
     Verified,
 )
+from sidecar.core.policy import SecretClass
 from sidecar.core.verify import Match
 
 BACKGROUND_TASKS = (
@@ -231,9 +237,35 @@ class Metrics:
         )
         overlap.set_function(lambda: float(cache.overlaps_open()))
 
-    def declare_classes(self, names: list[str]) -> None:
-        """Export zeros for every class and outcome, so rates work from the first scrape."""
-        self._classes = list(names)
+    def declare_schedule(
+        self, *, snapshot_interval: float | None, revocation_poll_interval: float | None
+    ) -> None:
+        """How often the snapshot is written and the revocation list polled (when they are on),
+        so "not done for several intervals" is an expression in an alert."""
+        if snapshot_interval is not None:
+            Gauge(
+                "sidecar_snapshot_interval_seconds",
+                "How often the snapshot is written when the cache changed (snapshot.interval).",
+                registry=self.registry,
+            ).set(snapshot_interval)
+        if revocation_poll_interval is not None:
+            Gauge(
+                "sidecar_revocation_poll_interval_seconds",
+                "How often the revocation list is polled (revocation_poll_interval).",
+                registry=self.registry,
+            ).set(revocation_poll_interval)
+
+    def declare_classes(
+        self,
+        classes: Sequence[SecretClass],
+        in_force: Callable[[str], SecretClass | None] | None = None,
+    ) -> None:
+        """Export zeros for every class and outcome, so rates work from the first scrape, and
+        each class's owner and limits (``in_force``: the class as now in force, incident
+        windows included), so an alert can name the owner and compare an age with a limit."""
+        names = sorted(c.name for c in classes)
+        self._classes = names
+        self.registry.register(_ClassCollector(classes, in_force or (lambda _name: None)))
         for name in names:
             self.fail_closed.labels(name)
             self.rotations.labels(name)
@@ -320,6 +352,12 @@ class _AgeCollector(Collector):
             "Ages of the cached values now, by class (since the store last confirmed each).",
             labels=["class"],
         )
+        oldest = GaugeMetricFamily(
+            "sidecar_secret_oldest_age_seconds",
+            "Age of the oldest value held now, by class (seconds since the store last confirmed "
+            "it): compare with sidecar_class_effective_max_cache_age_seconds.",
+            labels=["class"],
+        )
         by_class: dict[str, list[float]] = {}
         for secret_class, age in self._cache.ages():
             by_class.setdefault(secret_class.name, []).append(age)
@@ -327,7 +365,9 @@ class _AgeCollector(Collector):
             buckets = [(str(b), float(sum(1 for a in ages if a <= b))) for b in AGE_BUCKETS]
             buckets.append(("+Inf", float(len(ages))))
             family.add_metric([name], buckets, gsum_value=sum(ages))
+            oldest.add_metric([name], max(ages))
         yield family
+        yield oldest
 
     def describe(self) -> Iterator[Metric]:
         return iter(())
@@ -372,6 +412,58 @@ class _CountsCollector(Collector):
         for status, count in sorted(self._metrics.http_statuses.items()):
             statuses.add_metric([str(status)], count)
         yield statuses
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+
+class _ClassCollector(Collector):
+    """Each configured class's owner and limits, at scrape time: ``sidecar_class_info`` to join
+    any per-class series to its owner (``* on(class) group_left(owner) sidecar_class_info``),
+    and the limits an age or an extension is compared with. Bounded by the configured classes."""
+
+    def __init__(
+        self, classes: Sequence[SecretClass], in_force: Callable[[str], SecretClass | None]
+    ) -> None:
+        self._configured = sorted(classes, key=lambda c: c.name)
+        self._in_force = in_force
+
+    def collect(self) -> Iterator[Metric]:
+        info = GaugeMetricFamily(
+            "sidecar_class_info",
+            "1 for each configured class, with its owner and outage behaviour.",
+            labels=["class", "owner", "on_outage"],
+        )
+        refresh = GaugeMetricFamily(
+            "sidecar_class_refresh_interval_seconds",
+            "Each class's refresh_interval (how long a value counts as fresh).",
+            labels=["class"],
+        )
+        configured = GaugeMetricFamily(
+            "sidecar_class_max_cache_age_seconds",
+            "Each class's max_cache_age as configured.",
+            labels=["class"],
+        )
+        effective = GaugeMetricFamily(
+            "sidecar_class_effective_max_cache_age_seconds",
+            "Each class's max_cache_age now in force: above the configured one while an "
+            "/admin/extend window is open.",
+            labels=["class"],
+        )
+        overlap = GaugeMetricFamily(
+            "sidecar_class_overlap_seconds",
+            "How long each class keeps the previous version after a rotation (0: no overlap).",
+            labels=["class"],
+        )
+        for secret_class in self._configured:
+            name = secret_class.name
+            now = self._in_force(name) or secret_class
+            info.add_metric([name, secret_class.owner, secret_class.on_outage.value], 1)
+            refresh.add_metric([name], now.refresh_interval)
+            configured.add_metric([name], secret_class.max_cache_age)
+            effective.add_metric([name], now.max_cache_age)
+            overlap.add_metric([name], now.overlap)
+        yield from (info, refresh, configured, effective, overlap)
 
     def describe(self) -> Iterator[Metric]:
         return iter(())

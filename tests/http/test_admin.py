@@ -251,3 +251,42 @@ async def test_extend_refuses_a_fail_closed_class_and_audits_nothing(
     assert status["extensions"] == {}
     audit = tmp_path / "audit.log"
     assert not audit.exists() or "cache_window_extended" not in audit.read_text()
+
+
+async def test_class_metrics_name_the_owner_and_follow_an_extension(
+    make_sidecar: SidecarFactory, openbao: DevOpenBao, uid: str, clock: ManualClock
+):
+    """What alerts join and compare with: each class's owner, its limits, the limit in force
+    during an extension, and the age of the oldest value held."""
+    openbao.kv_put(f"{uid}/db", {"password": "metrics-value"})
+    client, sidecar = await make_sidecar(classes=QUICK, max_cache_age_ceiling="1h")
+    owner = QUICK["standard"]["owner"]
+    info = {"class": "standard", "owner": owner, "on_outage": "serve_stale"}
+    assert metric(sidecar, "sidecar_class_info", info) == 1
+    payments = {
+        "class": "payments",
+        "owner": CLASSES["payments"]["owner"],
+        "on_outage": "fail_closed",
+    }
+    assert metric(sidecar, "sidecar_class_info", payments) == 1
+    standard = {"class": "standard"}
+    assert metric(sidecar, "sidecar_class_refresh_interval_seconds", standard) == 1.0
+    assert metric(sidecar, "sidecar_class_max_cache_age_seconds", standard) == 2.0
+    assert metric(sidecar, "sidecar_class_effective_max_cache_age_seconds", standard) == 2.0
+    assert (
+        sidecar.metrics.registry.get_sample_value("sidecar_secret_oldest_age_seconds", standard)
+        is None
+    )
+
+    assert (await client.get(f"/secrets/secret/{uid}/db", headers=AUTH)).status == 200
+    clock.advance(0.75)
+    assert 0.75 <= metric(sidecar, "sidecar_secret_oldest_age_seconds", standard) < 2.0
+
+    extended = await client.post(
+        "/admin/extend",
+        headers=ADMIN,
+        json={"class": "standard", "max_cache_age": "30s", "for": "10m"},
+    )
+    assert extended.status == 200
+    assert metric(sidecar, "sidecar_class_effective_max_cache_age_seconds", standard) == 30.0
+    assert metric(sidecar, "sidecar_class_max_cache_age_seconds", standard) == 2.0
