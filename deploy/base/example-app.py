@@ -3,6 +3,8 @@
 # sidecar may rotate it.
 import json
 import os
+import signal
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -10,6 +12,9 @@ import urllib.request
 url = os.environ["SECRETS_SIDECAR_URL"] + "/secrets/" + os.environ["SECRET_PATH"]
 token_file = os.environ["SECRETS_SIDECAR_TOKEN_FILE"]
 interval = float(os.environ.get("INTERVAL_SECONDS", "30"))
+# As PID 1 the process would ignore SIGTERM: stop at once instead of holding the pod (and the
+# native sidecar's own shutdown, which starts only after the app has stopped) for its grace.
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 while True:
     try:
         with open(token_file, encoding="utf-8") as handle:

@@ -4,6 +4,7 @@ sidecar's own `check-config`, standalone and as a dependency of an application's
 
 from __future__ import annotations
 
+import base64
 import copy
 import hashlib
 import shutil
@@ -15,6 +16,7 @@ import pytest
 import yaml
 
 from sidecar import __version__
+from sidecar.ops.snapshot_key import load_key
 from tests.deploy.manifests import (
     CHART,
     CLASSIC_FLOOR,
@@ -171,6 +173,9 @@ def test_the_caller_token_is_shared_read_only_and_the_admin_token_and_keys_are_n
     for tokens in ("secrets-sidecar-token", "secrets-sidecar-admin-token"):
         assert volumes[tokens]["emptyDir"]["medium"] == "Memory"
     assert spec["securityContext"]["fsGroup"] == 10001  # the app reads the 0640 token through it
+    # no uid at pod level: an application's own containers keep theirs
+    assert not {"runAsUser", "runAsGroup"} & set(spec["securityContext"])
+    assert by_name["secrets-sidecar"]["securityContext"]["runAsUser"] == 10001
     assert by_name["secrets-sidecar"]["securityContext"]["readOnlyRootFilesystem"] is True
 
 
@@ -231,13 +236,17 @@ def test_the_config_checksum_rolls_pods_on_a_config_change_only():
     assert base == expected
 
 
-def test_snapshot_off_drops_the_key_and_the_key_secret_is_kept_across_uninstalls():
+def test_snapshot_off_drops_the_key_and_the_made_key_is_a_valid_one_kept_on_uninstall(
+    tmp_path: Path,
+):
     off = render(VARIANTS["snapshot-off"])
     assert "Secret" not in _kinds(off)
     assert "key_file" not in yaml.safe_load(sidecar_config(off))["snapshot"]
     (secret,) = [d for d in render() if d["kind"] == "Secret"]
     assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
-    assert len(__import__("base64").b64decode(secret["data"]["key"])) >= 32
+    key_file = tmp_path / "key"
+    key_file.write_bytes(base64.b64decode(secret["data"]["key"]))  # what the pod's file holds
+    assert len(load_key(key_file)) == 32  # randBytes gives base64 text: a form the sidecar reads
     assert "Secret" not in _kinds(render(VARIANTS["snapshot-key-from-own-secret"]))
 
 
@@ -257,7 +266,7 @@ def test_the_network_policy_allows_the_store_dns_and_metrics_from_monitoring_onl
     assert selector.items() <= pod_labels.items()
     assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
     (ingress,) = policy["spec"]["ingress"]
-    assert ingress["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    assert ingress["ports"] == [{"port": 9102, "protocol": "TCP"}]  # a number: see the template
     assert ingress["from"][0]["namespaceSelector"]["matchLabels"] == {
         "kubernetes.io/metadata.name": "monitoring"
     }
@@ -367,7 +376,7 @@ def test_an_application_chart_adds_the_sidecar_with_the_named_templates(
     report = helm_python.lint(str(app_chart), {"sidecar": {"mode": mode}}, with_subcharts=True)
     assert report["errors"] == []
     docs = render({"sidecar": {"mode": mode}}, chart=app_chart, name="shop")
-    assert _kinds(docs) == ["ConfigMap", "Deployment", "Secret"]  # no example workload
+    assert _kinds(docs) == ["ConfigMap", "Deployment", "Secret", "ServiceAccount"]  # no example
     assert schema_problems(docs, CLASSIC_FLOOR if mode == "classic" else NATIVE_FLOOR) == []
     (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
     spec = deployment["spec"]["template"]["spec"]
@@ -416,3 +425,49 @@ def test_the_install_notes_tell_how_to_read_a_secret_from_the_app_container():
     assert "http://127.0.0.1:8100/secrets/" in notes
     assert "kubectl -n apps logs deploy/demo-secrets-sidecar-example -c app" in notes
     assert "kubectl -n apps exec deploy/demo-secrets-sidecar-example -c app -- python -c" in notes
+
+
+def test_native_mode_refuses_a_cluster_older_than_1_29_and_classic_mode_does_not(tmp_path: Path):
+    """Helm's lint turns `fail` into a log line and the SDK renders for its own default
+    Kubernetes version only, so a wrapper chart hands the sidecar's container template the
+    capabilities of a 1.28 cluster."""
+    wrapper = tmp_path / "wrapper"
+    (wrapper / "templates").mkdir(parents=True)
+    shutil.copytree(CHART, wrapper / "charts" / "secrets-sidecar")
+    (wrapper / "Chart.yaml").write_text("apiVersion: v2\nname: wrapper\nversion: 0.1.0\n")
+    (wrapper / "values.yaml").write_text("kube: v1.28.9\n")
+    (wrapper / "templates" / "pod.yaml").write_text(
+        '{{- $caps := dict "KubeVersion" (dict "Version" .Values.kube) }}\n'
+        'containers: {{ include "secrets-sidecar.container" '
+        '(dict "root" (dict "Capabilities" $caps) "values" (index .Values "secrets-sidecar")) '
+        "| nindent 2 }}\n"
+    )
+    values = {"secrets-sidecar": {"mode": "native"}}
+    with pytest.raises(helm_python.HelmError) as refused:
+        render(values, chart=wrapper)
+    assert "mode=native needs Kubernetes 1.29 or later (this is v1.28.9" in str(refused.value)
+    assert render(values | {"kube": "v1.29.0"}, chart=wrapper)
+    classic = {"secrets-sidecar": {"mode": "classic"}}
+    assert render(classic, chart=wrapper)
+
+
+def test_an_external_snapshot_volume_is_mounted_but_left_to_the_workload():
+    """snapshot.volume=external: a StatefulSet's volumeClaimTemplate (or any volume) named
+    secrets-sidecar-snapshot takes the emptyDir's place."""
+    spec = _the_pod(render({"snapshot": {"volume": "external"}}))
+    assert "secrets-sidecar-snapshot" not in {v["name"] for v in spec["volumes"]}
+    mounts = {m["name"] for m in containers(spec)["secrets-sidecar"]["volumeMounts"]}
+    assert "secrets-sidecar-snapshot" in mounts
+
+
+def test_approle_logs_in_at_the_configured_mount():
+    values = {
+        "auth": {"method": "approle", "approle": {"roleId": "r", "secretName": "s", "mount": "ar"}}
+    }
+    auth = yaml.safe_load(sidecar_config(render(values)))["backend"]["auth"]
+    assert auth == {
+        "method": "approle",
+        "mount": "ar",
+        "role_id": "r",
+        "secret_id_file": "/etc/secrets-sidecar/approle/secret_id",
+    }

@@ -43,8 +43,9 @@ async def test_the_example_app_reads_its_secret_through_the_sidecar(
                 (await asyncio.wait_for(process.stdout.readline(), 10)).decode() for _ in range(2)
             ]
         finally:
-            process.kill()
-            await process.wait()
+            process.terminate()  # as the kubelet stops the container: it must not linger
+            code = await asyncio.wait_for(process.wait(), 5)
+    assert code == 0
     assert lines == [
         f"read secret/{uid}/config status 200 version 1 cache MISS stale False\n",
         f"read secret/{uid}/config status 200 version 1 cache HIT stale False\n",

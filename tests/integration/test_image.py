@@ -266,8 +266,10 @@ def test_the_charts_pod_runs_in_the_image_with_only_its_volumes_written(
 ):
     """A small kubelet: the chart's pod (token auth, audit to a file, snapshot on) with each
     volume laid out as Kubernetes would, the sidecar container's entrypoint and args, then the
-    example app's command, in the image. The app reads its secret through the sidecar; the
-    sidecar writes only to its volumes (so a read-only root filesystem holds)."""
+    example app's command (as another uid, in the pod's fsGroup), in the image. The app reads
+    its secret through the sidecar with the token the sidecar wrote; after a run and a SIGTERM
+    nothing in the image's filesystem has changed but what buildah itself writes: the sidecar
+    writes only to its volumes. (buildah cannot mount the root read-only; this is the check.)"""
     from tests.deploy.manifests import containers, pod_specs, render
 
     store = DevOpenBao(tmp_path / "store").start()
@@ -306,6 +308,10 @@ def test_the_charts_pod_runs_in_the_image_with_only_its_volumes_written(
             reader = subprocess.run(
                 [
                     *run,
+                    # another uid than the sidecar's, with the pod's fsGroup: as Kubernetes
+                    # runs an app container whose image has its own user
+                    "--user",
+                    f"20002:{FS_GROUP}",
                     *_mounts(app, hosts),
                     *(x for e in env for x in ("--env", e)),
                     container,

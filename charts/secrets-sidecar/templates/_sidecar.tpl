@@ -75,7 +75,7 @@ storeCADir: /etc/secrets-sidecar/store-ca
 {{- $_ := set $auth "role_id" (required "auth.approle.roleId (or roleIdKey) is required with auth.method=approle" $a.approle.roleId) -}}
 {{- end -}}
 {{- $_ := set $auth "secret_id_file" (printf "%s/secret_id" $p.approleDir) -}}
-{{- $_ := set $auth "mount" "approle" -}}
+{{- $_ := set $auth "mount" $a.approle.mount -}}
 {{- else -}}
 {{- $_ := required "auth.token.secretName is required with auth.method=token" $a.token.secretName -}}
 {{- $_ := set $auth "token_file" (printf "%s/token" $p.storeTokenDir) -}}
@@ -104,6 +104,9 @@ checksum/secrets-sidecar-config: {{ include "secrets-sidecar.config" . | sha256s
 {{/* The sidecar container, as one list item. */}}
 {{- define "secrets-sidecar.container" -}}
 {{- $v := .values -}}
+{{- if and (eq $v.mode "native") (semverCompare "<1.29.0-0" .root.Capabilities.KubeVersion.Version) -}}
+{{- fail (printf "mode=native needs Kubernetes 1.29 or later (this is %s: a 1.28 API server drops restartPolicy and the pod never leaves Init); set mode=classic" .root.Capabilities.KubeVersion.Version) -}}
+{{- end -}}
 {{- $p := include "secrets-sidecar.paths" . | fromYaml -}}
 - name: secrets-sidecar
   image: {{ include "secrets-sidecar.image" . | quote }}
@@ -196,8 +199,10 @@ checksum/secrets-sidecar-config: {{ include "secrets-sidecar.config" . | sha256s
   emptyDir: {medium: Memory, sizeLimit: 1Mi}
 - name: secrets-sidecar-admin-token
   emptyDir: {medium: Memory, sizeLimit: 1Mi}
+{{- if eq $v.snapshot.volume "emptyDir" }}
 - name: secrets-sidecar-snapshot
   emptyDir: {sizeLimit: {{ $v.snapshot.sizeLimit }}}
+{{- end }}
 {{- if $v.snapshot.enabled }}
 - name: secrets-sidecar-snapshot-key
   secret:
