@@ -145,6 +145,7 @@ def create_app(
             confirm_within=settings.startup_jitter,
             wall=clock.wall,
         )
+        metrics.watch_snapshot(snapshotter.unsaved)
     verifier = Verifier(
         cache,
         store,

@@ -255,6 +255,15 @@ class Metrics:
                 registry=self.registry,
             ).set(revocation_poll_interval)
 
+    def watch_snapshot(self, unsaved: Callable[[], bool]) -> None:
+        """Whether the cache has changes the snapshot does not have, at scrape time: "not written
+        for several intervals" is an alert only while there is something to write."""
+        Gauge(
+            "sidecar_snapshot_unsaved_changes",
+            "1 while the cache holds changes not yet in the snapshot file, else 0.",
+            registry=self.registry,
+        ).set_function(lambda: 1.0 if unsaved() else 0.0)
+
     def declare_classes(
         self,
         classes: Sequence[SecretClass],

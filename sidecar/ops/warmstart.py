@@ -123,6 +123,10 @@ class Snapshotter:
         )
         return restored
 
+    def unsaved(self) -> bool:
+        """True while the cache holds changes the snapshot file does not have yet."""
+        return self._cache.generation != self._saved_generation
+
     async def save(self, *, force: bool = False) -> bool:
         """Write the snapshot (in a thread: fsync must not stall the event loop), unless the
         cache has not changed since the last save and ``force`` is not set. False when it could

@@ -349,3 +349,21 @@ async def test_a_version_1_snapshot_warms_a_start(tmp_path: Path):
     assert (stale.stale, stale.entry.secret.data) == (True, {"password": "v1-fixture-pw"})
     assert [m["path"] for m in mounts.imported] == ["secret/"]
     await cache.close()
+
+
+async def test_unsaved_changes_show_until_the_snapshot_is_written(
+    make_sidecar: SidecarFactory, openbao: DevOpenBao, tmp_path: Path, uid: str
+):
+    """What the "snapshot not written" alert waits on: changes the file does not have yet."""
+    openbao.kv_put(f"{uid}/app", {"k": "unsaved-gauge-value"})
+    document = _document(openbao, tmp_path, uid, _key_file(tmp_path))
+    client, sidecar = await make_sidecar(document=document)
+    assert metric(sidecar, "sidecar_snapshot_interval_seconds") == 30.0
+    assert metric(sidecar, "sidecar_snapshot_unsaved_changes") == 1.0  # nothing saved yet
+    assert sidecar.snapshotter is not None
+    assert await sidecar.snapshotter.save()
+    assert metric(sidecar, "sidecar_snapshot_unsaved_changes") == 0.0
+    assert (await client.get(f"/secrets/secret/{uid}/app", headers=AUTH)).status == 200
+    assert metric(sidecar, "sidecar_snapshot_unsaved_changes") == 1.0
+    assert await sidecar.snapshotter.save()
+    assert metric(sidecar, "sidecar_snapshot_unsaved_changes") == 0.0
