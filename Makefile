@@ -21,12 +21,24 @@ run: $(STAMP)
 ## test: lint, types, then the whole suite against a real OpenBao
 test: lint pytest
 
-pytest: $(STAMP)
+pytest: $(STAMP) test-deps
 	$(BIN)/pytest
 
 ## test-fast: the inner loop: lint, types, and every test not marked slow (raft, bench smoke)
-test-fast: lint $(STAMP)
+test-fast: lint $(STAMP) test-deps
 	$(BIN)/pytest -m "not slow and not image"
+
+# What the tests need from Debian: Prometheus and promtool (the rules are checked, unit-tested
+# and evaluated by a real server). Installed only when missing.
+TEST_DEPS_CMDS := promtool prometheus
+TEST_DEPS_PKGS := prometheus
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: test-deps
+test-deps:
+	@for tool in $(TEST_DEPS_CMDS); do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then echo ">> installing$$missing from Debian's packages ($(TEST_DEPS_PKGS))"; \
+	  $(SUDO) apt-get install -y -q --no-install-recommends $(TEST_DEPS_PKGS) >/dev/null || { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q --no-install-recommends $(TEST_DEPS_PKGS) >/dev/null; }; fi
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check sidecar tests benchmarks
@@ -41,7 +53,6 @@ format: $(STAMP)
 IMAGE      ?= localhost/secrets-sidecar:dev
 BASE_IMAGE ?= docker.io/library/python:3.11-slim-bookworm
 IMAGE_DEPS := podman buildah debootstrap
-SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: image image-deps image-test
 
@@ -67,7 +78,11 @@ clean:
 BENCH_STAMP := $(VENV)/.bench-installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 BENCH_ARGS  ?=
 
-.PHONY: bench bench-smoke
+.PHONY: bench bench-smoke dashboard-image
+
+## dashboard-image: docs/images/dashboard.png, the dashboard's panels over the live outage test
+dashboard-image: $(BENCH_STAMP) test-deps
+	SIDECAR_DASHBOARD_PNG=$(CURDIR)/docs/images/dashboard.png $(BIN)/pytest -q tests/integration/test_prometheus.py
 
 $(BENCH_STAMP): $(STAMP)
 	@echo ">> installing the bench extra (matplotlib for the chart, py-spy for profiles)"

@@ -27,7 +27,10 @@ Doc = dict[str, Any]
 # default); classic mode and everything else from the chart's kubeVersion floor.
 NATIVE_FLOOR = (1, 29)
 CLASSIC_FLOOR = (1, 25)
-OPERATOR_KINDS = {"PodMonitor": prometheus_operator.PodMonitor}
+OPERATOR_KINDS = {
+    "PodMonitor": prometheus_operator.PodMonitor,
+    "PrometheusRule": prometheus_operator.PrometheusRule,
+}
 POD_TEMPLATE_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
 
 

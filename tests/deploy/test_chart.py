@@ -45,6 +45,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "snapshot-off": {"snapshot": {"enabled": False}},
     "snapshot-key-from-own-secret": {"snapshot": {"key": {"existingSecret": "my-key"}}},
     "podmonitor": {"podMonitor": {"enabled": True, "labels": {"release": "prom"}}},
+    "prometheusrule": {"prometheusRule": {"enabled": True, "labels": {"release": "prom"}}},
+    "grafana-dashboard": {"grafanaDashboard": {"enabled": True}},
     "networkpolicy": {"networkPolicy": {"enabled": True, "store": {"to": STORE}}},
     "audit-file": {"audit": {"to": "file"}},
     "audit-none": {"audit": {"to": "none"}},
@@ -54,6 +56,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "mode": "classic",
         "auth": {"method": "approle", "approle": {"roleId": "r-1", "secretName": "ar"}},
         "podMonitor": {"enabled": True},
+        "prometheusRule": {"enabled": True},
         "networkPolicy": {"enabled": True, "store": {"to": STORE}},
         "audit": {"to": "file"},
         "storeCA": {"configMapName": "openbao-ca"},
@@ -253,7 +256,9 @@ def test_snapshot_off_drops_the_key_and_the_made_key_is_a_valid_one_kept_on_unin
 def test_optional_objects_appear_only_when_asked_for():
     assert _kinds(render()) == ["ConfigMap", "Deployment", "Secret", "ServiceAccount"]
     everything = _kinds(render(VARIANTS["everything"]))
-    assert {"PodMonitor", "NetworkPolicy", "PodDisruptionBudget"} <= set(everything)
+    assert {"PodMonitor", "PrometheusRule", "NetworkPolicy", "PodDisruptionBudget"} <= set(
+        everything
+    )
 
 
 def test_the_network_policy_allows_the_store_dns_and_metrics_from_monitoring_only():
