@@ -29,9 +29,10 @@ test-fast: lint $(STAMP) test-deps
 	$(BIN)/pytest -m "not slow and not image"
 
 # What the tests need from Debian: Prometheus and promtool (the rules are checked, unit-tested
-# and evaluated by a real server). Installed only when missing.
-TEST_DEPS_CMDS := promtool prometheus
-TEST_DEPS_PKGS := prometheus
+# and evaluated by a real server) and Chromium (the status page in a real browser). Installed
+# only when missing.
+TEST_DEPS_CMDS := promtool prometheus chromium
+TEST_DEPS_PKGS := prometheus chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: test-deps
@@ -78,11 +79,11 @@ clean:
 BENCH_STAMP := $(VENV)/.bench-installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 BENCH_ARGS  ?=
 
-.PHONY: bench bench-smoke dashboard-image
+.PHONY: bench bench-smoke docs-images
 
-## dashboard-image: docs/images/dashboard.png, the dashboard's panels over the live outage test
-dashboard-image: $(BENCH_STAMP) test-deps
-	SIDECAR_DASHBOARD_PNG=$(CURDIR)/docs/images/dashboard.png $(BIN)/pytest -q tests/integration/test_prometheus.py
+## docs-images: docs/images/{dashboard,status-page}.png from the live tests that draw them
+docs-images: $(BENCH_STAMP) test-deps
+	DOCS_IMAGES=$(CURDIR)/docs/images $(BIN)/pytest -q tests/integration/test_prometheus.py tests/integration/test_status_page.py
 
 $(BENCH_STAMP): $(STAMP)
 	@echo ">> installing the bench extra (matplotlib for the chart, py-spy for profiles)"

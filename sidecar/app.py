@@ -17,6 +17,7 @@ from sidecar.core.cache import SecretCache
 from sidecar.core.clock import SYSTEM, Clock
 from sidecar.core.events import EventHub
 from sidecar.core.facts import Bus
+from sidecar.core.policy import Policy
 from sidecar.core.supervise import listener_of_failures, supervised
 from sidecar.core.verify import Verifier
 from sidecar.http.admin import admin_routes
@@ -32,6 +33,7 @@ from sidecar.http.keys import (
     PASSTHROUGH_KEY,
     READY_KEY,
     SECRETS_PREFIX,
+    STATUS_KEY,
     VAULT_PREFIX,
     VERIFIER_KEY,
 )
@@ -43,6 +45,7 @@ from sidecar.ops.audit import AuditLog, fingerprint_key
 from sidecar.ops.emergency import Admin
 from sidecar.ops.metrics import Metrics
 from sidecar.ops.snapshot import SnapshotKeyError
+from sidecar.ops.status import StatusBoard, secret_rows, status_report
 from sidecar.ops.trail import AuditTrail
 from sidecar.ops.warmstart import Snapshotter, snapshot_key
 from sidecar.settings import ConfigError, Settings
@@ -92,6 +95,72 @@ class Sidecar:
         }
 
 
+def _declare(metrics: Metrics, settings: Settings, policy: Policy) -> None:
+    """What the metrics say from the start: each class's owner and limits, and the schedules."""
+    metrics.declare_classes(settings.secret_classes(), policy.class_named)
+    metrics.declare_schedule(
+        snapshot_interval=settings.snapshot.interval if settings.snapshot.key_file else None,
+        revocation_poll_interval=(
+            settings.revocation_poll_interval if settings.revocation_list else None
+        ),
+    )
+
+
+def _snapshotter(
+    settings: Settings,
+    key: bytes | None,
+    cache: SecretCache,
+    facts: Bus,
+    audit: AuditLog,
+    store: Store,
+    clock: Clock,
+    metrics: Metrics,
+) -> Snapshotter | None:
+    """The snapshot writer, when there is a key (no key, no snapshot)."""
+    if not key:
+        return None
+    snapshotter = Snapshotter(
+        settings.snapshot,
+        key,
+        cache,
+        facts,
+        audit,
+        mounts=store,
+        confirm_within=settings.startup_jitter,
+        wall=clock.wall,
+    )
+    metrics.watch_snapshot(snapshotter.unsaved)
+    return snapshotter
+
+
+def _status(
+    settings: Settings,
+    cache: SecretCache,
+    board: StatusBoard,
+    admin: Admin,
+    snapshotter: Snapshotter | None,
+    clock: Clock,
+) -> Callable[[], dict[str, Any]]:
+    """The on-call status report, built when asked (GET /admin/status and its page)."""
+
+    def status() -> dict[str, Any]:
+        now = clock.wall()
+        return status_report(
+            rows=secret_rows(cache.held(), board, now),
+            board=board,
+            auth_method=settings.backend.auth.method,
+            snapshot_enabled=snapshotter is not None,
+            snapshot_interval=settings.snapshot.interval if snapshotter is not None else None,
+            overlaps_open=cache.overlaps_open(),
+            extensions=admin.extensions(),
+            revocations=cache.controls.revocations(),
+            revocations_polled_at=admin.revocations_polled_at,
+            now=now,
+        )
+
+    return status
+
+
 def create_app(
     settings: Settings,
     *,
@@ -105,20 +174,15 @@ def create_app(
     forward and, where they need one, a store; everything else comes from the settings."""
     metrics = Metrics(registry)
     policy = settings.policy()
-    metrics.declare_classes(settings.secret_classes(), policy.class_named)
-    metrics.declare_schedule(
-        snapshot_interval=settings.snapshot.interval if settings.snapshot.key_file else None,
-        revocation_poll_interval=(
-            settings.revocation_poll_interval if settings.revocation_list else None
-        ),
-    )
+    _declare(metrics, settings, policy)
     key = snapshot_key(settings.snapshot)
     audit = _audit_log(settings, key)
     trail = AuditTrail(audit, settings.backend.auth.method)
     hub = EventHub()
+    board = StatusBoard(clock.wall)
     # One way for facts to travel: everything that reports tells the bus; metrics, the audit
     # trail and the event stream each take what they need from it.
-    facts = Bus(metrics, trail, hub)
+    facts = Bus(metrics, trail, hub, board)
     if store is None:
         store = KVStore(settings.backend, listener=facts, clock=clock.monotonic)
     backoff = settings.backend.backoff
@@ -133,19 +197,7 @@ def create_app(
     clock.on_jump(cache.time_moved)
     metrics.watch_ages(cache)
     tokens = _tokens(settings, audit, caller_token, admin_token, clock)
-    snapshotter = None
-    if key:
-        snapshotter = Snapshotter(
-            settings.snapshot,
-            key,
-            cache,
-            facts,
-            audit,
-            mounts=store,
-            confirm_within=settings.startup_jitter,
-            wall=clock.wall,
-        )
-        metrics.watch_snapshot(snapshotter.unsaved)
+    snapshotter = _snapshotter(settings, key, cache, facts, audit, store, clock, metrics)
     verifier = Verifier(
         cache,
         store,
@@ -170,6 +222,8 @@ def create_app(
     api[HUB_KEY] = hub
     api[ADMIN_KEY] = admin
     api[MAX_WAIT_KEY] = settings.max_wait
+
+    api[STATUS_KEY] = _status(settings, cache, board, admin, snapshotter, clock)
     api[HTTP_KEY] = settings.http
     secrets_routes(api)  # the hot routes first
     fast_paths: dict[str, FastPath] = {SECRETS_PREFIX: native_hit(cache)}

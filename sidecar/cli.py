@@ -21,6 +21,7 @@ from sidecar.config import file_problems, load_settings
 from sidecar.core.durations import format_duration
 from sidecar.http.tokens import CallerTokenError
 from sidecar.ops import logs
+from sidecar.ops.columns import aligned
 from sidecar.settings import ConfigError, Settings
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
@@ -85,6 +86,20 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--dir", type=Path, default=Path(".demo"), help="where demo files go")
     demo.add_argument("--port", type=int, default=8100, help="secrets API port (default 8100)")
 
+    status = commands.add_parser(
+        "status",
+        help="what the running sidecar holds: each secret's class, owner, version, age and "
+        "state; store nodes, token, snapshot (with the admin token from its config)",
+        description="Exit codes: 0 printed, 1 the sidecar could not be asked, 2 bad config.",
+    )
+    status.add_argument(
+        "--config",
+        type=Path,
+        default=os.environ.get("SIDECAR_CONFIG"),
+        help="the sidecar's YAML config file (default: $SIDECAR_CONFIG)",
+    )
+    status.add_argument("--json", action="store_true", help="the report as JSON")
+
     evidence = commands.add_parser(
         "evidence",
         help="per-secret rotations, presentations, failures and purges from the audit log",
@@ -138,6 +153,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.action == "rotate":
             return rotate_demo(args.dir)
         return run_demo(args.dir, args.port, _run)
+    if args.command == "status":
+        from sidecar.ops.status_text import main as status_main
+
+        settings = _load(args.config)
+        return EXIT_CONFIG if settings is None else status_main(settings, as_json=args.json)
     if args.command == "evidence":
         from sidecar.ops.evidence import main as evidence_main
 
@@ -267,9 +287,8 @@ def _check_store(settings: Settings) -> int:
 
 def _table(rows: Sequence[Sequence[str]]) -> None:
     """Rows in aligned columns (the last one unpadded)."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1])
+    for line in aligned(rows):
+        print(line)
 
 
 def _inspect_snapshot(path: Path | None, *, as_json: bool) -> int:

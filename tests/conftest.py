@@ -228,3 +228,10 @@ async def running(document: dict[str, Any]) -> AsyncIterator[tuple[Server, str, 
         yield server, f"http://{api[0]}:{api[1]}", f"http://{ops[0]}:{ops[1]}"
     finally:
         await server.shutdown()
+
+
+def docs_image(name: str) -> str | None:
+    """Where a live test keeps a picture for the docs (`make docs-images` sets DOCS_IMAGES), or
+    None: an ordinary run keeps nothing."""
+    folder = os.environ.get("DOCS_IMAGES")
+    return str(Path(folder) / name) if folder else None

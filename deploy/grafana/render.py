@@ -1,6 +1,6 @@
 """Draw the dashboard's panels from a Prometheus into one PNG (for the docs: what the dashboard
 shows, without a Grafana). Every panel's queries, with the dashboard's variables at "All", over
-[start, end]. Needs matplotlib (`pip install -e '.[bench]'`); `make dashboard-image` runs it at
+[start, end]. Needs matplotlib (`pip install -e '.[bench]'`); `make docs-images` runs it at
 the end of the live Prometheus test's outage scenario.
 
     python deploy/grafana/render.py PROMETHEUS_URL START END OUT.png

@@ -147,6 +147,11 @@ class SecretCache:
         entry = self._entries.get((path, version))
         return entry is not None and entry.servable(self._clock() - entry.confirmed_at)
 
+    def held(self) -> list[tuple[CacheKey, Entry, float]]:
+        """Every value held with its key and age (seconds since the store confirmed it)."""
+        now = self._clock()
+        return [(key, entry, now - entry.confirmed_at) for key, entry in self._entries.items()]
+
     def ages(self) -> Iterator[tuple[SecretClass, float]]:
         """Each cached value's class and age (seconds since the store confirmed it)."""
         now = self._clock()

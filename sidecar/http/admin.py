@@ -12,9 +12,9 @@ from sidecar.core.durations import parse_duration
 from sidecar.http.bodies import json_body
 from sidecar.http.errors import BadRequest, error_response
 from sidecar.http.guard import Access, guarded
-from sidecar.http.keys import ADMIN_KEY, CACHE_KEY
+from sidecar.http.keys import ADMIN_KEY, STATUS_KEY
 from sidecar.http.native import validate_path
-from sidecar.ops.audit import iso_time
+from sidecar.http.status_page import render_status_page
 
 
 def _json(document: dict[str, Any]) -> web.Response:
@@ -63,22 +63,26 @@ async def extend(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
-    """``GET /admin/status``: what an operator checks during an incident: values cached, overlaps
-    open, incident windows, revocations in force, and when the list was last polled."""
-    admin = request.app[ADMIN_KEY]
-    cache = request.app[CACHE_KEY]
-    return _json(
-        {
-            "secrets_cached": len(cache),
-            "overlaps_open": cache.overlaps_open(),
-            "extensions": admin.extensions(),
-            "revocations": cache.controls.revocations(),
-            "revocation_list_polled_at": (
-                None
-                if admin.revocations_polled_at is None
-                else iso_time(admin.revocations_polled_at)
-            ),
-        }
+    """``GET /admin/status``: what on-call checks at a glance: each value held (class, owner,
+    version, age against its limits, state, last error; never the value), the store nodes and
+    circuits, the sidecar's token, the snapshot, incident windows and revocations."""
+    return _json(dict(request.app[STATUS_KEY]()))
+
+
+async def status_page(request: web.Request) -> web.Response:
+    """``GET /admin/status.html``: the same report as a page for a browser (through `kubectl
+    port-forward`; the browser asks for the admin token as the password of a Basic login)."""
+    return web.Response(
+        text=render_status_page(request.app[STATUS_KEY]()),
+        content_type="text/html",
+        headers={
+            "Cache-Control": "no-store",
+            # no script, no frame, nothing fetched from elsewhere: only the page's own styles
+            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+            "frame-ancestors 'none'",
+            "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer",
+        },
     )
 
 
@@ -97,3 +101,5 @@ def admin_routes(app: web.Application) -> None:
         ("/admin/status", status, "GET"),
     ):
         app.router.add_route(method, path, guarded(handler, Access.ADMIN, path))
+    page = "/admin/status.html"
+    app.router.add_get(page, guarded(status_page, Access.ADMIN, page, challenge=True))

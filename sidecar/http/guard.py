@@ -14,6 +14,7 @@ whole cache hit.)
 
 from __future__ import annotations
 
+import base64
 import enum
 from collections.abc import Awaitable, Callable, Mapping
 
@@ -54,6 +55,8 @@ FORWARDING_HEADERS = tuple(
     )
 )
 SIDECAR_TOKEN = istr("X-Sidecar-Token")
+AUTHORIZATION = istr("Authorization")
+CHALLENGE = 'Basic realm="secrets-sidecar admin", charset="UTF-8"'
 VAULT_TOKEN = istr("X-Vault-Token")
 
 _MISSING = {
@@ -76,6 +79,22 @@ def presented_token(headers: Mapping[str, str]) -> str | None:
     """The token the caller sent: ``X-Sidecar-Token``, else ``X-Vault-Token`` (what Vault clients
     send)."""
     return headers.get(SIDECAR_TOKEN) or headers.get(VAULT_TOKEN)
+
+
+def basic_password(header: str | None) -> str | None:
+    """The password of ``Authorization: Basic`` (any user name), or None: how a browser sends
+    the admin token to the status page. Malformed credentials are None (then 401)."""
+    if header is None:
+        return None
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("ascii")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    _, colon, password = decoded.partition(":")
+    return password if colon and password else None
 
 
 def well_formed(token: str) -> bool:
@@ -104,6 +123,8 @@ class Guard:
         if forwarded is not None:
             raise Refused(400, "bad_request", f"{forwarded} is refused: call the sidecar directly")
         presented = presented_token(headers)
+        if presented is None and access is Access.ADMIN:
+            presented = basic_password(headers.get(AUTHORIZATION))
         if presented is None:
             raise Refused(401, "unauthorized", _MISSING.get(access, _MISSING[Access.CALLER]))
         if not well_formed(presented):
@@ -165,9 +186,13 @@ class Guard:
 GUARD_KEY = web.AppKey("guard", Guard)
 
 
-def guarded(handler: Handler, access: Access, fixed: str = "/") -> Handler:
+def guarded(
+    handler: Handler, access: Access, fixed: str = "/", *, challenge: bool = False
+) -> Handler:
     """``handler`` behind the guard, for a route that needs ``access`` and whose path starts
-    with ``fixed``. Refusals on the Vault-compatible API come in Vault's error shape."""
+    with ``fixed``. Refusals on the Vault-compatible API come in Vault's error shape; a page
+    for browsers (``challenge``) answers 401 with a Basic challenge, so the browser asks for
+    the admin token."""
     vault = access is Access.VAULT
 
     async def guard(request: web.Request) -> web.StreamResponse:
@@ -178,6 +203,8 @@ def guarded(handler: Handler, access: Access, fixed: str = "/") -> Handler:
             response = await handler(request)
         except (Refused, web.HTTPException) as exc:
             response = error_response(exc, vault=vault)
+            if challenge and response.status == 401:
+                response.headers["WWW-Authenticate"] = CHALLENGE
         check.count(response.status)
         return response
 

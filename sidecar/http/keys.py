@@ -28,6 +28,8 @@ MAX_WAIT_KEY = web.AppKey("max_wait", float)
 PASSTHROUGH_KEY = web.AppKey("vault_passthrough", bool)
 HTTP_KEY = web.AppKey("http", HTTPSettings)
 ReadyReport = Callable[[], Mapping[str, Any]]
+StatusReport = Callable[[], Mapping[str, Any]]
+STATUS_KEY: web.AppKey[StatusReport] = web.AppKey("status")
 # What every response says in Server: no versions (aiohttp's default names its own and Python's).
 SERVER = "secrets-sidecar"
 

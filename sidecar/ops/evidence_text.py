@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from sidecar.core.durations import format_duration
+from sidecar.ops.columns import aligned
 
 
 def render_text(report: Mapping[str, Any]) -> str:
@@ -47,7 +48,7 @@ def _secret_lines(secret: Mapping[str, Any]) -> list[str]:
                     _last_served(r),
                 )
             )
-        out += ["  rotations:", *("    " + line for line in _table(rows))]
+        out += ["  rotations:", *("    " + line for line in aligned(rows))]
     else:
         out.append("  rotations: none")
     for label, key in (
@@ -131,14 +132,6 @@ def _global_lines(glob: Mapping[str, Any]) -> list[str]:
 def _purge_text(p: Mapping[str, Any]) -> str:
     target = "everything" if p["scope"] == "all" else f"{p['scope']} {p['target']}"
     return f"{p['time']} {target} ({_entries(p['entries'])}, by {p['by'] or '?'})"
-
-
-def _table(rows: list[tuple[str, ...]]) -> list[str]:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    return [
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1]
-        for row in rows
-    ]
 
 
 def _last_served(rotation: Mapping[str, Any]) -> str:

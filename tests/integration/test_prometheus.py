@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from sidecar.dev.openbao import DevOpenBao, free_port
-from tests.conftest import CLASSES
+from tests.conftest import CLASSES, docs_image
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -216,8 +216,8 @@ def outage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outage]:
         token = (folder / "caller" / "token").read_text().strip()
         paths = ["/secrets/secret/app/db", "/secrets/secret/app/payments/key"]
         started = time.time()
-        # drawing the docs' picture (`make dashboard-image`): longer phases, so there is a shape
-        linger = 30 if os.environ.get("SIDECAR_DASHBOARD_PNG") else 0
+        # drawing the docs' picture (`make docs-images`): longer phases, so there is a shape
+        linger = 30 if docs_image("dashboard.png") else 0
         traffic = Traffic(f"http://{api}", token, paths).start()
         time.sleep(3 + linger)
         assert set(traffic.statuses) == {200}
@@ -251,8 +251,8 @@ def outage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outage]:
         time.sleep(linger)
         firing = [a["labels"] for a in prometheus.alerts() if a["state"] == "firing"]
         yield Outage(prometheus, traffic, firing)
-        image = os.environ.get("SIDECAR_DASHBOARD_PNG")
-        if image:  # `make dashboard-image`: the docs' picture of this scenario
+        image = docs_image("dashboard.png")
+        if image:  # `make docs-images`: the docs' picture of this scenario
             render = subprocess.run(
                 [
                     sys.executable,

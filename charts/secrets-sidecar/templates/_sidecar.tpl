@@ -115,10 +115,12 @@ checksum/secrets-sidecar-config: {{ include "secrets-sidecar.config" . | sha256s
   restartPolicy: Always
   {{- end }}
   args: ["--config", {{ $p.config | quote }}]
-  {{- with $v.extraEnv }}
   env:
+    # so that `kubectl exec ... -c secrets-sidecar -- sidecar status` finds the config
+    - {name: SIDECAR_CONFIG, value: {{ $p.config | quote }}}
+    {{- with $v.extraEnv }}
     {{- toYaml . | nindent 4 }}
-  {{- end }}
+    {{- end }}
   ports:
     - name: metrics
       containerPort: {{ $v.ports.metrics }}

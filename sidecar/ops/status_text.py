@@ -1,0 +1,125 @@
+"""``sidecar status``: ask the running sidecar for its status report (with the admin token from
+its config) and print it as tables, for a terminal or `kubectl exec`."""
+
+from __future__ import annotations
+
+import json
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from typing import Any
+
+from sidecar.core.durations import format_duration
+from sidecar.ops.columns import aligned
+from sidecar.settings import Settings
+
+EXIT_UNREACHABLE = 1
+
+
+def fetch_report(settings: Settings, timeout: float = 5.0) -> Mapping[str, Any]:
+    """The sidecar's ``GET /admin/status``, asked on its own listener with its admin token.
+    Raises OSError (unreachable, token file unreadable) or ValueError (refused, not JSON)."""
+    token = settings.admin_token_file.read_text(encoding="utf-8").strip()
+    host, _, port = settings.listen.rpartition(":")
+    host = "127.0.0.1" if host in ("0.0.0.0", "") else host.strip("[]")  # noqa: S104
+    url = f"http://{host}:{port}/admin/status"
+    request = urllib.request.Request(url, headers={"X-Sidecar-Token": token})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:  # noqa: S310 - http URL
+            report = json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        body = exc.read()[:300].decode(errors="replace")
+        raise ValueError(f"{url} answered {exc.code}: {body}") from None
+    if not isinstance(report, dict):
+        raise ValueError(f"{url} did not answer a status report")
+    return report
+
+
+def main(settings: Settings, *, as_json: bool) -> int:
+    """Print the report; 0, or 1 when the sidecar cannot be asked (with what to check)."""
+    try:
+        report = fetch_report(settings)
+    except (OSError, ValueError) as exc:
+        print(
+            f"sidecar: cannot read the status from the sidecar at {settings.listen}: {exc}; "
+            "is it running, with this config, and is admin_token_file readable here?",
+            file=sys.stderr,
+        )
+        return EXIT_UNREACHABLE
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(render_text(report))
+    return 0
+
+
+def render_text(report: Mapping[str, Any]) -> str:
+    """The report as the terminal shows it: a summary line, then the tables."""
+    states = ", ".join(f"{n} {s}" for s, n in sorted(report["states"].items())) or "none"
+    auth, snapshot = report["auth"], report["snapshot"]
+    lines = [
+        f"{report['secrets_cached']} secrets cached ({states}); "
+        f"{report['overlaps_open']} overlaps open; at {report['generated_at']}",
+        f"identity: {auth['method']}, last {auth['last_event'] or 'none'}"
+        + ("" if auth["ok"] is None else (" ok" if auth["ok"] else " FAILED"))
+        + (
+            ""
+            if auth["token_expires_in_seconds"] is None
+            else f", token expires in {_duration(auth['token_expires_in_seconds'])}"
+        ),
+        "snapshot: "
+        + (
+            "off"
+            if not snapshot["enabled"]
+            else (
+                f"written {_duration(snapshot['age_seconds'])} ago"
+                if snapshot["age_seconds"] is not None
+                else "not written yet"
+            )
+            + (" (writing FAILS)" if snapshot["failing"] else "")
+        ),
+        "",
+    ]
+    rows = [("PATH", "CLASS", "OWNER", "VERSION", "STATE", "AGE", "REFRESH", "MAX AGE", "ERROR")]
+    rows += [
+        (
+            r["path"] + ("" if r["pinned_version"] is None else f"?version={r['pinned_version']}"),
+            r["class"],
+            r["owner"],
+            "-" if r["version"] is None else str(r["version"]),
+            r["state"],
+            _duration(r["age_seconds"]),
+            _duration(r["refresh_interval_seconds"]),
+            _duration(r["max_cache_age_seconds"]),
+            r["last_error"] or "-",
+        )
+        for r in report["secrets"]
+    ]
+    lines += aligned(rows)
+    if report["store_nodes"]:
+        lines.append("")
+        nodes = [("STORE NODE", "ANSWERING", "CIRCUIT")]
+        nodes += [
+            (n["address"], "yes" if n["up"] else "NO", n["circuit"]) for n in report["store_nodes"]
+        ]
+        lines += aligned(nodes)
+    for name, until in report["extensions"].items():
+        lines.append(f"incident window: class {name} extended until {until}")
+    for revoked in report["revocations"]:
+        version = revoked.get("version")
+        lines.append(
+            f"revoked: {revoked.get('path')} "
+            + ("(every version)" if version is None else f"v{version}")
+            + f": {revoked.get('reason')}"
+        )
+    lines.append(f"runbooks: {report['runbooks']}")
+    return "\n".join(lines)
+
+
+def _duration(seconds: Any) -> str:
+    if not isinstance(seconds, int | float) or isinstance(seconds, bool):
+        return "?"
+    if seconds < 0:
+        return "-" + _duration(-seconds)
+    return format_duration(round(seconds) if seconds >= 10 else round(seconds, 1))
