@@ -100,6 +100,35 @@ def _parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--json", action="store_true", help="the report as JSON")
 
+    admin = commands.add_parser(
+        "admin",
+        help="emergency controls of the running sidecar, with the admin token from its config",
+        description="Exit codes: 0 done, 1 refused or the sidecar could not be asked, "
+        "2 bad config.",
+    )
+    actions = admin.add_subparsers(dest="admin_command", metavar="ACTION", required=True)
+    purge = actions.add_parser(
+        "purge", help="drop values from memory and snapshot: the next read goes to the store"
+    )
+    what = purge.add_mutually_exclusive_group(required=True)
+    what.add_argument("--path", help="one secret path, e.g. secret/app/db")
+    what.add_argument("--prefix", help="every path under a prefix, e.g. secret/app/")
+    what.add_argument("--all", action="store_true", help="everything cached")
+    extend = actions.add_parser(
+        "extend",
+        help="during an incident, serve a serve_stale class's values longer (audited; reverts)",
+    )
+    extend.add_argument("--class", dest="secret_class", required=True, help="the class")
+    extend.add_argument("--max-cache-age", required=True, help="the longer limit, e.g. 2h")
+    extend.add_argument("--for", dest="duration", required=True, help="how long, e.g. 1h")
+    for action in (purge, extend):
+        action.add_argument(
+            "--config",
+            type=Path,
+            default=os.environ.get("SIDECAR_CONFIG"),
+            help="the sidecar's YAML config file (default: $SIDECAR_CONFIG)",
+        )
+
     evidence = commands.add_parser(
         "evidence",
         help="per-secret rotations, presentations, failures and purges from the audit log",
@@ -158,6 +187,20 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         settings = _load(args.config)
         return EXIT_CONFIG if settings is None else status_main(settings, as_json=args.json)
+    if args.command == "admin":
+        from sidecar.ops.admin_client import extend_main, purge_main
+
+        settings = _load(args.config)
+        if settings is None:
+            return EXIT_CONFIG
+        if args.admin_command == "purge":
+            return purge_main(settings, path=args.path, prefix=args.prefix, every=args.all)
+        return extend_main(
+            settings,
+            secret_class=args.secret_class,
+            max_cache_age=args.max_cache_age,
+            duration=args.duration,
+        )
     if args.command == "evidence":
         from sidecar.ops.evidence import main as evidence_main
 

@@ -1,51 +1,27 @@
-"""``sidecar status``: ask the running sidecar for its status report (with the admin token from
-its config) and print it as tables, for a terminal or `kubectl exec`."""
+"""``sidecar status``: the running sidecar's status report (``GET /admin/status``, with the
+admin token from its config) as tables, for a terminal or `kubectl exec`."""
 
 from __future__ import annotations
 
 import json
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
 from sidecar.core.durations import format_duration
+from sidecar.ops.admin_client import AdminCallFailed, admin_call
 from sidecar.ops.columns import aligned
 from sidecar.settings import Settings
 
 EXIT_UNREACHABLE = 1
 
 
-def fetch_report(settings: Settings, timeout: float = 5.0) -> Mapping[str, Any]:
-    """The sidecar's ``GET /admin/status``, asked on its own listener with its admin token.
-    Raises OSError (unreachable, token file unreadable) or ValueError (refused, not JSON)."""
-    token = settings.admin_token_file.read_text(encoding="utf-8").strip()
-    host, _, port = settings.listen.rpartition(":")
-    host = "127.0.0.1" if host in ("0.0.0.0", "") else host.strip("[]")  # noqa: S104
-    url = f"http://{host}:{port}/admin/status"
-    request = urllib.request.Request(url, headers={"X-Sidecar-Token": token})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as answer:  # noqa: S310 - http URL
-            report = json.loads(answer.read())
-    except urllib.error.HTTPError as exc:
-        body = exc.read()[:300].decode(errors="replace")
-        raise ValueError(f"{url} answered {exc.code}: {body}") from None
-    if not isinstance(report, dict):
-        raise ValueError(f"{url} did not answer a status report")
-    return report
-
-
 def main(settings: Settings, *, as_json: bool) -> int:
     """Print the report; 0, or 1 when the sidecar cannot be asked (with what to check)."""
     try:
-        report = fetch_report(settings)
-    except (OSError, ValueError) as exc:
-        print(
-            f"sidecar: cannot read the status from the sidecar at {settings.listen}: {exc}; "
-            "is it running, with this config, and is admin_token_file readable here?",
-            file=sys.stderr,
-        )
+        report = admin_call(settings, "GET", "/admin/status")
+    except AdminCallFailed as exc:
+        print(f"sidecar: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     if as_json:
         print(json.dumps(report, indent=2))

@@ -75,6 +75,56 @@ def test_status_says_what_to_check_when_the_sidecar_cannot_be_asked(
     path = tmp_path / "sidecar.yaml"
     path.write_text(yaml.safe_dump(document))
     assert main(["status", "--config", str(path)]) == 1
-    assert "is it running" in capsys.readouterr().err
+    assert "is it running with this config" in capsys.readouterr().err
     path.write_text("listen: [nonsense\n")
     assert main(["status", "--config", str(path)]) == 2
+
+
+async def test_admin_purge_and_extend_act_on_the_running_sidecar_and_say_why_not(
+    openbao: DevOpenBao,
+    store_token_file: Path,
+    tmp_path: Path,
+    uid: str,
+    capsys: pytest.CaptureFixture[str],
+):
+    openbao.kv_put(f"{uid}/db", {"password": VALUE})
+    document = config(
+        openbao.addr,
+        store_token_file,
+        tmp_path,
+        listen=f"127.0.0.1:{free_port()}",
+        metrics_listen="127.0.0.1:0",
+        audit_log=str(tmp_path / "audit.log"),
+    )
+    (tmp_path / "admin-token").write_text(ADMIN_TOKEN)
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(yaml.safe_dump(document))
+    cli = ["--config", str(path)]
+
+    async def run(*args: str) -> tuple[int, str, str]:
+        code = await asyncio.to_thread(main, [*args])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    async with running(document) as (_, api, _ops), aiohttp.ClientSession() as session:
+        url = f"{api}/secrets/secret/{uid}/db"
+        assert (await session.get(url, headers=AUTH)).status == 200
+        code, out, _ = await run("admin", "purge", "--path", f"secret/{uid}/db", *cli)
+        assert code == 0 and out.startswith("purged 1 cached value(s)")
+        assert (await session.get(url, headers=AUTH)).headers["X-Sidecar-Cache"] == "MISS"
+
+        code, out, _ = await run(
+            "admin", "extend", "--class", "standard", "--max-cache-age", "1h", "--for", "10m", *cli
+        )
+        assert code == 0
+        assert out.startswith("class standard: max_cache_age 1h (configured 15m) until ")
+        code, _, err = await run(
+            "admin", "extend", "--class", "payments", "--max-cache-age", "1h", "--for", "1m", *cli
+        )
+        assert code == 1 and "409" in err and "fail_closed" in err
+        code, _, err = await run(
+            "admin", "extend", "--class", "nope", "--max-cache-age", "1h", "--for", "1m", *cli
+        )
+        assert code == 1 and "404" in err
+    records = (tmp_path / "audit.log").read_text()
+    assert '"purged"' in records and '"cache_window_extended"' in records
