@@ -166,6 +166,16 @@ class Authenticator:
             )
             self.token = None
             self.token = await self._obtain(failed)
+            if isinstance(self._method, TokenAuth):
+                # A replaced token file: learn the new token's TTL, so it is renewed and its
+                # expiry reported (not the dead one's).
+                try:
+                    await self._inspect()
+                except StoreError as exc:
+                    log.warning(
+                        "cannot look up the new store token; its renewal is not scheduled",
+                        extra={"reason": str(exc)},
+                    )
             return self.token
 
     async def _obtain(self, failed: str | None = None) -> str:

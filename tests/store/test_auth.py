@@ -7,6 +7,7 @@ import asyncio
 import base64
 import datetime
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -301,3 +302,35 @@ async def test_kubernetes_auth_logs_in_with_the_service_account_jwt(
     assert (await response.json())["data"] == {"password": "pw-kubernetes"}
     assert reviews == [jwt]
     assert openbao.count_requests(f"auth/{mount}/login", "update") == 1
+
+
+async def test_a_replaced_token_files_expiry_and_renewal_come_from_the_new_token(
+    make_sidecar: SidecarFactory, openbao: DevOpenBao, uid: str, tmp_path: Path
+):
+    """After the dead token is replaced from the file, the sidecar looks the new one up: the
+    expiry it reports (and renews by) is the new token's, not the dead one's."""
+    openbao.kv_put(f"{uid}/a", {"v": "expiry-a"})
+    openbao.kv_put(f"{uid}/b", {"v": "expiry-b"})
+    _read_policy(openbao, uid)
+
+    def new_token(ttl: str) -> str:
+        created = openbao.request("POST", "auth/token/create", {"policies": [uid], "ttl": ttl})
+        return str(created["auth"]["client_token"])
+
+    token_file = tmp_path / "rotating-token"
+    first = new_token("1h")
+    token_file.write_text(first)
+    client, sidecar = await make_sidecar(document=config(openbao.addr, token_file, tmp_path))
+    assert (await client.get(f"/secrets/secret/{uid}/a", headers=AUTH)).status == 200
+    async with asyncio.timeout(5):
+        while metric(sidecar, "sidecar_token_expiry_timestamp_seconds") == 0:
+            await asyncio.sleep(0.05)
+    assert (
+        abs(metric(sidecar, "sidecar_token_expiry_timestamp_seconds") - (time.time() + 3600)) < 60
+    )
+
+    openbao.request("POST", "auth/token/revoke", {"token": first})
+    token_file.write_text(new_token("3h"))
+    assert (await client.get(f"/secrets/secret/{uid}/b", headers=AUTH)).status == 200
+    expiry = metric(sidecar, "sidecar_token_expiry_timestamp_seconds")
+    assert abs(expiry - (time.time() + 3 * 3600)) < 60
