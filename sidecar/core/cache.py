@@ -178,10 +178,12 @@ class SecretCache:
         hits[name] = hits.get(name, 0) + 1
         return entry, age
 
-    async def get(self, path: str, version: int | None = None) -> Lookup:
+    async def get(self, path: str, version: int | None = None, *, serve: bool = True) -> Lookup:
         """Answer a read of ``path`` (``version`` None: the latest): from memory while fresh, else
         from the store (coalesced with other reads of the key), else as the class allows during an
-        outage. Raises PathNotAllowed, SecretRevoked, or the StoreError that decided the read."""
+        outage. Raises PathNotAllowed, SecretRevoked, or the StoreError that decided the read.
+        ``serve`` False: a look at the value, not the app reading it (finding the previous
+        version's number), so it does not count as the app adopting a new version."""
         secret_class = self.classify(path)
         if self._revoked.active:
             self._revoked.check(path, version)
@@ -194,7 +196,7 @@ class SecretCache:
             freshness = entry.secret_class.freshness(age)
             if freshness is Freshness.FRESH and not entry.provisional:
                 self._looked_up(secret_class, Outcome.HIT)
-                if not entry.served:
+                if serve and not entry.served:
                     self._first_served(key, entry)
                 return Lookup(entry, Outcome.HIT, age)
             if freshness is Freshness.EXPIRED:
@@ -205,7 +207,7 @@ class SecretCache:
                 # confirmation with the store is due in the background (no read waits on it).
                 self._looked_up(secret_class, Outcome.STALE)
                 self._listener.notify(StaleServed(path, entry.secret_class, entry, age))
-                return self._served(key, Lookup(entry, Outcome.STALE, age))
+                return self._served(key, Lookup(entry, Outcome.STALE, age), serve)
         else:
             refused = self._refusals.recall(key, now)
             if refused is not None:
@@ -225,12 +227,12 @@ class SecretCache:
             fresh.last_read = self._clock()
             self._looked_up(secret_class, outcome)
             lookup = Lookup(fresh, outcome, max(0.0, self._clock() - fresh.confirmed_at))
-        return self._served(key, lookup)
+        return self._served(key, lookup, serve)
 
-    def _served(self, key: CacheKey, lookup: Lookup) -> Lookup:
+    def _served(self, key: CacheKey, lookup: Lookup, serve: bool = True) -> Lookup:
         if self._revoked.active:
             self._revoked.check(key[0], lookup.entry.secret.version)
-        if not lookup.entry.served:
+        if serve and not lookup.entry.served:
             self._first_served(key, lookup.entry)
         return lookup
 

@@ -210,7 +210,7 @@ async def get_secret(request: web.Request) -> web.Response:
 
 async def _previous(request: web.Request, path: str) -> Lookup:
     cache = request.app[CACHE_KEY]
-    latest = await cache.get(path)
+    latest = await cache.get(path, serve=False)  # the app reads the previous one, not this
     current = latest.entry.secret.version
     if current is None:
         raise BadRequest("KV v1 secrets have no versions, so no previous one")

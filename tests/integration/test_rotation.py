@@ -323,3 +323,31 @@ async def test_evidence_keeps_rotations_across_a_purge_and_retires_without_overl
     assert [(r["old_version"], r["new_version"]) for r in rotations] == [(1, 2), (2, 3)]
     assert all(r["previous_retired"] is not None for r in rotations)
     assert all(r["first_served"] is not None for r in rotations)
+
+
+async def test_reading_only_the_previous_version_is_not_adopting_the_new_one(
+    make_sidecar: SidecarFactory, openbao: DevOpenBao, uid: str, tmp_path: Path
+):
+    """An app that still asks for ?version=previous has not moved to the new version: no
+    adoption is counted or audited until it reads the current one."""
+    openbao.kv_put(f"{uid}/api", {"key": "adopt-value-v1"})
+    client, sidecar = await _rotating_sidecar(make_sidecar, tmp_path)
+    path = f"/secrets/secret/{uid}/api"
+    assert (await (await client.get(path, headers=AUTH)).json())["version"] == 1
+    openbao.kv_put(f"{uid}/api", {"key": "adopt-value-v2"})
+    async with asyncio.timeout(10):  # refresh-ahead notices the rotation
+        while True:
+            previous = await client.get(f"{path}?version=previous", headers=AUTH)
+            if previous.status == 200:
+                break
+            await asyncio.sleep(0.1)
+    assert (await previous.json())["version"] == 1
+    adopted = {"class": "rotating"}
+    assert metric(sidecar, "sidecar_rotation_adoption_seconds_count", adopted) == 0
+    audit = (tmp_path / "audit.log").read_text()
+    assert not any(
+        json.loads(line)["event"] == "version_first_served" and json.loads(line).get("version") == 2
+        for line in audit.splitlines()
+    )
+    assert (await (await client.get(path, headers=AUTH)).json())["version"] == 2
+    assert metric(sidecar, "sidecar_rotation_adoption_seconds_count", adopted) == 1
