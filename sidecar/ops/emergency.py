@@ -208,7 +208,9 @@ class Admin:
         """Poll the list kept in the store. It is small and polled on its own path (urgent:
         past circuit breakers and the request budget), so revoking works in a degraded store.
         A failed poll keeps the last list: an outage never lifts a revocation, and neither does
-        a malformed list (it is refused whole, logged and counted)."""
+        a malformed list (it is refused whole, logged and counted) or a missing one (a misspelt
+        or deleted path is a failure that alerts, not an empty list: to revoke nothing, write
+        ``{"revoked": []}``)."""
         failing = False
         while True:
             try:
@@ -218,14 +220,18 @@ class Admin:
                     raise MalformedList(problems[0])
                 for problem in problems:
                     log.error("revocation list entry ignored", extra={"problem": problem})
-            except SecretNotFound:
-                entries = []
             except (StoreError, MalformedList) as exc:
                 self._listener.notify(RevocationsPolled(ok=False, at=self._wall()))
                 if not failing:
                     log.warning(
                         "revocation list not readable; keeping the last one",
-                        extra={"path": list_path, "reason": str(exc)},
+                        extra={
+                            "path": list_path,
+                            "reason": str(exc),
+                            "fix": 'write {"revoked": []} there to revoke nothing'
+                            if isinstance(exc, SecretNotFound)
+                            else None,
+                        },
                     )
                 failing = True
                 await asyncio.sleep(interval * (0.8 + 0.4 * rng()))

@@ -290,3 +290,32 @@ async def test_class_metrics_name_the_owner_and_follow_an_extension(
     assert extended.status == 200
     assert metric(sidecar, "sidecar_class_effective_max_cache_age_seconds", standard) == 30.0
     assert metric(sidecar, "sidecar_class_max_cache_age_seconds", standard) == 2.0
+
+
+async def test_a_missing_revocation_list_is_a_failed_poll_and_never_lifts_a_revocation(
+    make_sidecar: SidecarFactory, openbao: DevOpenBao, uid: str
+):
+    """A misspelt or deleted list path must show (and alert), not read as "nothing revoked"."""
+    openbao.kv_put(f"{uid}/x", {"v": "missing-list-value"})
+    list_path = f"{uid}/revocations"
+    client, sidecar = await make_sidecar(
+        revocation_list=f"secret/{list_path}", revocation_poll_interval="200ms"
+    )
+    await _until(
+        lambda: metric(sidecar, "sidecar_revocation_polls_total", {"result": "failure"}) >= 2
+    )
+    assert metric(sidecar, "sidecar_revocation_list_last_success_timestamp_seconds") == 0
+    assert (await client.get(f"/secrets/secret/{uid}/x", headers=AUTH)).status == 200
+
+    openbao.kv_put(list_path, {"revoked": [{"path": f"secret/{uid}/x", "reason": "leaked"}]})
+    await _until(lambda: bool(sidecar.cache.controls.revocations()))
+    assert (await client.get(f"/secrets/secret/{uid}/x", headers=AUTH)).status == 410
+    assert metric(sidecar, "sidecar_revocation_list_last_success_timestamp_seconds") > 0
+
+    # the list deleted (by mistake or to "lift everything"): the revocation stays in force
+    openbao.request("DELETE", f"secret/metadata/{list_path}")
+    failures = metric(sidecar, "sidecar_revocation_polls_total", {"result": "failure"})
+    await _until(
+        lambda: metric(sidecar, "sidecar_revocation_polls_total", {"result": "failure"}) > failures
+    )
+    assert (await client.get(f"/secrets/secret/{uid}/x", headers=AUTH)).status == 410
