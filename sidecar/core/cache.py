@@ -308,6 +308,19 @@ class SecretCache:
         """(current version, wall time the previous one retires) while an overlap is open."""
         return self._rotations.overlap(path)
 
+    def open_rotations(self) -> list[tuple[SecretClass, str]]:
+        """Each rotation not finished, by state: ``awaiting_adoption`` (the app has not read the
+        new version yet) or ``overlap_open`` (it has; the previous version is still served)."""
+        found = []
+        for (path, version), entry in self._entries.items():
+            if version is not None or self._rotations.since_rotation(path) is None:
+                continue
+            if not entry.served:
+                found.append((entry.secret_class, "awaiting_adoption"))
+            elif self._rotations.overlap(path) is not None:
+                found.append((entry.secret_class, "overlap_open"))
+        return found
+
     def overlaps_open(self) -> int:
         """How many paths still serve their previous version after a rotation (metrics, /admin)."""
         return self._rotations.overlaps_open()

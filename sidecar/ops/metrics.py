@@ -31,6 +31,7 @@ from sidecar.core.facts import (
     FirstServed,
     LookedUp,
     NodeState,
+    PreviousRetired,
     PreviousServed,
     RevocationsPolled,
     Revoked,
@@ -172,6 +173,12 @@ class Metrics:
             ["class"],
             registry=r,
         )
+        self.previous_retired = Counter(
+            "sidecar_previous_retired",
+            "Rotations finished: the overlap ended and the previous version is no longer served.",
+            ["class"],
+            registry=r,
+        )
         self.revocations = Counter(
             "sidecar_revocations",
             "Entries that appeared on the revocation list.",
@@ -227,7 +234,7 @@ class Metrics:
     def watch_ages(self, cache: SecretCache) -> None:
         """Export what the request path only counts (lookups, statuses), the ages of cached
         values and open overlaps, at scrape time: no metric work on the request path."""
-        self.registry.register(_AgeCollector(cache))
+        self.registry.register(_AgeCollector(cache, self))
         self.registry.register(_CountsCollector(cache, self))
         overlap = Gauge(
             "sidecar_overlap_open",
@@ -280,6 +287,7 @@ class Metrics:
             self.rotations.labels(name)
             self.retired_uses.labels(name)
             self.previous_served.labels(name)
+            self.previous_retired.labels(name)
 
     def notify(self, fact: Fact) -> None:
         """Every metric but the hot path's counts moves here, from a fact."""
@@ -305,6 +313,8 @@ class Metrics:
                 self.rotation_adoption.labels(secret_class.name).observe(since)
             case PreviousServed(secret_class):
                 self.previous_served.labels(secret_class.name).inc()
+            case PreviousRetired(_, secret_class):
+                self.previous_retired.labels(secret_class.name).inc()
             case Verified(_, secret_class, verdict):
                 self.verifications.labels(secret_class.name, verdict.match.value).inc()
                 if verdict.match is Match.RETIRED:
@@ -350,10 +360,12 @@ AGE_BUCKETS = (1.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0
 class _AgeCollector(Collector):
     """``sidecar_secret_age_seconds{class}``: a gauge histogram of the ages of the values held
     now (seconds since the store last confirmed each), one series set per class: bounded by
-    the number of classes, never by the number of secrets."""
+    the number of classes, never by the number of secrets; with the oldest age and the open
+    rotations by class."""
 
-    def __init__(self, cache: SecretCache) -> None:
+    def __init__(self, cache: SecretCache, metrics: Metrics) -> None:
         self._cache = cache
+        self._metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
         family = GaugeHistogramMetricFamily(
@@ -377,6 +389,20 @@ class _AgeCollector(Collector):
             oldest.add_metric([name], max(ages))
         yield family
         yield oldest
+        rotations = GaugeMetricFamily(
+            "sidecar_rotations_open",
+            "Rotations not finished, by class and state: awaiting_adoption (the app has not "
+            "read the new version yet), overlap_open (it has; the previous version is still "
+            "served). Zero for both: every rotation adopted and the previous version retired.",
+            labels=["class", "state"],
+        )
+        open_by: dict[tuple[str, str], int] = {}
+        for secret_class, state in self._cache.open_rotations():
+            open_by[(secret_class.name, state)] = open_by.get((secret_class.name, state), 0) + 1
+        for name in sorted(set(self._metrics._classes) | {n for n, _ in open_by}):
+            for state in ("awaiting_adoption", "overlap_open"):
+                rotations.add_metric([name, state], open_by.get((name, state), 0))
+        yield rotations
 
     def describe(self) -> Iterator[Metric]:
         return iter(())

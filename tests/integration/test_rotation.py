@@ -351,3 +351,31 @@ async def test_reading_only_the_previous_version_is_not_adopting_the_new_one(
     )
     assert (await (await client.get(path, headers=AUTH)).json())["version"] == 2
     assert metric(sidecar, "sidecar_rotation_adoption_seconds_count", adopted) == 1
+
+
+async def test_a_rotation_is_open_until_adopted_and_retired_as_the_metrics_say(
+    make_sidecar: SidecarFactory, openbao: DevOpenBao, uid: str, tmp_path: Path
+):
+    """Rotation success as on-call reads it: detected (awaiting adoption), adopted (overlap
+    open), finished (the previous version retired)."""
+    openbao.kv_put(f"{uid}/api", {"key": "open-rotation-v1"})
+    client, sidecar = await _rotating_sidecar(make_sidecar, tmp_path)
+    path = f"/secrets/secret/{uid}/api"
+
+    def open_rotations(state: str) -> float:
+        return metric(sidecar, "sidecar_rotations_open", {"class": "rotating", "state": state})
+
+    assert (await client.get(path, headers=AUTH)).status == 200
+    assert (open_rotations("awaiting_adoption"), open_rotations("overlap_open")) == (0, 0)
+    openbao.kv_put(f"{uid}/api", {"key": "open-rotation-v2"})
+    async with asyncio.timeout(10):  # refresh-ahead notices the rotation; the app has not read
+        while metric(sidecar, "sidecar_rotations_total", {"class": "rotating"}) < 1:
+            await asyncio.sleep(0.05)
+    assert open_rotations("awaiting_adoption") == 1
+    assert (await (await client.get(path, headers=AUTH)).json())["version"] == 2
+    assert (open_rotations("awaiting_adoption"), open_rotations("overlap_open")) == (0, 1)
+    async with asyncio.timeout(10):  # the 3 s overlap ends
+        while metric(sidecar, "sidecar_previous_retired_total", {"class": "rotating"}) < 1:
+            await client.get(path, headers=AUTH)
+            await asyncio.sleep(0.2)
+    assert (open_rotations("awaiting_adoption"), open_rotations("overlap_open")) == (0, 0)
