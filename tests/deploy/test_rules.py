@@ -118,3 +118,12 @@ def test_the_chart_ships_the_dashboard_where_grafana_finds_it():
     assert json.loads(config_map["data"]["secrets-sidecar.json"]) == json.loads(
         dashboard.read_text()
     )
+
+
+def test_the_runbooks_panel_table_matches_the_dashboard():
+    """Links to panels (`viewPanel=ID`) in the runbooks' index point at the panel named."""
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "secrets-sidecar.json").read_text())
+    index = (ROOT / "docs" / "runbooks" / "README.md").read_text()
+    listed = dict(re.findall(r"^\| [^|]+ \| ([^|]+?) \| `(\d+)` \|$", index, re.M))
+    panels = {p["title"]: str(p["id"]) for p in dashboard["panels"] if p["type"] != "row"}
+    assert listed == panels
