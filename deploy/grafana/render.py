@@ -54,6 +54,7 @@ def render(url: str, start: float, end: float, out: Path) -> int:
                 .replace("$pod", ".*")
                 .replace("$class", ".*")
                 .replace("$__rate_interval", "1m")
+                .replace("$__range", "1h")
             )
             for series in _query_range(url, expr, start, end):
                 points = series["values"]  # type: ignore[index]

@@ -288,6 +288,8 @@ class Metrics:
             self.retired_uses.labels(name)
             self.previous_served.labels(name)
             self.previous_retired.labels(name)
+            # zeros first: an increase() over a series born at its first observation sees 0
+            self.rotation_adoption.labels(name)
 
     def notify(self, fact: Fact) -> None:
         """Every metric but the hot path's counts moves here, from a fact."""
