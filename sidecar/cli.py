@@ -19,6 +19,7 @@ import orjson
 from sidecar import __version__
 from sidecar.config import file_problems, load_settings
 from sidecar.core.durations import format_duration
+from sidecar.drill.commands import add_faultproxy, faultproxy_main
 from sidecar.http.tokens import CallerTokenError
 from sidecar.ops import logs
 from sidecar.ops.columns import aligned
@@ -129,6 +130,8 @@ def _parser() -> argparse.ArgumentParser:
             help="the sidecar's YAML config file (default: $SIDECAR_CONFIG)",
         )
 
+    add_faultproxy(commands)
+
     evidence = commands.add_parser(
         "evidence",
         help="per-secret rotations, presentations, failures and purges from the audit log",
@@ -201,6 +204,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             max_cache_age=args.max_cache_age,
             duration=args.duration,
         )
+    if args.command == "faultproxy":
+        return faultproxy_main(args)
     if args.command == "evidence":
         from sidecar.ops.evidence import main as evidence_main
 

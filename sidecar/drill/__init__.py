@@ -1,0 +1,1 @@
+"""Game-day tools: the fault-injecting proxy (``sidecar faultproxy``)."""

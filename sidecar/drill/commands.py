@@ -1,0 +1,156 @@
+"""The ``sidecar faultproxy`` command line: run the proxy, or set, show and clear its fault
+through the control API."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ipaddress
+import json
+import sys
+from typing import Any
+
+from sidecar.drill.faults import Mode
+
+DEFAULT_LISTEN = "127.0.0.1:18200"
+DEFAULT_CONTROL = "127.0.0.1:18299"
+EXIT_BAD_INPUT = 2
+
+
+def add_faultproxy(commands: Any) -> None:
+    """The ``faultproxy`` subcommand and its actions."""
+    parser = commands.add_parser(
+        "faultproxy",
+        help="a fault-injecting proxy between sidecars and the store, for game days",
+        description="Exit codes: 0 done, 1 the proxy could not be asked or refused, 2 bad input.",
+    )
+    actions = parser.add_subparsers(dest="faultproxy_command", metavar="ACTION", required=True)
+    run = actions.add_parser("run", help="proxy the stores, one listener each, from --listen up")
+    run.add_argument(
+        "--store",
+        action="append",
+        required=True,
+        metavar="URL",
+        help="a store node (repeat for more)",
+    )
+    run.add_argument(
+        "--listen",
+        default=DEFAULT_LISTEN,
+        metavar="HOST:PORT",
+        help=f"first store listener (default {DEFAULT_LISTEN})",
+    )
+    run.add_argument(
+        "--control",
+        default=DEFAULT_CONTROL,
+        metavar="HOST:PORT",
+        help=f"control API (default {DEFAULT_CONTROL}; loopback only)",
+    )
+    run.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="let --listen be a non-loopback address (staging clusters)",
+    )
+    set_ = actions.add_parser(
+        "set", help="put a fault in force, e.g. `set latency 3s`, `set error 503`"
+    )
+    set_.add_argument("mode", choices=[m.value for m in Mode if m is not Mode.PASS])
+    set_.add_argument(
+        "value", nargs="?", help="latency: the delay; error: the status; ratelimit: Retry-After"
+    )
+    set_.add_argument("--jitter", help="latency: ± this much, e.g. 500ms")
+    set_.add_argument("--fraction", type=float, help="only this share of the requests, 0..1")
+    set_.add_argument("--period", help="flap: on for this long, off for as long, e.g. 10s")
+    set_.add_argument("--prefix", help="only store paths under this prefix, e.g. secret/app/")
+    set_.add_argument("--node", type=int, help="only this store node (0 for the first --store)")
+    for action in (
+        set_,
+        actions.add_parser("clear", help="no fault: forward everything"),
+        actions.add_parser("show", help="the fault in force and the counts"),
+    ):
+        action.add_argument("--control", default=DEFAULT_CONTROL, metavar="HOST:PORT")
+
+
+def faultproxy_main(args: argparse.Namespace) -> int:
+    """Run the action ``args`` names; the exit code."""
+    if args.faultproxy_command == "run":
+        return _run(args)
+    from sidecar.drill.faultproxy import control_request
+
+    try:
+        if args.faultproxy_command == "clear":
+            answer = control_request(args.control, "DELETE")
+        elif args.faultproxy_command == "show":
+            answer = control_request(args.control, "GET")
+        else:
+            answer = control_request(args.control, "PUT", _fault_body(args))
+    except OSError as exc:
+        print(
+            f"sidecar: {exc} (is `sidecar faultproxy run` listening on {args.control}?)",
+            file=sys.stderr,
+        )
+        return 1
+    print(json.dumps(answer, sort_keys=True))
+    return 0
+
+
+def _fault_body(args: argparse.Namespace) -> dict[str, Any]:
+    body: dict[str, Any] = {"mode": args.mode}
+    if args.value is not None:
+        if args.mode == Mode.LATENCY:
+            body["delay"] = args.value
+        elif args.mode == Mode.ERROR:
+            body["status"] = int(args.value) if args.value.isdigit() else args.value
+        elif args.mode == Mode.RATE_LIMIT:
+            body["retry_after"] = args.value
+    for key in ("jitter", "fraction", "period", "prefix", "node"):
+        value = getattr(args, key)
+        if value is not None:
+            body[key] = value
+    return body
+
+
+def _address(text: str, what: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{what} must be HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _run(args: argparse.Namespace) -> int:
+    from sidecar.drill.faultproxy import FaultProxy, serve
+    from sidecar.ops.logs import configure
+
+    try:
+        host, port = _address(args.listen, "--listen")
+        control = _address(args.control, "--control")
+        if not _loopback(control[0]):
+            raise ValueError(
+                "--control must be a loopback address: it changes what the store answers"
+            )
+        if not _loopback(host) and not args.allow_remote:
+            raise ValueError(
+                f"--listen {args.listen} is not loopback; add --allow-remote to mean it"
+            )
+        for store in args.store:
+            if not store.startswith(("http://", "https://")):
+                raise ValueError(f"--store must be an http(s):// URL, got {store!r}")
+    except ValueError as exc:
+        print(f"sidecar: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    configure("info")
+    proxy = FaultProxy(args.store, host, port, control)
+    try:
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how it stops
+            asyncio.run(serve(proxy))
+    except OSError as exc:
+        print(f"sidecar: the fault proxy cannot listen: {exc}", file=sys.stderr)
+        return 1
+    return 0
