@@ -19,7 +19,7 @@ import orjson
 from sidecar import __version__
 from sidecar.config import file_problems, load_settings
 from sidecar.core.durations import format_duration
-from sidecar.drill.commands import add_faultproxy, faultproxy_main
+from sidecar.drill.commands import add_drill, add_faultproxy, drill_main, faultproxy_main
 from sidecar.http.tokens import CallerTokenError
 from sidecar.ops import logs
 from sidecar.ops.columns import aligned
@@ -131,6 +131,7 @@ def _parser() -> argparse.ArgumentParser:
         )
 
     add_faultproxy(commands)
+    add_drill(commands)
 
     evidence = commands.add_parser(
         "evidence",
@@ -206,6 +207,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
     if args.command == "faultproxy":
         return faultproxy_main(args)
+    if args.command == "drill":
+        return drill_main(args)
     if args.command == "evidence":
         from sidecar.ops.evidence import main as evidence_main
 

@@ -8,8 +8,12 @@ import asyncio
 import contextlib
 import ipaddress
 import json
+import os
 import sys
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from sidecar.drill.faults import Mode
 
@@ -154,3 +158,77 @@ def _run(args: argparse.Namespace) -> int:
         print(f"sidecar: the fault proxy cannot listen: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+# the drill's scenarios, named here so that building the parser imports no aiohttp (a test
+# keeps this equal to sidecar.drill.drill.SCENARIOS)
+SCENARIO_NAMES = ("store_blocked", "store_refusing", "store_slow", "stale_node", "rate_limited")
+
+
+def add_drill(commands: Any) -> None:
+    """The ``drill`` subcommand."""
+    parser = commands.add_parser(
+        "drill",
+        help="game day: the sidecar behind the fault proxy, failures under live reads, a verdict "
+        "per class",
+        description="Exit codes: 0 every class behaved as declared, 1 a verdict failed, "
+        "2 bad input.",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=os.environ.get("SIDECAR_CONFIG"),
+        help="the service's sidecar config (default: $SIDECAR_CONFIG)",
+    )
+    parser.add_argument(
+        "--scenario",
+        action="append",
+        choices=SCENARIO_NAMES,
+        help="run only these (repeat); default: all",
+    )
+    parser.add_argument("--warmup", default="3s", help="reads before each fault (default 3s)")
+    parser.add_argument("--fault", default="8s", help="how long each fault lasts (default 8s)")
+    parser.add_argument(
+        "--recovery", help="reads after each fault (default: 8s, at least backend.backoff.cap + 5s)"
+    )
+    parser.add_argument("--readers", type=int, default=4, help="concurrent readers (default 4)")
+    parser.add_argument("--json", action="store_true", help="the outcomes as JSON")
+
+
+def drill_main(args: argparse.Namespace) -> int:
+    """Run the drill ``args`` describes; 0 when every verdict holds."""
+    from sidecar.config import load_settings
+    from sidecar.core.durations import parse_duration
+    from sidecar.drill.drill import Drill, Phases
+    from sidecar.drill.scenarios import by_name, render_table
+    from sidecar.settings import ConfigError
+
+    try:
+        if args.config is None:
+            raise ValueError("give --config (or SIDECAR_CONFIG): the service's sidecar config")
+        settings = load_settings(args.config)
+        document = yaml.safe_load(Path(args.config).read_text()) or {}
+        recovery = (
+            parse_duration(args.recovery)
+            if args.recovery
+            else max(8.0, settings.backend.backoff.cap + 5)
+        )
+        phases = Phases(
+            parse_duration(args.warmup), parse_duration(args.fault), recovery, args.readers
+        )
+        if not 1 <= args.readers <= 64:
+            raise ValueError("--readers must be from 1 to 64")
+    except (ConfigError, ValueError, OSError) as exc:
+        print(f"sidecar: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    drill = Drill(settings, document, phases, lambda line: print(f"drill: {line}", file=sys.stderr))
+    try:
+        outcomes = asyncio.run(drill.run(by_name(args.scenario)))
+    except (ValueError, RuntimeError, OSError) as exc:
+        print(f"sidecar: the drill could not run: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps([o.as_dict() for o in outcomes], indent=2))
+    else:
+        print(render_table(outcomes))
+    return 0 if all(o.holds for o in outcomes) else 1
