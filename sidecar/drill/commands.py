@@ -162,7 +162,14 @@ def _run(args: argparse.Namespace) -> int:
 
 # the drill's scenarios, named here so that building the parser imports no aiohttp (a test
 # keeps this equal to sidecar.drill.drill.SCENARIOS)
-SCENARIO_NAMES = ("store_blocked", "store_refusing", "store_slow", "stale_node", "rate_limited")
+SCENARIO_NAMES = (
+    "store_blocked",
+    "store_refusing",
+    "store_slow",
+    "stale_node",
+    "rate_limited",
+    "restart_in_outage",
+)
 
 
 def add_drill(commands: Any) -> None:
@@ -193,6 +200,12 @@ def add_drill(commands: Any) -> None:
     )
     parser.add_argument("--readers", type=int, default=4, help="concurrent readers (default 4)")
     parser.add_argument("--json", action="store_true", help="the outcomes as JSON")
+    parser.add_argument(
+        "--report",
+        type=Path,
+        metavar="FILE.md",
+        help="also write a Markdown report with a timeline chart per scenario",
+    )
 
 
 def drill_main(args: argparse.Namespace) -> int:
@@ -200,7 +213,7 @@ def drill_main(args: argparse.Namespace) -> int:
     from sidecar.config import load_settings
     from sidecar.core.durations import parse_duration
     from sidecar.drill.drill import Drill, Phases
-    from sidecar.drill.scenarios import by_name, render_table
+    from sidecar.drill.scenarios import by_name, render_table, write_report
     from sidecar.settings import ConfigError
 
     try:
@@ -231,4 +244,7 @@ def drill_main(args: argparse.Namespace) -> int:
         print(json.dumps([o.as_dict() for o in outcomes], indent=2))
     else:
         print(render_table(outcomes))
+    if args.report is not None:
+        for note in write_report(args.report, outcomes, drill.timelines, args.config):
+            print(f"drill: {note}", file=sys.stderr)
     return 0 if all(o.holds for o in outcomes) else 1

@@ -39,6 +39,7 @@ class Scenario:
     name: str
     fault: Callable[[Settings], Fault]
     outage: bool = True
+    restart: bool = False  # stop and start the sidecar early in the fault (needs a snapshot key)
 
 
 SCENARIOS = [
@@ -47,6 +48,7 @@ SCENARIOS = [
     Scenario("store_slow", lambda s: Fault(Mode.LATENCY, delay=s.backend.timeout * 2)),
     Scenario("stale_node", lambda _s: Fault(Mode.STALE), outage=False),
     Scenario("rate_limited", lambda _s: Fault(Mode.RATE_LIMIT, retry_after=2)),
+    Scenario("restart_in_outage", lambda _s: Fault(Mode.BLACKHOLE), restart=True),
 ]
 
 
@@ -130,6 +132,11 @@ class Drill:
         }
         self.exits = 0
         self.fault_ended_at = 0.0
+        self.fault_started_at = 0.0
+        self.restarted_at: float | None = None
+        self.restart_problem: str | None = None
+        # scenario name -> its reads and when its fault began and ended (for the report's charts)
+        self.timelines: dict[str, tuple[list[Read], float, float]] = {}
 
     async def run(self, scenarios: list[Scenario]) -> list[Outcome]:
         """Every scenario in turn; the outcomes, class by class."""
@@ -153,14 +160,37 @@ class Drill:
             outcomes: list[Outcome] = []
             try:
                 token = (folder / "caller" / "token").read_text().strip()
+
+                async def restart() -> None:
+                    nonlocal process
+                    process.terminate()  # SIGTERM: the sidecar writes its snapshot as it stops
+                    await process.wait()
+                    process = await self._start_sidecar(config, folder, ops)
+
                 async with aiohttp.ClientSession() as session:
                     for scenario in scenarios:
+                        if scenario.restart and self.settings.snapshot.key_file is None:
+                            self.progress(
+                                f"scenario {scenario.name}: skipped: no snapshot.key_file, so a "
+                                "restart during an outage starts cold by design"
+                            )
+                            continue
                         self.progress(f"scenario {scenario.name}: warm-up, fault, recovery")
                         reads = await self._scenario(
-                            scenario, proxy, session, f"http://127.0.0.1:{api}", token
+                            scenario,
+                            proxy,
+                            session,
+                            f"http://127.0.0.1:{api}",
+                            token,
+                            restart if scenario.restart else None,
                         )
                         exited = process.returncode is not None
                         outcomes += self._judge(scenario, reads, exited)
+                        self.timelines[scenario.name] = (
+                            reads,
+                            self.fault_started_at,
+                            self.fault_ended_at,
+                        )
                         if exited:
                             self.exits += 1
                             process = await self._start_sidecar(config, folder, ops)
@@ -207,6 +237,7 @@ class Drill:
         session: aiohttp.ClientSession,
         api: str,
         token: str,
+        restart: Callable[[], Any] | None = None,
     ) -> list[Read]:
         reads: list[Read] = []
         started = time.monotonic()
@@ -225,8 +256,21 @@ class Drill:
         try:
             await asyncio.sleep(self.phases.warmup)
             phase[0] = "fault"
+            self.fault_started_at = time.monotonic() - started
             await proxy.set_fault(scenario.fault(self.settings))
-            await asyncio.sleep(self.phases.fault)
+            if restart is None:
+                await asyncio.sleep(self.phases.fault)
+            else:
+                await asyncio.sleep(min(1.0, self.phases.fault / 3))
+                phase[0] = "restart"  # reads while it restarts: counted, not judged
+                restarted = time.monotonic()
+                try:
+                    await restart()
+                except RuntimeError as exc:
+                    self.restart_problem = str(exc)
+                self.restarted_at = time.monotonic() - started
+                phase[0] = "fault"
+                await asyncio.sleep(max(0.0, self.phases.fault - (time.monotonic() - restarted)))
             await proxy.set_fault(Fault())
             self.fault_ended_at = time.monotonic() - started
             phase[0] = "recovery"
@@ -276,6 +320,8 @@ class Drill:
 
     def _judge(self, scenario: Scenario, reads: list[Read], exited: bool) -> list[Outcome]:
         outcomes = []
+        restarted_at, problem = self.restarted_at, self.restart_problem
+        self.restarted_at = self.restart_problem = None
         for name, policy in sorted(self.classes.items()):
             mine = [r for r in reads if self.class_of.get(r.path) == name]
             if not mine:
@@ -293,4 +339,15 @@ class Drill:
                     outage=scenario.outage,
                 )
             )
+            if scenario.restart:
+                outcome = outcomes[-1]
+                if problem is not None:
+                    outcome.broken.append(f"restarted during the outage: {problem}")
+                elif policy.on_outage == "serve_stale" and restarted_at is not None:
+                    warm = [r for r in mine if r.phase == "fault" and r.at > restarted_at]
+                    if not any(r.status == 200 for r in warm):
+                        outcome.broken.append(
+                            "restarted during the outage, it served nothing: no warm start "
+                            "from the snapshot"
+                        )
         return outcomes

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import datetime
+import platform
+from pathlib import Path
+
 from sidecar.drill.drill import SCENARIOS, Scenario
-from sidecar.drill.verdict import Outcome
+from sidecar.drill.verdict import Outcome, Read
 from sidecar.ops.columns import aligned
 
 
@@ -50,3 +54,78 @@ def render_table(outcomes: list[Outcome]) -> str:
     held = sum(o.holds for o in outcomes)
     lines.append(f"{held} of {len(outcomes)} verdicts hold")
     return "\n".join(lines)
+
+
+def write_report(
+    path: Path,
+    outcomes: list[Outcome],
+    timelines: dict[str, tuple[list[Read], float, float]],
+    config: Path,
+) -> list[str]:
+    """The drill as Markdown at ``path``, with a timeline chart per scenario next to it (PNG,
+    when matplotlib is installed: `pip install -e '.[bench]'`); the notes on what was left out."""
+    notes: list[str] = []
+    charts: dict[str, str] = {}
+    try:
+        charts = _charts(path, timelines)
+    except ImportError:
+        notes.append("no charts: matplotlib is not installed (pip install -e '.[bench]')")
+    held = sum(o.holds for o in outcomes)
+    lines = [
+        "# Drill report",
+        "",
+        f"`sidecar drill --config {config}` on {platform.node()} ({platform.platform()}), "
+        f"{datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds')}: "
+        f"**{held} of {len(outcomes)} verdicts hold**.",
+        "",
+        "```",
+        render_table(outcomes),
+        "```",
+        "",
+    ]
+    for scenario, image in charts.items():
+        lines += [f"## {scenario}", "", f"![reads over time, {scenario}]({image})", ""]
+    lines += [f"_{note}_" for note in notes]
+    path.write_text("\n".join(lines) + "\n")
+    return notes
+
+
+def _charts(path: Path, timelines: dict[str, tuple[list[Read], float, float]]) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    charts = {}
+    for scenario, (reads, fault_start, fault_end) in timelines.items():
+        figure, axis = plt.subplots(figsize=(9, 3))
+        kinds = sorted({_kind(r) for r in reads})
+        end = max((r.at for r in reads), default=1.0)
+        buckets = [i * 0.5 for i in range(int(end / 0.5) + 2)]
+        bottom = [0] * len(buckets)
+        for kind in kinds:
+            counts = [0] * len(buckets)
+            for read in reads:
+                if _kind(read) == kind:
+                    counts[int(read.at / 0.5)] += 1
+            axis.bar(buckets, counts, width=0.5, bottom=bottom, align="edge", label=kind)
+            bottom = [b + c for b, c in zip(bottom, counts, strict=True)]
+        axis.axvspan(fault_start, fault_end, color="red", alpha=0.08, label="fault")
+        axis.set_xlabel("seconds")
+        axis.set_ylabel("reads per 0.5 s")
+        axis.set_title(scenario)
+        axis.legend(fontsize=7, loc="upper right")
+        figure.tight_layout()
+        image = f"{path.stem}-{scenario}.png"
+        figure.savefig(path.parent / image, dpi=80)
+        plt.close(figure)
+        charts[scenario] = image
+    return charts
+
+
+def _kind(read: Read) -> str:
+    if read.status == 200:
+        return "200 stale" if read.stale else "200 fresh"
+    if read.status == 0:
+        return "no answer"
+    return f"{read.status} {read.reason or ''}".strip()
