@@ -176,7 +176,10 @@ class Server:
                 "version": __version__,
                 "listen": settings.listen,
                 "metrics_listen": settings.metrics_listen,
-                "store": settings.backend.address,
+                # every node, when `addresses` is configured (`address` is then only a default)
+                "store": [str(a) for a in settings.backend.addresses]
+                if settings.backend.addresses
+                else settings.backend.address,
                 "caller_token_file": str(settings.caller_token_file),
                 "max_connections": self._api.guard.limit,
             },
