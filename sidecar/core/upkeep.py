@@ -120,6 +120,13 @@ class Upkeep:
 
     # -- doing it ----------------------------------------------------------------------------
 
+    def _unconfirmed(self, key: CacheKey) -> bool:
+        # A value restored from the snapshot is served (stale) without any read fetching it:
+        # its confirmation is retried until it succeeds, read lately or not, or it would stay
+        # unconfirmed until max_cache_age after the store is back.
+        entry = self._entries.get(key)
+        return entry is not None and entry.provisional
+
     def wanted(self, key: CacheKey, now: float) -> bool:
         """Worth a store request: preloaded, awaited, or read within the refresh interval."""
         if key in self._preloaded or self._rotations.awaited(key):
@@ -132,7 +139,7 @@ class Upkeep:
         now = self._clock()
         for what, key, serial in self.schedule.due(now):
             if what is Due.FETCH:
-                if self.wanted(key, now):
+                if self.wanted(key, now) or self._unconfirmed(key):
                     self._refresh_in_background(key)
                 continue
             if what is Due.RETIRE:

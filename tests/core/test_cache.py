@@ -754,6 +754,30 @@ async def test_a_failed_confirmation_keeps_serving_the_restored_value(h: Harness
     assert (await h.cache.get(APP)).outcome is Outcome.HIT
 
 
+async def test_a_failed_confirmation_is_retried_even_when_nobody_read_it_lately(
+    h: Harness,
+) -> None:
+    """A restored value is served (stale) without any read fetching it: if its confirmation
+    failed, a retry must not wait for a read, or the value stays unconfirmed once the store is
+    back (found by `sidecar drill`, restart_in_outage)."""
+    h.cache.restore([_snap(APP, age=10)])  # never read since: not "wanted"
+    h.backend.error = outage()
+    h.cache.run_due()
+    await h.cache.settle()
+    failed = len(h.backend.calls)
+    assert failed == 1
+    h.backend.error = None  # the store is back
+    for _ in range(5):  # the retry comes after its backoff, with no read in between
+        if len(h.backend.calls) > failed:
+            break
+        h.clock.advance(h.cache.run_due() or 0)
+        h.cache.run_due()
+        await h.cache.settle()
+    assert len(h.backend.calls) == failed + 1  # retried once, and that confirmed it
+    ((_, held),) = list(h.cache.entries())
+    assert not held.provisional and held.secret.data == {"value": f"{APP}@v1"}
+
+
 async def test_restored_values_expire_at_max_cache_age_counted_from_the_store(
     h: Harness,
 ) -> None:

@@ -111,13 +111,12 @@ def test_a_sidecar_restarted_during_the_outage_serves_again_from_its_snapshot(
     document = yaml.safe_load(config.read_text())
     document["snapshot"] = {"key_file": str(key), "interval": "1s"}
     config.write_text(yaml.safe_dump(document))
-    main(args)  # the exit code is not asserted: see below
+    assert main(args) == 0
     outcomes = {o["class"]: o for o in json.loads(capsys.readouterr().out)}
     standard = outcomes["standard"]
-    # warm: restarted during the outage, it served the snapshot's value (stale, within limits)
-    assert standard["stale"] > 0
-    assert not [b for b in standard["broken"] if "served nothing" in b or "failed during" in b]
+    # warm: restarted during the outage, it served the snapshot's value (stale, within limits),
+    # and confirmed it once the store was back (this failed in 6 of 14 runs before the fix in
+    # core/upkeep.py: a restored value nobody had read lately was never retried)
+    assert standard["stale"] > 0 and standard["broken"] == []
+    assert standard["recovered_after_seconds"] is not None
     assert outcomes["payments"]["stale"] == 0  # fail_closed values are never in the snapshot
-    # Not asserted: recovery. In about half the runs here the restored value stays unconfirmed
-    # after the store is back (no fetch of it is logged again): a defect the drill found, left
-    # for the next session (see the closing note of issue 14).
