@@ -61,15 +61,24 @@ def admin_call(
     return reply
 
 
+def ask(
+    settings: Settings, method: str, path: str, body: Mapping[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """``admin_call`` for a command: the answer, or None once the reason is on stderr."""
+    try:
+        return admin_call(settings, method, path, body)
+    except AdminCallFailed as exc:
+        print(f"sidecar: {exc}", file=sys.stderr)
+        return None
+
+
 def purge_main(settings: Settings, *, path: str | None, prefix: str | None, every: bool) -> int:
     """``sidecar admin purge``: drop values from memory and snapshot; 0 done, 1 not done."""
     body: dict[str, Any] = (
         {"path": path} if path else {"prefix": prefix} if prefix else {"all": every}
     )
-    try:
-        reply = admin_call(settings, "POST", "/admin/purge", body)
-    except AdminCallFailed as exc:
-        print(f"sidecar: {exc}", file=sys.stderr)
+    reply = ask(settings, "POST", "/admin/purge", body)
+    if reply is None:
         return 1
     print(
         f"purged {reply.get('purged')} cached value(s) from memory and snapshot; the next read "
@@ -81,10 +90,8 @@ def purge_main(settings: Settings, *, path: str | None, prefix: str | None, ever
 def extend_main(settings: Settings, *, secret_class: str, max_cache_age: str, duration: str) -> int:
     """``sidecar admin extend``: a temporary, audited max_cache_age; 0 done, 1 refused."""
     body = {"class": secret_class, "max_cache_age": max_cache_age, "for": duration}
-    try:
-        reply = admin_call(settings, "POST", "/admin/extend", body)
-    except AdminCallFailed as exc:
-        print(f"sidecar: {exc}", file=sys.stderr)
+    reply = ask(settings, "POST", "/admin/extend", body)
+    if reply is None:
         return 1
     print(
         f"class {reply.get('class')}: max_cache_age {format_duration(reply['max_cache_age'])} "

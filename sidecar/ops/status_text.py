@@ -4,12 +4,11 @@ admin token from its config) as tables, for a terminal or `kubectl exec`."""
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Mapping
 from typing import Any
 
 from sidecar.core.durations import format_duration
-from sidecar.ops.admin_client import AdminCallFailed, admin_call
+from sidecar.ops.admin_client import ask
 from sidecar.ops.columns import aligned
 from sidecar.settings import Settings
 
@@ -18,10 +17,8 @@ EXIT_UNREACHABLE = 1
 
 def main(settings: Settings, *, as_json: bool) -> int:
     """Print the report; 0, or 1 when the sidecar cannot be asked (with what to check)."""
-    try:
-        report = admin_call(settings, "GET", "/admin/status")
-    except AdminCallFailed as exc:
-        print(f"sidecar: {exc}", file=sys.stderr)
+    report = ask(settings, "GET", "/admin/status")
+    if report is None:
         return EXIT_UNREACHABLE
     if as_json:
         print(json.dumps(report, indent=2))

@@ -18,6 +18,7 @@ from tests.conftest import (
     CALLER_TOKEN,
     CLASSES,
     SidecarFactory,
+    raw_request,
 )
 from tests.faultproxy import FaultProxy
 
@@ -135,3 +136,22 @@ async def test_the_status_page_is_not_on_the_unauthenticated_ops_listener(
     ops = await aiohttp_client(sidecar.ops)
     for path in ("/admin/status.html", "/admin/status"):
         assert (await ops.get(path, headers=ADMIN)).status == 404
+
+
+async def test_the_status_page_is_refused_in_any_other_spelling_and_to_the_caller_token(
+    make_sidecar: SidecarFactory,
+):
+    """Percent-encoded and absolute-form targets are refused before any report is built; so is
+    the caller token in the header the JSON endpoint takes."""
+    client, _ = await make_sidecar(classes=QUICK)
+    creds = _basic(ADMIN_TOKEN)
+    for target in (
+        "/admin/status%2Ehtml",
+        "/%61dmin/status.html",
+        f"http://{client.host}:{client.port}/admin/status.html",
+    ):
+        status, _, body = await raw_request(client, "GET", target, creds)
+        assert status in (400, 404), (target, status)
+        assert b"secrets-sidecar status" not in body
+    for page in ("/admin/status.html", "/admin/status"):
+        assert (await client.get(page, headers=AUTH)).status == 403

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -18,6 +19,25 @@ from tests.conftest import ADMIN_TOKEN, AUTH, config, running
 VALUE = "status-cli-value-8a1c"
 
 
+def _sidecar_config(
+    openbao: DevOpenBao, store_token_file: Path, tmp_path: Path, **extra: Any
+) -> tuple[dict[str, Any], Path]:
+    """A config on a fixed free port (the CLI reads it from the file), with the admin token
+    the in-process server uses in the file the config names; the document and its path."""
+    document = config(
+        openbao.addr,
+        store_token_file,
+        tmp_path,
+        listen=f"127.0.0.1:{free_port()}",
+        metrics_listen="127.0.0.1:0",
+        **extra,
+    )
+    (tmp_path / "admin-token").write_text(ADMIN_TOKEN)
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return document, path
+
+
 async def test_status_prints_each_secret_and_the_store_and_never_a_value(
     openbao: DevOpenBao,
     store_token_file: Path,
@@ -26,16 +46,7 @@ async def test_status_prints_each_secret_and_the_store_and_never_a_value(
     capsys: pytest.CaptureFixture[str],
 ):
     openbao.kv_put(f"{uid}/db", {"password": VALUE})
-    document = config(
-        openbao.addr,
-        store_token_file,
-        tmp_path,
-        listen=f"127.0.0.1:{free_port()}",
-        metrics_listen="127.0.0.1:0",
-    )
-    (tmp_path / "admin-token").write_text(ADMIN_TOKEN)  # what the config's admin_token_file holds
-    path = tmp_path / "sidecar.yaml"
-    path.write_text(yaml.safe_dump(document))
+    document, path = _sidecar_config(openbao, store_token_file, tmp_path)
     async with running(document) as (_, api, _ops):
         async with aiohttp.ClientSession() as session:
             reply = await session.get(f"{api}/secrets/secret/{uid}/db", headers=AUTH)
@@ -88,17 +99,9 @@ async def test_admin_purge_and_extend_act_on_the_running_sidecar_and_say_why_not
     capsys: pytest.CaptureFixture[str],
 ):
     openbao.kv_put(f"{uid}/db", {"password": VALUE})
-    document = config(
-        openbao.addr,
-        store_token_file,
-        tmp_path,
-        listen=f"127.0.0.1:{free_port()}",
-        metrics_listen="127.0.0.1:0",
-        audit_log=str(tmp_path / "audit.log"),
+    document, path = _sidecar_config(
+        openbao, store_token_file, tmp_path, audit_log=str(tmp_path / "audit.log")
     )
-    (tmp_path / "admin-token").write_text(ADMIN_TOKEN)
-    path = tmp_path / "sidecar.yaml"
-    path.write_text(yaml.safe_dump(document))
     cli = ["--config", str(path)]
 
     async def run(*args: str) -> tuple[int, str, str]:
