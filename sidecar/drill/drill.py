@@ -68,7 +68,8 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _ports(count: int) -> int:
+def free_port_run(count: int) -> int:
+    """A first loopback port with ``count`` free ones from it (the proxy listens on a run)."""
     for _ in range(100):
         first = _free_port()
         try:
@@ -145,7 +146,7 @@ class Drill:
         stores = self.settings.backend.addresses or [self.settings.backend.address]
         with tempfile.TemporaryDirectory(prefix="sidecar-drill-") as scratch:
             folder = Path(scratch)
-            first = _ports(len(stores))
+            first = free_port_run(len(stores))
             proxy = FaultProxy(
                 [str(s) for s in stores], "127.0.0.1", first, ("127.0.0.1", _free_port())
             )

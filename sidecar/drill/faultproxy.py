@@ -276,11 +276,6 @@ def _reset(request: web.Request) -> None:
     transport.abort()
 
 
-def describe_json(fault: Fault) -> str:
-    """One line for the CLI."""
-    return json.dumps(fault.describe(), sort_keys=True)
-
-
 async def serve(proxy: FaultProxy) -> None:
     """Run ``proxy`` until cancelled (SIGINT/SIGTERM in the CLI)."""
     try:

@@ -18,6 +18,7 @@ import pytest
 from sidecar.cli import main
 from sidecar.core.clock import ManualClock
 from sidecar.dev.openbao import DevOpenBao, free_port
+from sidecar.drill.drill import free_port_run
 from sidecar.drill.faultproxy import FaultProxy
 from sidecar.drill.faults import Fault, Mode
 from tests.conftest import ADMIN, AUTH, CLASSES, SidecarFactory, config, metric
@@ -28,23 +29,9 @@ QUICK = {
 }
 
 
-def _ports(count: int) -> int:
-    """A first port with ``count`` free ones after it (the proxy listens on consecutive ports)."""
-    for _ in range(50):
-        first = free_port()
-        try:
-            for offset in range(1, count):
-                with __import__("socket").create_server(("127.0.0.1", first + offset)):
-                    pass
-            return first
-        except OSError:
-            continue
-    raise AssertionError("no run of free ports")
-
-
 @pytest.fixture
 async def proxy(openbao: DevOpenBao) -> AsyncIterator[FaultProxy]:
-    first = _ports(2)
+    first = free_port_run(2)
     running = FaultProxy(
         [openbao.addr, openbao.addr], "127.0.0.1", first, ("127.0.0.1", free_port())
     )
