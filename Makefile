@@ -79,7 +79,7 @@ clean:
 BENCH_STAMP := $(VENV)/.bench-installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 BENCH_ARGS  ?=
 
-.PHONY: bench bench-smoke docs-images
+.PHONY: bench bench-smoke docs-images drill
 
 ## docs-images: docs/images/{dashboard,status-page}.png from the live tests that draw them
 docs-images: $(BENCH_STAMP) test-deps
@@ -99,6 +99,10 @@ bench: $(BENCH_STAMP)
 	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q wrk >/dev/null 2>&1; }; }; } || true
 	@command -v wrk >/dev/null 2>&1 || echo ">> wrk is not available: the built-in load generator is used"
 	$(BIN)/python -m benchmarks --update-docs $(BENCH_ARGS)
+
+## drill: the game day (every `sidecar drill` scenario on a local OpenBao, and a raft leader killed): docs/drill/report.md and its charts
+drill: $(BENCH_STAMP)
+	$(BIN)/python -m sidecar.dev.gameday docs/drill
 
 ## bench-smoke: every benchmark scenario briefly, only checking that each completes (CI)
 bench-smoke: $(STAMP)

@@ -235,3 +235,33 @@ def docs_image(name: str) -> str | None:
     None: an ordinary run keeps nothing."""
     folder = os.environ.get("DOCS_IMAGES")
     return str(Path(folder) / name) if folder else None
+
+
+def read_policy(openbao: DevOpenBao, uid: str) -> None:
+    """A store policy named ``uid`` that reads KV v2 secrets under ``secret/<uid>/``."""
+    openbao.request(
+        "POST",
+        f"sys/policies/acl/{uid}",
+        {"policy": f'path "secret/data/{uid}/*" {{ capabilities = ["read"] }}'},
+    )
+
+
+def approle_auth(openbao: DevOpenBao, uid: str, tmp_path: Path, **role: Any) -> dict[str, Any]:
+    """An AppRole mount ``ar<uid>`` with a role reading ``secret/<uid>/``; the sidecar's
+    ``backend.auth`` for it (the secret_id in a file under ``tmp_path``)."""
+    mount = f"ar{uid}"
+    openbao.request("POST", f"sys/auth/{mount}", {"type": "approle"})
+    read_policy(openbao, uid)
+    openbao.request(
+        "POST", f"auth/{mount}/role/app", {"token_policies": [uid], "token_ttl": "1h", **role}
+    )
+    role_id = openbao.request("GET", f"auth/{mount}/role/app/role-id")["data"]["role_id"]
+    secret_id = openbao.request("POST", f"auth/{mount}/role/app/secret-id")["data"]["secret_id"]
+    secret_id_file = tmp_path / "secret-id"
+    secret_id_file.write_text(secret_id)
+    return {
+        "method": "approle",
+        "role_id": role_id,
+        "secret_id_file": str(secret_id_file),
+        "mount": mount,
+    }

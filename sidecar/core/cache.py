@@ -107,6 +107,7 @@ class SecretCache:
             classify=self.classify,
             clock=clock,
             wall=wall,
+            lag_hold=backoff,
         )
         # purge, revocations and class windows: incident controls, not the read path
         self.controls = Controls(

@@ -47,7 +47,10 @@ class Fetcher:
         classify: Callable[[str], SecretClass],
         clock: Callable[[], float],
         wall: Callable[[], float],
+        lag_hold: tuple[float, float] = (0.5, 30.0),
     ) -> None:
+        """``lag_hold``: (base, cap) of how long a key is not asked again after the store
+        answered it with an older version than the one held (doubling while it keeps lagging)."""
         self._backend = backend
         self._entries = entries
         self._rotations = rotations
@@ -60,6 +63,12 @@ class Fetcher:
         self._wall = wall
         self._coalescer: Coalescer[CacheKey, Entry] = Coalescer()
         self._log_limit = LogLimiter()
+        # A lagging node answers fast and healthily, so neither the circuit breaker nor a
+        # Retry-After slows the asking; without this hold, every read of a value past its
+        # refresh_interval asked again (found by `sidecar drill`'s stale_node: ~10 store
+        # requests a second per secret). key -> (ask again at, times in a row, the answer)
+        self._lag_hold = lag_hold
+        self._lagging: dict[CacheKey, tuple[float, int, StoreUnavailable]] = {}
 
     def start(self, key: CacheKey) -> tuple[asyncio.Task[Entry], bool]:
         """The fetch of ``key``, and whether it was already under way (coalesced)."""
@@ -75,6 +84,9 @@ class Fetcher:
         started = self._clock()
         purges = self._refusals.mark()
         held = self._entries.get(key)
+        lagging = self._lagging.get(key)
+        if lagging is not None and started < lagging[0]:
+            raise lagging[2].with_traceback(None)  # it said older a moment ago: not asked yet
         try:
             unchanged = version is None and await self._unchanged(path, held)
             secret = held.secret if unchanged and held else await self._backend.read(path, version)
@@ -97,11 +109,15 @@ class Fetcher:
                 f"older than version {held.secret.version} already served",
             )
             self._listener.notify(FetchFinished(path, secret_class, now - started, stale_read))
+            times = lagging[1] + 1 if lagging is not None else 0
+            base, cap = self._lag_hold
+            self._lagging[key] = (now + min(cap, base * 2.0 ** min(times, 62)), times, stale_read)
             log.warning(
                 "store answered an older version; keeping ours",
                 extra={"path": path, "class": secret_class.name, "version": secret.version},
             )
             raise stale_read
+        self._lagging.pop(key, None)
         self._listener.notify(FetchFinished(path, secret_class, now - started, None))
         log.info(
             "store fetch",

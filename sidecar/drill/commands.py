@@ -168,7 +168,11 @@ SCENARIO_NAMES = (
     "store_slow",
     "stale_node",
     "rate_limited",
+    "token_revoked",
+    "rotation",
     "restart_in_outage",
+    "restart_storm",
+    "outage_past_max_age",
 )
 
 
@@ -199,6 +203,31 @@ def add_drill(commands: Any) -> None:
         "--recovery", help="reads after each fault (default: 8s, at least backend.backoff.cap + 5s)"
     )
     parser.add_argument("--readers", type=int, default=4, help="concurrent readers (default 4)")
+    parser.add_argument(
+        "--storm", type=int, default=8, help="sidecars the restart storm starts at once (default 8)"
+    )
+    parser.add_argument(
+        "--long-limit",
+        default="2m",
+        help="the longest a fault may be stretched: the outage past max_cache_age, a rotation "
+        "or warm-up that must cover a refresh_interval (default 2m)",
+    )
+    parser.add_argument(
+        "--operator-token-file",
+        type=Path,
+        metavar="FILE",
+        help="a store token that may write the config's secrets and revoke tokens; without it, "
+        "stale_node, rotation and token_revoked are skipped. The drill writes each secret's "
+        "data again as a new version: the values do not change",
+    )
+    parser.add_argument(
+        "--store-audit-log",
+        type=Path,
+        action="append",
+        metavar="FILE",
+        help="the store's file audit log (repeat for each node): store requests are counted "
+        "there; default: at the fault proxy",
+    )
     parser.add_argument("--json", action="store_true", help="the outcomes as JSON")
     parser.add_argument(
         "--report",
@@ -227,24 +256,53 @@ def drill_main(args: argparse.Namespace) -> int:
             else max(8.0, settings.backend.backoff.cap + 5)
         )
         phases = Phases(
-            parse_duration(args.warmup), parse_duration(args.fault), recovery, args.readers
+            parse_duration(args.warmup),
+            parse_duration(args.fault),
+            recovery,
+            args.readers,
+            args.storm,
+            parse_duration(args.long_limit),
         )
         if not 1 <= args.readers <= 64:
             raise ValueError("--readers must be from 1 to 64")
+        if not 1 <= args.storm <= 64:
+            raise ValueError("--storm must be from 1 to 64")
+        operator_token = None
+        if args.operator_token_file is not None:
+            operator_token = args.operator_token_file.read_text().strip()
+            if not operator_token:
+                raise ValueError(f"--operator-token-file {args.operator_token_file} is empty")
+        for audit in args.store_audit_log or []:
+            if not audit.is_file():
+                raise ValueError(f"--store-audit-log {audit}: no such file")
     except (ConfigError, ValueError, OSError) as exc:
         print(f"sidecar: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    drill = Drill(settings, document, phases, lambda line: print(f"drill: {line}", file=sys.stderr))
+    drill = Drill(
+        settings,
+        document,
+        phases,
+        lambda line: print(f"drill: {line}", file=sys.stderr, flush=True),
+        operator_token=operator_token,
+        audit_logs=args.store_audit_log,
+    )
     try:
         outcomes = asyncio.run(drill.run(by_name(args.scenario)))
     except (ValueError, RuntimeError, OSError) as exc:
         print(f"sidecar: the drill could not run: {exc}", file=sys.stderr)
         return 1
     if args.json:
-        print(json.dumps([o.as_dict() for o in outcomes], indent=2))
+        document = {"outcomes": [o.as_dict() for o in outcomes], "skipped": drill.skipped}
+        print(json.dumps(document, indent=2))
     else:
-        print(render_table(outcomes))
+        print(render_table(outcomes, drill.skipped))
     if args.report is not None:
-        for note in write_report(args.report, outcomes, drill.timelines, args.config):
+        for note in write_report(
+            args.report,
+            outcomes,
+            drill.timelines,
+            f"sidecar drill --config {args.config}",
+            drill.skipped,
+        ):
             print(f"drill: {note}", file=sys.stderr)
     return 0 if all(o.holds for o in outcomes) else 1

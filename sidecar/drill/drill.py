@@ -1,111 +1,112 @@
 """``sidecar drill``: run the service's own sidecar config behind the fault proxy, drive steady
 reads through it, inject one failure after another (each with a warm-up, the fault and a
-recovery), and judge every class against what it declares.
-
-The sidecar runs as a process of its own (a crash shows as an exit), with the config as given
-except where the drill must put things: the store addresses (the proxy's), its listeners and
-token files (free loopback ports, a scratch folder), the snapshot and audit files (the same
-folder). Its store identity is the config's own."""
+recovery), and judge every class against what it declares. How the sidecar is run is in
+``process``; what the drill does to the store itself (a new version, a revoked token) in
+``operator``; how store requests are counted in ``counting``."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import socket
-import subprocess
-import sys
+import shutil
+import statistics
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import yaml
 
 from sidecar.core.policy import is_literal
+from sidecar.drill.counting import AuditTail, by_class
 from sidecar.drill.faultproxy import FaultProxy
 from sidecar.drill.faults import Fault, Mode
-from sidecar.drill.verdict import ClassPolicy, Outcome, Read, judge
+from sidecar.drill.operator import Operator, OperatorError
+from sidecar.drill.process import SidecarProcess, free_port, free_port_run
+from sidecar.drill.verdict import (
+    HEALTHY,
+    OUTAGE,
+    WRONG,
+    ClassPolicy,
+    Outcome,
+    Read,
+    judge,
+    judge_rotation,
+)
 from sidecar.settings import Settings
+
+REWRITE, REVOKE_TOKEN = "rewrite", "revoke_token"
+
+
+def _healthy(_settings: Settings) -> Fault:
+    return Fault()
 
 
 @dataclass(frozen=True)
 class Scenario:
-    """One failure: the fault, and whether it makes the store unavailable (rather than wrong)."""
+    """One failure: the fault the proxy injects, what it does to the store (``kind``), and
+    what else happens: a sidecar restart, an ``event`` at the fault's start (a new version of
+    every secret, the sidecar's token revoked), a ``prepare`` step in the warm-up, an
+    ``action`` of the caller's (``make drill`` kills a raft leader)."""
 
     name: str
-    fault: Callable[[Settings], Fault]
-    outage: bool = True
+    fault: Callable[[Settings], Fault] = _healthy
+    kind: str = OUTAGE
     restart: bool = False  # stop and start the sidecar early in the fault (needs a snapshot key)
+    event: str | None = None
+    prepare: str | None = None
+    long: bool = False  # the fault outlasts the shortest serve_stale max_cache_age
+    storm: bool = False  # many sidecars started at once, cold and warm
+    action: Callable[[], Awaitable[None]] | None = field(default=None, compare=False)
 
 
 SCENARIOS = [
     Scenario("store_blocked", lambda _s: Fault(Mode.BLACKHOLE)),
     Scenario("store_refusing", lambda _s: Fault(Mode.REFUSE)),
     Scenario("store_slow", lambda s: Fault(Mode.LATENCY, delay=s.backend.timeout * 2)),
-    Scenario("stale_node", lambda _s: Fault(Mode.STALE), outage=False),
+    Scenario("stale_node", lambda _s: Fault(Mode.STALE), kind=WRONG, prepare=REWRITE),
     Scenario("rate_limited", lambda _s: Fault(Mode.RATE_LIMIT, retry_after=2)),
+    Scenario("token_revoked", kind=HEALTHY, event=REVOKE_TOKEN),
+    Scenario("rotation", kind=HEALTHY, event=REWRITE),
     Scenario("restart_in_outage", lambda _s: Fault(Mode.BLACKHOLE), restart=True),
+    Scenario("restart_storm", kind=HEALTHY, storm=True),
+    Scenario("outage_past_max_age", lambda _s: Fault(Mode.BLACKHOLE), long=True),
 ]
 
 
 @dataclass(frozen=True)
 class Phases:
-    """How long each phase of a scenario lasts, and how many readers run."""
+    """How long each phase of a scenario lasts, how many readers run, how many sidecars the
+    restart storm starts, and the longest a stretched phase may last (``long_limit``: the long
+    outage, and a rotation or warm-up that must cover a refresh_interval)."""
 
     warmup: float = 3.0
     fault: float = 8.0
     recovery: float = 8.0
     readers: int = 4
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def free_port_run(count: int) -> int:
-    """A first loopback port with ``count`` free ones from it (the proxy listens on a run)."""
-    for _ in range(100):
-        first = _free_port()
-        try:
-            for offset in range(1, count):
-                with socket.create_server(("127.0.0.1", first + offset)):
-                    pass
-        except OSError:
-            continue
-        return first
-    raise OSError("no run of free loopback ports")
-
-
-def drill_config(
-    document: dict[str, Any], proxies: list[str], folder: Path, api: int, ops: int
-) -> dict[str, Any]:
-    """The service's config, with what the drill must own replaced."""
-    config = dict(document)
-    backend = dict(config.get("backend") or {})
-    backend.pop("address", None)
-    backend["addresses"] = proxies
-    config["backend"] = backend
-    config["listen"] = f"127.0.0.1:{api}"
-    config["metrics_listen"] = f"127.0.0.1:{ops}"
-    config["caller_token_file"] = str(folder / "caller" / "token")
-    config["admin_token_file"] = str(folder / "admin" / "token")
-    config["audit_log"] = str(folder / "audit.log")
-    config["startup_jitter"] = "0s"
-    snapshot = dict(config.get("snapshot") or {})
-    snapshot["path"] = str(folder / "snapshot")
-    config["snapshot"] = snapshot
-    return config
+    storm: int = 8
+    long_limit: float = 120.0
 
 
 def read_paths(settings: Settings) -> list[str]:
     """The secrets the drill reads: every literal rule (globs name no path to read)."""
     return [rule.match for rule in settings.policy().rules if is_literal(rule.match)]
+
+
+@dataclass
+class Marks:
+    """When a scenario's fault began and ended (seconds from its start), and what happened."""
+
+    started: float = 0.0
+    fault_start: float = 0.0
+    fault_end: float = 0.0
+    written: dict[str, int] = field(default_factory=dict)  # path -> version the drill wrote
+    restarted_at: float | None = None
+    problems: list[str] = field(default_factory=list)  # scenario-wide: every class breaks
+    notes: list[str] = field(default_factory=list)  # scenario-wide: not judged, and why
 
 
 class Drill:
@@ -117,6 +118,9 @@ class Drill:
         document: dict[str, Any],
         phases: Phases,
         progress: Callable[[str], None],
+        *,
+        operator_token: str | None = None,
+        audit_logs: list[Path] | None = None,
     ) -> None:
         self.settings = settings
         self.document = document
@@ -124,163 +128,267 @@ class Drill:
         self.progress = progress
         self.paths = read_paths(settings)
         self.classes = {
-            name: ClassPolicy(name, c.on_outage, c.refresh_interval, c.max_cache_age)
+            name: ClassPolicy(
+                name, c.on_outage, c.refresh_interval, c.max_cache_age, overlap=c.overlap
+            )
             for name, c in settings.classes.items()
         }
         policy = settings.policy()
         self.class_of = {
             path: found.name for path in self.paths if (found := policy.classify(path)) is not None
         }
+        backend = settings.backend
+        self.stores = [str(s) for s in (backend.addresses or [backend.address])]
+        self.operator = Operator(self.stores[0], operator_token) if operator_token else None
+        self.audit = AuditTail(audit_logs) if audit_logs else None
         self.exits = 0
-        self.fault_ended_at = 0.0
-        self.fault_started_at = 0.0
-        self.restarted_at: float | None = None
-        self.restart_problem: str | None = None
+        self.skipped: dict[str, str] = {}  # scenario -> why it did not run
         # scenario name -> its reads and when its fault began and ended (for the report's charts)
         self.timelines: dict[str, tuple[list[Read], float, float]] = {}
+        self.proxies: list[str] = []
+
+    # -- the run -----------------------------------------------------------------------
 
     async def run(self, scenarios: list[Scenario]) -> list[Outcome]:
         """Every scenario in turn; the outcomes, class by class."""
         if not self.paths:
             raise ValueError("no literal secret paths in the config's rules to read")
-        stores = self.settings.backend.addresses or [self.settings.backend.address]
         with tempfile.TemporaryDirectory(prefix="sidecar-drill-") as scratch:
             folder = Path(scratch)
-            first = free_port_run(len(stores))
+            first = free_port_run(len(self.stores))
             proxy = FaultProxy(
-                [str(s) for s in stores], "127.0.0.1", first, ("127.0.0.1", _free_port())
+                self.stores, "127.0.0.1", first, ("127.0.0.1", free_port()), remember_token=True
             )
             await proxy.start()
-            api, ops = _free_port(), _free_port()
-            config = folder / "sidecar.yaml"
-            proxies = [f"http://127.0.0.1:{first + i}" for i in range(len(stores))]
-            config.write_text(
-                yaml.safe_dump(drill_config(self.document, proxies, folder, api, ops))
-            )
-            process = await self._start_sidecar(config, folder, ops)
+            self.proxies = [f"http://127.0.0.1:{first + i}" for i in range(len(self.stores))]
+            sidecar = SidecarProcess(self.document, self.proxies, folder / "sidecar")
             outcomes: list[Outcome] = []
             try:
-                token = (folder / "caller" / "token").read_text().strip()
-
-                async def restart() -> None:
-                    nonlocal process
-                    process.terminate()  # SIGTERM: the sidecar writes its snapshot as it stops
-                    await process.wait()
-                    process = await self._start_sidecar(config, folder, ops)
-
+                await sidecar.start()
                 async with aiohttp.ClientSession() as session:
                     for scenario in scenarios:
-                        if scenario.restart and self.settings.snapshot.key_file is None:
-                            self.progress(
-                                f"scenario {scenario.name}: skipped: no snapshot.key_file, so a "
-                                "restart during an outage starts cold by design"
-                            )
+                        why = self._cannot_run(scenario)
+                        if why is not None:
+                            self.skipped[scenario.name] = why
+                            self.progress(f"scenario {scenario.name}: skipped: {why}")
                             continue
-                        self.progress(f"scenario {scenario.name}: warm-up, fault, recovery")
-                        reads = await self._scenario(
-                            scenario,
-                            proxy,
-                            session,
-                            f"http://127.0.0.1:{api}",
-                            token,
-                            restart if scenario.restart else None,
+                        if scenario.storm:
+                            done = await self._storm(session, proxy, sidecar, folder)
+                        else:
+                            done = await self._one(scenario, proxy, session, sidecar)
+                        held = sum(o.holds for o in done)
+                        self.progress(
+                            f"scenario {scenario.name}: {held} of {len(done)} classes hold"
                         )
-                        exited = process.returncode is not None
-                        outcomes += self._judge(scenario, reads, exited)
-                        self.timelines[scenario.name] = (
-                            reads,
-                            self.fault_started_at,
-                            self.fault_ended_at,
-                        )
-                        if exited:
+                        outcomes += done
+                        if sidecar.exited:
                             self.exits += 1
-                            process = await self._start_sidecar(config, folder, ops)
-                            token = (folder / "caller" / "token").read_text().strip()
+                            await sidecar.start()
             finally:
-                if process.returncode is None:
-                    process.terminate()
-                    await process.wait()
+                await sidecar.stop()
                 await proxy.stop()
             return outcomes
 
-    async def _start_sidecar(
-        self, config: Path, folder: Path, ops: int
-    ) -> asyncio.subprocess.Process:
-        log = (folder / "sidecar.log").open("ab")
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "sidecar",
-            "run",
-            "--config",
-            str(config),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "SIDECAR_CONFIG": str(config)},
-        )
-        deadline = time.monotonic() + 60
-        async with aiohttp.ClientSession() as session:
-            while True:
-                if process.returncode is not None:
-                    raise RuntimeError(f"the sidecar exited at start; see {folder / 'sidecar.log'}")
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with session.get(f"http://127.0.0.1:{ops}/readyz") as ready:
-                        if ready.status == 200:
-                            return process
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the sidecar did not become ready within 60s")
-                await asyncio.sleep(0.2)
+    def _cannot_run(self, scenario: Scenario) -> str | None:
+        """Why ``scenario`` cannot run with this config and these options (None: it can)."""
+        needs_operator = REWRITE in (scenario.event, scenario.prepare)
+        if needs_operator and self.operator is None:
+            return (
+                "needs --operator-token-file: the drill writes a new version of each secret "
+                "(the same data again)"
+            )
+        if scenario.event == REVOKE_TOKEN:
+            if self.operator is None:
+                return "needs --operator-token-file: the drill revokes the sidecar's store token"
+            if self.settings.backend.auth.method == "token":
+                return (
+                    "token auth: a revoked token stays dead until token_file is rewritten; the "
+                    "scenario is for approle or kubernetes auth, which log in again"
+                )
+        if scenario.restart and self.settings.snapshot.key_file is None:
+            return "no snapshot.key_file, so a restart during an outage starts cold by design"
+        if scenario.long:
+            ages = [c.max_cache_age for c in self.classes.values() if c.on_outage == "serve_stale"]
+            if not ages:
+                return "no serve_stale class: nothing is served once the store is gone"
+            if self._long_fault() > self.phases.long_limit:
+                return (
+                    f"the shortest serve_stale max_cache_age ({min(ages):g}s) is longer than "
+                    f"--long-limit ({self.phases.long_limit:g}s); raise --long-limit to run it"
+                )
+        return None
 
-    async def _scenario(
+    def _long_fault(self) -> float:
+        ages = [c.max_cache_age for c in self.classes.values() if c.on_outage == "serve_stale"]
+        return min(ages) + self.settings.backend.timeout + 3.0
+
+    def _slack(self) -> float:
+        """How long past a refresh_interval a change may take to reach the readers."""
+        return 2.0 + self.settings.backend.timeout
+
+    def _covering_refresh(self) -> float:
+        """A phase long enough for every class to refresh once (within ``long_limit``)."""
+        longest = max((c.refresh_interval for c in self.classes.values()), default=0.0)
+        return min(longest + self._slack(), self.phases.long_limit)
+
+    # -- one scenario --------------------------------------------------------------------
+
+    async def _one(
         self,
         scenario: Scenario,
         proxy: FaultProxy,
         session: aiohttp.ClientSession,
-        api: str,
-        token: str,
-        restart: Callable[[], Any] | None = None,
-    ) -> list[Read]:
+        sidecar: SidecarProcess,
+    ) -> list[Outcome]:
+        self.progress(f"scenario {scenario.name}: warm-up, fault, recovery")
+        before = proxy.paths.copy()
+        operator_before = self.operator.paths.copy() if self.operator else Counter()
+        if self.audit is not None:
+            self.audit.take()
+        injected = proxy.injected
+        reads, marks = await self._traffic(scenario, proxy, session, sidecar)
+        if scenario.fault(self.settings).mode is Mode.STALE and proxy.injected == injected:
+            marks.notes.append(
+                "not exercised: the proxy had no older version of any secret to answer with"
+            )
+        self.timelines[scenario.name] = (reads, marks.fault_start, marks.fault_end)
+        counts, source = self._store_requests(proxy, before, operator_before)
+        outcomes = self._judge(scenario, reads, marks, sidecar.exited)
+        for outcome in outcomes:
+            outcome.store_requests = counts[outcome.secret_class]
+            outcome.store_source = source
+        return outcomes
+
+    def _store_requests(
+        self, proxy: FaultProxy, before: Counter[str], operator_before: Counter[str]
+    ) -> tuple[Counter[str], str]:
+        """This scenario's store requests for each class's secrets, and where they were counted."""
+        if self.audit is not None:
+            seen = self.audit.take()
+            if self.operator is not None:  # the drill's own writes are not the sidecar's
+                seen.subtract(self.operator.paths - operator_before)
+            return by_class(+seen, self.class_of), "audit log"
+        return by_class(proxy.paths - before, self.class_of), "proxy"
+
+    async def _traffic(
+        self,
+        scenario: Scenario,
+        proxy: FaultProxy,
+        session: aiohttp.ClientSession,
+        sidecar: SidecarProcess,
+    ) -> tuple[list[Read], Marks]:
         reads: list[Read] = []
-        started = time.monotonic()
+        marks = Marks(started=time.monotonic())
         phase = ["warmup"]
         stop = asyncio.Event()
+        token = [sidecar.caller_token()]
+        unread, every_path_read = set(self.paths), asyncio.Event()
+        overlapping = {
+            path
+            for path, name in self.class_of.items()
+            if scenario.event == REWRITE and self.classes[name].overlap > 0
+        }
 
         async def reader(offset: int) -> None:
             turn = offset
             while not stop.is_set():
                 path = self.paths[turn % len(self.paths)]
+                # every third round over the paths asks for the previous version instead
+                previous = path in overlapping and (turn // len(self.paths)) % 3 == 2
                 turn += 1
-                reads.append(await self._read(session, api, token, path, phase[0], started))
+                read = await self._read(
+                    session, sidecar.api, token[0], path, phase[0], marks.started, previous
+                )
+                reads.append(read)
+                if read.status == 200:
+                    unread.discard(path)
+                    if not unread:
+                        every_path_read.set()
                 await asyncio.sleep(0.05)
 
         readers = [asyncio.create_task(reader(i)) for i in range(self.phases.readers)]
         try:
-            await asyncio.sleep(self.phases.warmup)
+            warmup = self.phases.warmup
+            if scenario.prepare == REWRITE:
+                # the proxy must have seen the version before (each secret read once), and the
+                # sidecar must hold the new one before the fault
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(every_path_read.wait(), warmup)
+                await self._rewrite(marks)
+                warmup = max(warmup, self._covering_refresh())
+            await asyncio.sleep(warmup)
             phase[0] = "fault"
-            self.fault_started_at = time.monotonic() - started
-            await proxy.set_fault(scenario.fault(self.settings))
-            if restart is None:
-                await asyncio.sleep(self.phases.fault)
-            else:
-                await asyncio.sleep(min(1.0, self.phases.fault / 3))
-                phase[0] = "restart"  # reads while it restarts: counted, not judged
-                restarted = time.monotonic()
-                try:
-                    await restart()
-                except RuntimeError as exc:
-                    self.restart_problem = str(exc)
-                self.restarted_at = time.monotonic() - started
-                phase[0] = "fault"
-                await asyncio.sleep(max(0.0, self.phases.fault - (time.monotonic() - restarted)))
+            marks.fault_start = time.monotonic() - marks.started
+            await self._fault(scenario, proxy, sidecar, marks, phase, token)
             await proxy.set_fault(Fault())
-            self.fault_ended_at = time.monotonic() - started
+            marks.fault_end = time.monotonic() - marks.started
             phase[0] = "recovery"
             await asyncio.sleep(self.phases.recovery)
         finally:
             stop.set()
             await asyncio.gather(*readers, return_exceptions=True)
             await proxy.set_fault(Fault())
-        return reads
+        reads.sort(key=lambda r: r.at)
+        return reads, marks
+
+    async def _fault(
+        self,
+        scenario: Scenario,
+        proxy: FaultProxy,
+        sidecar: SidecarProcess,
+        marks: Marks,
+        phase: list[str],
+        token: list[str],
+    ) -> None:
+        """The fault phase: the proxy's fault, the scenario's event, its restart."""
+        await proxy.set_fault(scenario.fault(self.settings))
+        length = self._long_fault() if scenario.long else self.phases.fault
+        if scenario.event == REWRITE:
+            await self._rewrite(marks)
+            length = max(length, self._covering_refresh())
+        elif scenario.event == REVOKE_TOKEN:
+            await self._revoke(proxy, marks)
+        if scenario.action is not None:
+            await scenario.action()
+        if not scenario.restart:
+            await asyncio.sleep(length)
+            return
+        await asyncio.sleep(min(1.0, length / 3))
+        phase[0] = "restart"  # reads while it restarts: counted, not judged
+        restarted = time.monotonic()
+        await sidecar.stop()
+        try:
+            await sidecar.start()
+            token[0] = sidecar.caller_token()
+        except RuntimeError as exc:
+            marks.problems.append(f"restarted during the outage: {exc}")
+        marks.restarted_at = time.monotonic() - marks.started
+        phase[0] = "fault"
+        await asyncio.sleep(max(0.0, length - (time.monotonic() - restarted)))
+
+    async def _rewrite(self, marks: Marks) -> None:
+        """A new version of every KV v2 secret read (the same data again)."""
+        assert self.operator is not None
+        for path in self.paths:
+            try:
+                version = await self.operator.rewrite(path)
+            except OperatorError as exc:
+                marks.problems.append(f"could not write a new version: {exc}")
+                return
+            if version is None:
+                marks.notes.append(f"{path}: not KV v2, so no new version was written")
+            else:
+                marks.written[path] = version
+
+    async def _revoke(self, proxy: FaultProxy, marks: Marks) -> None:
+        assert self.operator is not None
+        if proxy.last_token is None:
+            marks.problems.append("the sidecar sent no store token through the proxy to revoke")
+            return
+        try:
+            await self.operator.revoke(proxy.last_token)
+        except OperatorError as exc:
+            marks.problems.append(f"could not revoke the sidecar's token: {exc}")
 
     async def _read(
         self,
@@ -290,11 +398,13 @@ class Drill:
         path: str,
         phase: str,
         started: float,
+        previous: bool = False,
     ) -> Read:
         begun = time.monotonic()
+        query = "?version=previous" if previous else ""
         try:
             async with session.get(
-                f"{api}/secrets/{path}",
+                f"{api}/secrets/{path}{query}",
                 headers={"X-Sidecar-Token": token},
                 timeout=aiohttp.ClientTimeout(total=30),
             ) as reply:
@@ -302,53 +412,161 @@ class Drill:
                 status = reply.status
         except (TimeoutError, aiohttp.ClientError, ValueError):
             return Read(
-                begun - started, phase, path, 0, time.monotonic() - begun, reason="no_answer"
+                begun - started,
+                phase,
+                path,
+                0,
+                time.monotonic() - begun,
+                reason="no_answer",
+                previous=previous,
             )
         seconds = time.monotonic() - begun
         if status == 200 and isinstance(body, dict):
+            version = body.get("version")
+            age = body.get("age_seconds")
             return Read(
                 begun - started,
                 phase,
                 path,
                 200,
                 seconds,
-                version=body.get("version"),
-                stale=bool(body.get("stale")),
-                age=body.get("age_seconds"),
+                version=version if isinstance(version, int) else None,
+                stale=body.get("stale") is True,
+                age=float(age) if isinstance(age, int | float) else None,
+                previous=previous,
             )
         reason = body.get("reason") if isinstance(body, dict) else None
-        return Read(begun - started, phase, path, status, seconds, reason=str(reason))
+        return Read(
+            begun - started, phase, path, status, seconds, reason=str(reason), previous=previous
+        )
 
-    def _judge(self, scenario: Scenario, reads: list[Read], exited: bool) -> list[Outcome]:
+    def _judge(
+        self,
+        scenario: Scenario,
+        reads: list[Read],
+        marks: Marks,
+        exited: bool,
+        recovery_bound: float | None = None,
+    ) -> list[Outcome]:
         outcomes = []
-        restarted_at, problem = self.restarted_at, self.restart_problem
-        self.restarted_at = self.restart_problem = None
         for name, policy in sorted(self.classes.items()):
             mine = [r for r in reads if self.class_of.get(r.path) == name]
             if not mine:
                 continue
-            outcomes.append(
-                judge(
-                    scenario.name,
+            outcome = judge(
+                scenario.name,
+                policy,
+                mine,
+                fault_seconds=marks.fault_end - marks.fault_start,
+                fault_ended_at=marks.fault_end,
+                timeout=self.settings.backend.timeout,
+                recovery_bound=recovery_bound or self.phases.recovery,
+                exited=exited,
+                kind=scenario.kind,
+                fault_started_at=marks.fault_start if scenario.kind == OUTAGE else None,
+            )
+            outcome.broken += marks.problems
+            outcome.notes += marks.notes
+            written = {p: v for p, v in marks.written.items() if self.class_of.get(p) == name}
+            if scenario.event == REWRITE and written:
+                judge_rotation(
+                    outcome,
                     policy,
                     mine,
-                    fault_seconds=self.phases.fault,
-                    fault_ended_at=self.fault_ended_at,
-                    timeout=self.settings.backend.timeout,
-                    recovery_bound=self.phases.recovery,
-                    exited=exited,
-                    outage=scenario.outage,
+                    written,
+                    marks.fault_start,
+                    marks.fault_end,
+                    self._slack(),
                 )
+            if scenario.restart and not marks.problems and policy.on_outage == "serve_stale":
+                after = marks.restarted_at or 0.0
+                warm = [r for r in mine if r.phase == "fault" and r.at > after]
+                if not any(r.status == 200 for r in warm):
+                    outcome.broken.append(
+                        "restarted during the outage, it served nothing: no warm start from "
+                        "the snapshot"
+                    )
+            outcomes.append(outcome)
+        return outcomes
+
+    # -- the restart storm ---------------------------------------------------------------
+
+    async def _storm(
+        self,
+        session: aiohttp.ClientSession,
+        proxy: FaultProxy,
+        sidecar: SidecarProcess,
+        folder: Path,
+    ) -> list[Outcome]:
+        """Start ``phases.storm`` sidecars at once, cold, then warm from the drill sidecar's
+        snapshot (when it has a key); each reads every secret; judged as a healthy store."""
+        modes = ["cold"]
+        if self.settings.snapshot.key_file is not None:
+            modes.append("warm")
+            await sidecar.stop()  # writes its snapshot: the fleet's warm start
+            await sidecar.start()
+        else:
+            self.skipped["restart_storm_warm"] = "no snapshot.key_file: every start is cold"
+        outcomes: list[Outcome] = []
+        for mode in modes:
+            name = f"restart_storm_{mode}"
+            self.progress(f"scenario {name}: {self.phases.storm} sidecars at once")
+            before = proxy.paths.copy()
+            if self.audit is not None:
+                self.audit.take()
+            fleet = [
+                SidecarProcess(self.document, self.proxies, folder / f"{name}-{i}", storm=True)
+                for i in range(self.phases.storm)
+            ]
+            if mode == "warm":
+                for member in fleet:
+                    shutil.copy2(sidecar.snapshot, member.snapshot)
+            started = time.monotonic()
+            try:
+                results = await asyncio.gather(*(m.start() for m in fleet), return_exceptions=True)
+                ready = [m for m, r in zip(fleet, results, strict=True) if r is None]
+                fault_end = time.monotonic() - started
+                reads: list[Read] = []
+                for phase in ("fault", "recovery"):
+                    if phase == "recovery":  # restored values are confirmed within a refresh
+                        await asyncio.sleep(self._covering_refresh())
+                    for member in ready:
+                        token = member.caller_token()
+                        for path in self.paths:
+                            reads.append(
+                                await self._read(session, member.api, token, path, phase, started)
+                            )
+            finally:
+                await asyncio.gather(*(m.stop() for m in fleet))
+            total = proxy.paths - before
+            counts, source = (
+                (by_class(self.audit.take(), self.class_of), "audit log")
+                if self.audit is not None
+                else (by_class(total, self.class_of), "proxy")
             )
-            if scenario.restart:
-                outcome = outcomes[-1]
-                if problem is not None:
-                    outcome.broken.append(f"restarted during the outage: {problem}")
-                elif policy.on_outage == "serve_stale" and restarted_at is not None:
-                    warm = [r for r in mine if r.phase == "fault" and r.at > restarted_at]
-                    if not any(r.status == 200 for r in warm):
-                        outcome.broken.append(
-                            "restarted during the outage, it served nothing: no warm start "
-                            "from the snapshot"
-                        )
+            times = [m.ready_after for m in ready if m.ready_after is not None]
+            note = (
+                f"{len(ready)} of {len(fleet)} sidecars ready, in {statistics.median(times):.1f}s "
+                f"median, {max(times):.1f}s at most; {sum(total.values())} store requests in "
+                f"all through the proxy (logins and mount lookups included)"
+                if times
+                else "no sidecar became ready"
+            )
+            problems = [
+                f"a sidecar of the storm did not start: {r}"
+                for r in results
+                if isinstance(r, BaseException)
+            ]
+            self.timelines[name] = (reads, 0.0, fault_end)
+            for outcome in self._judge(
+                Scenario(name, kind=HEALTHY),
+                reads,
+                Marks(fault_end=fault_end, problems=problems[:3], notes=[note]),
+                exited=False,
+                recovery_bound=self._covering_refresh() + self.phases.recovery,
+            ):
+                outcome.store_requests, outcome.store_source = counts[outcome.secret_class], source
+                if times and outcome.recovered_after is not None:
+                    outcome.recovered_after = round(max(times), 2)  # the storm is over
+                outcomes.append(outcome)
         return outcomes

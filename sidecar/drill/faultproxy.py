@@ -17,6 +17,7 @@ import random
 import socket
 import struct
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +42,7 @@ HOP_BY_HOP = {
     "content-length",
 }
 MAX_BODY = 8 * 1024 * 1024
+MAX_PATHS = 10_000  # store paths counted one by one; beyond, new ones are not counted
 
 
 @dataclass
@@ -74,11 +76,18 @@ class FaultProxy:
         *,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
+        remember_token: bool = False,
     ) -> None:
         self.stores = [s.rstrip("/") for s in stores]
         self.host, self.port, self.control = host, port, control
         self.fault = Fault()
         self.requests = [0] * len(stores)  # forwarded to each store
+        self.paths: Counter[str] = Counter()  # forwarded, by store path (MAX_PATHS at most)
+        # With ``remember_token`` (the drill's own proxy): the last store token a client sent,
+        # so that the drill can revoke the sidecar's (token_revoked). Memory only: never
+        # logged, shown or written anywhere.
+        self._remember_token = remember_token
+        self.last_token: str | None = None
         self.injected = 0
         self._rng = rng or random.Random()  # noqa: S311 - which requests fail, not secrets
         self._clock = clock
@@ -188,6 +197,10 @@ class FaultProxy:
         assert self._session is not None
         url = self.stores[node] + request.rel_url.path_qs  # our store, the request's path only
         self.requests[node] += 1
+        if store_path in self.paths or len(self.paths) < MAX_PATHS:  # bounded: paths are input
+            self.paths[store_path] += 1
+        if self._remember_token and (token := request.headers.get("X-Vault-Token")):
+            self.last_token = token
         try:
             async with self._session.request(
                 request.method, url, data=body or None, headers=headers, allow_redirects=False

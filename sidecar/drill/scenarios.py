@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import os
 import platform
 from pathlib import Path
 
@@ -16,8 +17,8 @@ def by_name(names: list[str] | None) -> list[Scenario]:
     return [s for s in SCENARIOS if names is None or s.name in names]
 
 
-def render_table(outcomes: list[Outcome]) -> str:
-    """One row per scenario and class, then what broke."""
+def render_table(outcomes: list[Outcome], skipped: dict[str, str] | None = None) -> str:
+    """One row per scenario and class, then what broke, what was not judged, what was skipped."""
     rows = [
         (
             "SCENARIO",
@@ -27,7 +28,9 @@ def render_table(outcomes: list[Outcome]) -> str:
             "STALE",
             "503",
             "OLDER",
+            "PREV",
             "P99",
+            "STORE",
             "RECOVERED",
             "VERDICT",
         )
@@ -43,7 +46,9 @@ def render_table(outcomes: list[Outcome]) -> str:
                 str(o.stale),
                 refused,
                 str(o.older),
+                str(o.previous_served),
                 f"{o.p99 * 1000:.0f}ms",
+                "-" if o.store_requests is None else str(o.store_requests),
                 "-" if o.recovered_after is None else f"{o.recovered_after:g}s",
                 "holds" if o.holds else "BROKEN",
             )
@@ -51,6 +56,23 @@ def render_table(outcomes: list[Outcome]) -> str:
     lines = aligned(rows)
     for o in outcomes:
         lines += [f"{o.scenario} / {o.secret_class}: {why}" for why in o.broken]
+    seen: set[tuple[str, str]] = set()
+    for o in outcomes:
+        for note in o.notes:
+            if (o.scenario, note) not in seen:  # scenario-wide notes: once, not per class
+                seen.add((o.scenario, note))
+                lines.append(f"{o.scenario}: note: {note}")
+    lines += [f"{name}: skipped: {why}" for name, why in (skipped or {}).items()]
+    lines.append(
+        "PREV: ?version=previous answered (rotation); RECOVERED: from the fault's end to the "
+        "first fresh read (restart_storm: until every sidecar was ready)"
+    )
+    sources = sorted({o.store_source for o in outcomes if o.store_source})
+    if sources:
+        lines.append(
+            "STORE: store requests for each class's secrets, counted at the "
+            + " and ".join(sources)
+        )
     held = sum(o.holds for o in outcomes)
     lines.append(f"{held} of {len(outcomes)} verdicts hold")
     return "\n".join(lines)
@@ -60,7 +82,8 @@ def write_report(
     path: Path,
     outcomes: list[Outcome],
     timelines: dict[str, tuple[list[Read], float, float]],
-    config: Path,
+    command: str,
+    skipped: dict[str, str] | None = None,
 ) -> list[str]:
     """The drill as Markdown at ``path``, with a timeline chart per scenario next to it (PNG,
     when matplotlib is installed: `pip install -e '.[bench]'`); the notes on what was left out."""
@@ -74,12 +97,12 @@ def write_report(
     lines = [
         "# Drill report",
         "",
-        f"`sidecar drill --config {config}` on {platform.node()} ({platform.platform()}), "
+        f"`{command}` on {platform.node()} ({platform.platform()}, {os.cpu_count()} CPUs), "
         f"{datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds')}: "
         f"**{held} of {len(outcomes)} verdicts hold**.",
         "",
         "```",
-        render_table(outcomes),
+        render_table(outcomes, skipped),
         "```",
         "",
     ]

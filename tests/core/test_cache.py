@@ -580,6 +580,39 @@ async def test_older_version_from_store_does_not_replace_newer_value(h: Harness)
     assert error.kind is ErrorKind.STALE_READ
 
 
+async def test_a_key_the_store_answered_older_is_not_asked_again_until_a_backoff_passes(
+    h: Harness,
+) -> None:
+    """A lagging node answers at once and healthily: no breaker opens, no Retry-After comes.
+    Without a hold every read of the stale value asked again (the drill's stale_node: ~10
+    store requests a second per secret)."""
+    h.backend.latest[APP] = 5
+    await h.cache.get(APP)
+    h.backend.latest[APP] = 4
+    h.clock.advance(REFRESH)
+    for _ in range(20):
+        assert (await h.cache.get(APP)).outcome is Outcome.STALE
+    assert len(h.backend.calls) == 2  # the first stale answer, then held for 0.5 s (backoff base)
+    h.clock.advance(0.6)
+    await h.cache.get(APP)
+    assert len(h.backend.calls) == 3  # asked again, older again: held for twice as long
+    h.clock.advance(0.6)
+    await h.cache.get(APP)
+    assert len(h.backend.calls) == 3
+    h.clock.advance(0.6)
+    h.backend.latest[APP] = 5  # caught up
+    lookup = await h.cache.get(APP)
+    assert lookup.outcome is Outcome.MISS and not lookup.stale
+    assert len(h.backend.calls) == 4
+    h.backend.latest[APP] = 4
+    h.clock.advance(REFRESH)
+    await h.cache.get(APP)
+    assert len(h.backend.calls) == 5  # a new lag starts from the base again
+    h.clock.advance(0.6)
+    await h.cache.get(APP)
+    assert len(h.backend.calls) == 6
+
+
 async def test_older_version_for_fail_closed_class_is_refused(h: Harness) -> None:
     h.backend.latest[CRITICAL] = 5
     first = await h.cache.get(CRITICAL)

@@ -117,3 +117,23 @@ def test_the_component_and_the_chart_run_the_same_sidecar_container():
     )
     kustomize_config = yaml.safe_load((DEPLOY / "base" / "sidecar.yaml").read_text())
     assert kustomize_config == helm_config
+
+
+def test_the_fault_proxy_for_staging_builds_is_restricted_and_runs_the_real_command():
+    from sidecar.cli import _parser
+
+    docs = kustomize(DEPLOY / "faultproxy")
+    assert sorted(d["kind"] for d in docs) == ["Deployment", "Service"]
+    assert schema_problems(docs, (1, 25)) == []
+    ((_, spec),) = pod_specs(docs)
+    assert restricted_problems(spec) == []
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    assert deployment["spec"]["replicas"] == 1  # every sidecar behind it sees the same fault
+    (proxy,) = spec["containers"]
+    args = _parser().parse_args([*proxy["command"][1:], *proxy["args"]])
+    assert proxy["command"] == ["sidecar"] and args.faultproxy_command == "run"
+    assert args.allow_remote and args.listen == "0.0.0.0:8200"
+    assert args.control.startswith("127.0.0.1:")  # changed with kubectl exec, never remotely
+    service = next(d for d in docs if d["kind"] == "Service")
+    assert service["spec"]["selector"].items() <= spec_labels(docs).items()
+    assert service["spec"]["ports"][0]["targetPort"] == proxy["ports"][0]["name"]

@@ -18,9 +18,9 @@ import pytest
 from sidecar.cli import main
 from sidecar.core.clock import ManualClock
 from sidecar.dev.openbao import DevOpenBao, free_port
-from sidecar.drill.drill import free_port_run
 from sidecar.drill.faultproxy import FaultProxy
 from sidecar.drill.faults import Fault, Mode
+from sidecar.drill.process import free_port_run
 from tests.conftest import ADMIN, AUTH, CLASSES, SidecarFactory, config, metric
 
 QUICK = {
@@ -184,3 +184,34 @@ def test_the_proxy_binds_loopback_unless_told_otherwise(
     assert "--control must be a loopback address" in capsys.readouterr().err
     assert main(["faultproxy", "run", "--store", "file:///etc/passwd"]) == 2
     assert "http(s)://" in capsys.readouterr().err
+
+
+async def test_the_proxy_counts_store_paths_and_keeps_no_token_unless_the_drill_asks(
+    proxy: FaultProxy, openbao: DevOpenBao, uid: str
+):
+    openbao.kv_put(f"{uid}/counted", {"v": "x"})
+    url = f"{_node(proxy)}/v1/secret/data/{uid}/counted"
+    async with aiohttp.ClientSession() as session:
+        for _ in range(3):
+            async with session.get(url, headers={"X-Vault-Token": openbao.root_token}) as reply:
+                assert reply.status == 200
+    assert proxy.paths[f"secret/data/{uid}/counted"] == 3
+    assert proxy.last_token is None  # `sidecar faultproxy run` in staging holds no token
+
+    first = free_port_run(1)
+    drills = FaultProxy(
+        [openbao.addr], "127.0.0.1", first, ("127.0.0.1", free_port()), remember_token=True
+    )
+    await drills.start()
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(
+                f"http://127.0.0.1:{first}/v1/secret/data/{uid}/counted",
+                headers={"X-Vault-Token": openbao.root_token},
+            ) as reply,
+        ):
+            assert reply.status == 200
+        assert drills.last_token == openbao.root_token
+    finally:
+        await drills.stop()

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from sidecar.dev.raft import RaftCluster
 from tests.conftest import AUTH, CLASSES, SidecarFactory, config, metric
 from tests.integration.test_raft_harness import audited_reads
-from tests.raft import RaftCluster
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from sidecar.dev.openbao import bao_binary
-from tests.raft import RaftCluster, RaftError
+from sidecar.dev.raft import RaftCluster, RaftError
 
 pytestmark = pytest.mark.slow
 

@@ -18,34 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
 from sidecar.dev.openbao import DevOpenBao
-from tests.conftest import AUTH, SidecarFactory, config, metric
-
-
-def _read_policy(openbao: DevOpenBao, uid: str) -> None:
-    openbao.request(
-        "POST",
-        f"sys/policies/acl/{uid}",
-        {"policy": f'path "secret/data/{uid}/*" {{ capabilities = ["read"] }}'},
-    )
-
-
-def _approle(openbao: DevOpenBao, uid: str, tmp_path: Path, **role: Any) -> dict[str, Any]:
-    mount = f"ar{uid}"
-    openbao.request("POST", f"sys/auth/{mount}", {"type": "approle"})
-    _read_policy(openbao, uid)
-    openbao.request(
-        "POST", f"auth/{mount}/role/app", {"token_policies": [uid], "token_ttl": "1h", **role}
-    )
-    role_id = openbao.request("GET", f"auth/{mount}/role/app/role-id")["data"]["role_id"]
-    secret_id = openbao.request("POST", f"auth/{mount}/role/app/secret-id")["data"]["secret_id"]
-    secret_id_file = tmp_path / "secret-id"
-    secret_id_file.write_text(secret_id)
-    return {
-        "method": "approle",
-        "role_id": role_id,
-        "secret_id_file": str(secret_id_file),
-        "mount": mount,
-    }
+from tests.conftest import AUTH, SidecarFactory, approle_auth, config, metric, read_policy
 
 
 async def test_approle_login_and_relogin_after_revocation(
@@ -53,7 +26,7 @@ async def test_approle_login_and_relogin_after_revocation(
 ):
     openbao.kv_put(f"{uid}/a", {"v": "approle-a"})
     openbao.kv_put(f"{uid}/b", {"v": "approle-b"})
-    auth = _approle(openbao, uid, tmp_path)
+    auth = approle_auth(openbao, uid, tmp_path)
     mount = auth["mount"]
     client, sidecar = await make_sidecar(backend={"auth": auth})
 
@@ -75,7 +48,7 @@ async def test_approle_token_is_renewed_before_expiry(
     make_sidecar: SidecarFactory, openbao: DevOpenBao, uid: str, tmp_path: Path
 ):
     openbao.kv_put(f"{uid}/late", {"v": "renewed"})
-    auth = _approle(openbao, uid, tmp_path, token_ttl="2s", token_max_ttl="1h")
+    auth = approle_auth(openbao, uid, tmp_path, token_ttl="2s", token_max_ttl="1h")
     client, sidecar = await make_sidecar(backend={"auth": auth})
     await client.get(f"/secrets/secret/{uid}/warmup", headers=AUTH)  # logs in
 
@@ -90,7 +63,7 @@ async def test_approle_token_is_renewed_before_expiry(
 async def test_bad_approle_credentials_are_unavailable_auth_failed(
     make_sidecar: SidecarFactory, openbao: DevOpenBao, uid: str, tmp_path: Path
 ):
-    auth = _approle(openbao, uid, tmp_path)
+    auth = approle_auth(openbao, uid, tmp_path)
     Path(auth["secret_id_file"]).write_text("not-the-secret-id")
     client, sidecar = await make_sidecar(backend={"auth": auth})
     response = await client.get(f"/secrets/secret/{uid}/a", headers=AUTH)
@@ -106,7 +79,7 @@ async def test_failing_logins_back_off_and_reads_are_refused_without_asking(
     not the read rate (one misconfigured fleet must not hammer the auth endpoint). /readyz
     says why; once the credential is fixed, the next attempt logs in."""
     openbao.kv_put(f"{uid}/a", {"v": "approle-a"})
-    auth = _approle(openbao, uid, tmp_path)
+    auth = approle_auth(openbao, uid, tmp_path)
     # OpenBao locks a role out after a few failed logins (403 for 15 min); off here, so that
     # fixing the credential is what ends the failure
     openbao.request(
@@ -144,7 +117,7 @@ async def test_token_file_is_read_again_when_the_token_dies(
     openbao.kv_put(f"{uid}/a", {"v": "token-a"})
     openbao.kv_put(f"{uid}/b", {"v": "token-b"})
     openbao.kv_put(f"{uid}/c", {"v": "token-c"})
-    _read_policy(openbao, uid)
+    read_policy(openbao, uid)
 
     def new_token() -> str:
         created = openbao.request("POST", "auth/token/create", {"policies": [uid], "ttl": "1h"})
@@ -272,7 +245,7 @@ async def test_kubernetes_auth_logs_in_with_the_service_account_jwt(
             "disable_local_ca_jwt": True,
         },
     )
-    _read_policy(openbao, uid)
+    read_policy(openbao, uid)
     openbao.request(
         "POST",
         f"auth/{mount}/role/app",
@@ -311,7 +284,7 @@ async def test_a_replaced_token_files_expiry_and_renewal_come_from_the_new_token
     expiry it reports (and renews by) is the new token's, not the dead one's."""
     openbao.kv_put(f"{uid}/a", {"v": "expiry-a"})
     openbao.kv_put(f"{uid}/b", {"v": "expiry-b"})
-    _read_policy(openbao, uid)
+    read_policy(openbao, uid)
 
     def new_token(ttl: str) -> str:
         created = openbao.request("POST", "auth/token/create", {"policies": [uid], "ttl": ttl})

@@ -156,7 +156,7 @@ def _reserve_ports(size: int) -> list[int]:
     for _ in range(1000):
         if len(ports) == size:
             return ports
-        port = random.randrange(10000, low - 1) if low > 11000 else free_port(pairs=True)
+        port = random.randrange(10000, low - 1) if low > 11000 else free_port(pairs=True)  # noqa: S311 - ports, not secrets
         if {port, port + 1} & taken or not (_is_free(port) and _is_free(port + 1)):
             continue
         taken.update((port, port + 1))
@@ -165,6 +165,9 @@ def _reserve_ports(size: int) -> list[int]:
 
 
 class RaftCluster:
+    """A real 3-node (``size``) OpenBao raft cluster on loopback, in ``workdir``: start, kill
+    and restart nodes, find the leader, read and write KV through any node."""
+
     # True: followers join through retry_join stanzas (a 2 s tick; starts take 9-11 s)
     # instead of an explicit sys/storage/raft/join
     retry_join = False
