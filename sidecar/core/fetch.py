@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from sidecar.core.coalesce import Coalescer
 from sidecar.core.entries import CacheKey, Entry, EntryTable
@@ -28,6 +29,26 @@ from sidecar.store.interface import (
 )
 
 log = logging.getLogger("sidecar.cache")
+
+
+@dataclass(frozen=True)
+class Lag:
+    """A key the store answered with an older version than the one held: not asked again until
+    ``until``, as long as that same version is still held. Holds no secret and no exception
+    (a raised exception's traceback would keep the reads' frames, and their values, alive)."""
+
+    until: float
+    times: int  # older answers in a row, counting from 0
+    held_version: int | None
+    detail: str
+
+    def holds(self, held: Entry | None, now: float) -> bool:
+        """Is the hold still in force for ``held`` (what the cache has now) at ``now``?"""
+        return held is not None and held.secret.version == self.held_version and now < self.until
+
+    def refusal(self) -> StoreUnavailable:
+        """A new error for a read answered from the hold, as the store's older answer was."""
+        return StoreUnavailable("stale_read", kind=ErrorKind.STALE_READ, detail=self.detail)
 
 
 class Fetcher:
@@ -68,7 +89,7 @@ class Fetcher:
         # refresh_interval asked again (found by `sidecar drill`'s stale_node: ~10 store
         # requests a second per secret). key -> (ask again at, times in a row, the answer)
         self._lag_hold = lag_hold
-        self._lagging: dict[CacheKey, tuple[float, int, StoreUnavailable]] = {}
+        self._lagging: dict[CacheKey, Lag] = {}
 
     def start(self, key: CacheKey) -> tuple[asyncio.Task[Entry], bool]:
         """The fetch of ``key``, and whether it was already under way (coalesced)."""
@@ -85,8 +106,10 @@ class Fetcher:
         purges = self._refusals.mark()
         held = self._entries.get(key)
         lagging = self._lagging.get(key)
-        if lagging is not None and started < lagging[0]:
-            raise lagging[2].with_traceback(None)  # it said older a moment ago: not asked yet
+        if lagging is not None and not lagging.holds(held, started):
+            lagging = None  # purged, expired or replaced since, or the hold is over
+        if lagging is not None:
+            raise lagging.refusal()  # it said older a moment ago: not asked again yet
         try:
             unchanged = version is None and await self._unchanged(path, held)
             secret = held.secret if unchanged and held else await self._backend.read(path, version)
@@ -109,9 +132,7 @@ class Fetcher:
                 f"older than version {held.secret.version} already served",
             )
             self._listener.notify(FetchFinished(path, secret_class, now - started, stale_read))
-            times = lagging[1] + 1 if lagging is not None else 0
-            base, cap = self._lag_hold
-            self._lagging[key] = (now + min(cap, base * 2.0 ** min(times, 62)), times, stale_read)
+            self._hold(key, held, secret_class, now, stale_read.detail or "")
             log.warning(
                 "store answered an older version; keeping ours",
                 extra={"path": path, "class": secret_class.name, "version": secret.version},
@@ -152,6 +173,22 @@ class Fetcher:
                 self._upkeep.retire_at((path, None), retire)
         self._store(key, entry)
         return entry
+
+    def _hold(
+        self, key: CacheKey, held: Entry, secret_class: SecretClass, now: float, detail: str
+    ) -> None:
+        """Do not ask the store for ``key`` again for a while: it answered older than ``held``.
+        The hold doubles while the node keeps lagging, from ``backend.backoff``'s base up to
+        its cap, and never past the class's refresh_interval (a recovery, or a deletion, is
+        noticed no later than without the hold)."""
+        previous = self._lagging.get(key)
+        times = previous.times + 1 if previous is not None else 0
+        base, cap = self._lag_hold
+        hold = min(cap, secret_class.refresh_interval, base * 2.0 ** min(times, 62))
+        # forget holds long over (a key nobody reads again must not stay here forever)
+        for other in [k for k, lag in self._lagging.items() if lag.until + cap < now]:
+            del self._lagging[other]
+        self._lagging[key] = Lag(now + hold, times, held.secret.version, detail)
 
     def _failed(
         self,

@@ -130,7 +130,7 @@ def raft_leader_killed(folder: Path, phases: Phases) -> tuple[Drill, list[Outcom
         _seed(cluster.kv_put)
 
         async def kill_leader() -> None:
-            leader = cluster.leader_index()
+            leader = await asyncio.to_thread(cluster.leader_index)
             _progress(f"killing the raft leader, node {leader}")
             await asyncio.to_thread(cluster.kill, leader)
 

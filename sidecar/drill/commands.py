@@ -182,8 +182,8 @@ def add_drill(commands: Any) -> None:
         "drill",
         help="game day: the sidecar behind the fault proxy, failures under live reads, a verdict "
         "per class",
-        description="Exit codes: 0 every class behaved as declared, 1 a verdict failed, "
-        "2 bad input.",
+        description="Exit codes: 0 every class behaved as declared, 1 a verdict failed (or "
+        "nothing was judged: every scenario chosen was skipped), 2 bad input.",
     )
     parser.add_argument(
         "--config",
@@ -296,6 +296,12 @@ def drill_main(args: argparse.Namespace) -> int:
         print(json.dumps(document, indent=2))
     else:
         print(render_table(outcomes, drill.skipped))
+    if not outcomes:
+        print(
+            "sidecar: no verdict: every scenario chosen was skipped (reasons above)",
+            file=sys.stderr,
+        )
+        return 1
     if args.report is not None:
         for note in write_report(
             args.report,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import shutil
 import statistics
 import tempfile
@@ -91,6 +92,10 @@ class Phases:
     long_limit: float = 120.0
 
 
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
 def read_paths(settings: Settings) -> list[str]:
     """The secrets the drill reads: every literal rule (globs name no path to read)."""
     return [rule.match for rule in settings.policy().rules if is_literal(rule.match)]
@@ -105,6 +110,7 @@ class Marks:
     fault_end: float = 0.0
     written: dict[str, int] = field(default_factory=dict)  # path -> version the drill wrote
     restarted_at: float | None = None
+    revoked: str | None = None  # token_revoked: a digest of the token revoked (never the token)
     problems: list[str] = field(default_factory=list)  # scenario-wide: every class breaks
     notes: list[str] = field(default_factory=list)  # scenario-wide: not judged, and why
 
@@ -141,7 +147,7 @@ class Drill:
         self.stores = [str(s) for s in (backend.addresses or [backend.address])]
         self.operator = Operator(self.stores[0], operator_token) if operator_token else None
         self.audit = AuditTail(audit_logs) if audit_logs else None
-        self.exits = 0
+        self.aborted: str | None = None  # why the drill stopped before its last scenario
         self.skipped: dict[str, str] = {}  # scenario -> why it did not run
         # scenario name -> its reads and when its fault began and ended (for the report's charts)
         self.timelines: dict[str, tuple[list[Read], float, float]] = {}
@@ -172,18 +178,27 @@ class Drill:
                             self.skipped[scenario.name] = why
                             self.progress(f"scenario {scenario.name}: skipped: {why}")
                             continue
-                        if scenario.storm:
-                            done = await self._storm(session, proxy, sidecar, folder)
-                        else:
-                            done = await self._one(scenario, proxy, session, sidecar)
+                        try:
+                            if scenario.storm:
+                                done = await self._storm(session, proxy, sidecar, folder)
+                            else:
+                                done = await self._one(scenario, proxy, session, sidecar)
+                            if sidecar.exited:  # judged as broken above; the next one needs it
+                                await sidecar.start()
+                        except (RuntimeError, OSError) as exc:
+                            # a sidecar that cannot come back (a crash loop) is a finding:
+                            # report it with what was measured so far, and stop
+                            self.aborted = f"scenario {scenario.name}: {exc}"
+                            self.progress(f"stopped: {self.aborted}")
+                            outcomes.append(
+                                Outcome(scenario.name, "(all)", broken=[f"stopped: {exc}"])
+                            )
+                            break
                         held = sum(o.holds for o in done)
                         self.progress(
                             f"scenario {scenario.name}: {held} of {len(done)} classes hold"
                         )
                         outcomes += done
-                        if sidecar.exited:
-                            self.exits += 1
-                            await sidecar.start()
             finally:
                 await sidecar.stop()
                 await proxy.stop()
@@ -250,6 +265,12 @@ class Drill:
         if scenario.fault(self.settings).mode is Mode.STALE and proxy.injected == injected:
             marks.notes.append(
                 "not exercised: the proxy had no older version of any secret to answer with"
+            )
+        last = proxy.last_token
+        if marks.revoked is not None and last is not None and _digest(last) == marks.revoked:
+            marks.notes.append(
+                "not exercised: the sidecar sent no request with a new token after the "
+                "revocation (nothing was due for a refresh)"
             )
         self.timelines[scenario.name] = (reads, marks.fault_start, marks.fault_end)
         counts, source = self._store_requests(proxy, before, operator_before)
@@ -348,6 +369,7 @@ class Drill:
             length = max(length, self._covering_refresh())
         elif scenario.event == REVOKE_TOKEN:
             await self._revoke(proxy, marks)
+            length = max(length, self._covering_refresh())  # every value re-read with it
         if scenario.action is not None:
             await scenario.action()
         if not scenario.restart:
@@ -389,6 +411,8 @@ class Drill:
             await self.operator.revoke(proxy.last_token)
         except OperatorError as exc:
             marks.problems.append(f"could not revoke the sidecar's token: {exc}")
+            return
+        marks.revoked = _digest(proxy.last_token)
 
     async def _read(
         self,
@@ -437,7 +461,13 @@ class Drill:
             )
         reason = body.get("reason") if isinstance(body, dict) else None
         return Read(
-            begun - started, phase, path, status, seconds, reason=str(reason), previous=previous
+            begun - started,
+            phase,
+            path,
+            status,
+            seconds,
+            reason=None if reason is None else str(reason),
+            previous=previous,
         )
 
     def _judge(
@@ -558,6 +588,12 @@ class Drill:
                 if isinstance(r, BaseException)
             ]
             self.timelines[name] = (reads, 0.0, fault_end)
+            if not ready:  # nothing to judge by reads: every class broke
+                outcomes += [
+                    Outcome(name, c, broken=problems[:3] or ["no sidecar became ready"])
+                    for c in sorted(set(self.class_of.values()))
+                ]
+                continue
             for outcome in self._judge(
                 Scenario(name, kind=HEALTHY),
                 reads,

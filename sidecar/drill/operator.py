@@ -66,10 +66,13 @@ class Operator:
             return None
         inner = path.removeprefix(prefix)
         current = await self._call("GET", f"{prefix}data/{inner}")
-        values = ((current or {}).get("data") or {}).get("data")
-        if not isinstance(values, dict):
+        read = (current or {}).get("data") or {}
+        values, version = read.get("data"), (read.get("metadata") or {}).get("version")
+        if not isinstance(values, dict) or not isinstance(version, int):
             raise OperatorError(f"{path}: the store's KV v2 answer has no data to write again")
-        written = await self._call("POST", f"{prefix}data/{inner}", {"data": values})
+        # check-and-set: a real write between this read and this write wins, and is not undone
+        body = {"options": {"cas": version}, "data": values}
+        written = await self._call("POST", f"{prefix}data/{inner}", body)
         version = ((written or {}).get("data") or {}).get("version")
         if not isinstance(version, int):
             raise OperatorError(f"{path}: the store's write answer has no version")

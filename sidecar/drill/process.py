@@ -126,9 +126,7 @@ class SidecarProcess:
         async with aiohttp.ClientSession() as session:
             while True:
                 if self.process.returncode is not None:
-                    raise RuntimeError(
-                        f"the sidecar exited at start; see {self.folder / 'sidecar.log'}"
-                    )
+                    raise RuntimeError(f"the sidecar exited at start: {self._log_tail()}")
                 with contextlib.suppress(aiohttp.ClientError):
                     async with session.get(f"http://127.0.0.1:{self.ops_port}/readyz") as ready:
                         if ready.status == 200:
@@ -136,10 +134,18 @@ class SidecarProcess:
                             return
                 if time.monotonic() - begun > READY_WITHIN:
                     raise RuntimeError(
-                        f"the sidecar was not ready within {READY_WITHIN:g}s; see "
-                        f"{self.folder / 'sidecar.log'}"
+                        f"the sidecar was not ready within {READY_WITHIN:g}s: {self._log_tail()}"
                     )
                 await asyncio.sleep(0.1)
+
+    def _log_tail(self, lines: int = 3) -> str:
+        """The end of its log (the scratch folder is gone by the time anyone could read it);
+        the sidecar never logs a secret value."""
+        try:
+            tail = (self.folder / "sidecar.log").read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            return "no log"
+        return " | ".join(line.strip() for line in tail) or "an empty log"
 
     async def stop(self) -> None:
         """SIGTERM (the sidecar writes its snapshot as it stops), and wait for the exit."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -611,6 +612,43 @@ async def test_a_key_the_store_answered_older_is_not_asked_again_until_a_backoff
     h.clock.advance(0.6)
     await h.cache.get(APP)
     assert len(h.backend.calls) == 6
+
+
+async def test_the_lag_hold_ends_with_a_purge_and_never_outlasts_refresh_interval(
+    h: Harness,
+) -> None:
+    h.backend.latest[APP] = 5
+    await h.cache.get(APP)
+    h.backend.latest[APP] = 4
+    h.clock.advance(REFRESH)
+    await h.cache.get(APP)
+    assert len(h.backend.calls) == 2
+    assert h.cache.controls.purge(path=APP) == 1  # the held value is gone: so is the hold
+    h.backend.latest[APP] = 6
+    lookup = await h.cache.get(APP)
+    assert lookup.outcome is Outcome.MISS and lookup.entry.secret.version == 6
+    assert len(h.backend.calls) == 3
+
+    short = dataclasses.replace(make_class("short", OnOutage.SERVE_STALE), refresh_interval=0.2)
+    cache = SecretCache(
+        h.backend,
+        Policy([Rule("secret/short", short)]),
+        clock=lambda: h.clock.now,
+        wall=lambda: WALL_OFFSET + h.clock.now,
+        rng=lambda: 0.5,
+        backoff=(5.0, 30.0),  # a hold of 5 s, were it not for refresh_interval
+    )
+    h.backend.latest["secret/short"] = 5
+    await cache.get("secret/short")
+    h.backend.latest["secret/short"] = 4
+    h.clock.advance(0.2)
+    await cache.get("secret/short")
+    asked = len(h.backend.calls)
+    h.clock.advance(0.25)
+    await cache.get("secret/short")
+    assert len(h.backend.calls) == asked + 1  # held 0.2 s (the class's refresh_interval), not 5
+    await cache.settle()
+    await cache.close()
 
 
 async def test_older_version_for_fail_closed_class_is_refused(h: Harness) -> None:

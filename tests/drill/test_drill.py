@@ -105,7 +105,7 @@ def test_a_sidecar_restarted_during_the_outage_serves_again_from_its_snapshot(
     openbao.kv_put(f"{uid}/pay", {"key": "drill-pay"})
     config = _config(openbao, tmp_path, uid, "1s")
     args = ["drill", "--config", str(config), "--scenario", "restart_in_outage", *SHORT]
-    assert main(args) == 0  # no snapshot key: skipped, and said why
+    assert main(args) == 1  # no snapshot key: skipped, and said why; nothing judged is no pass
     captured = capsys.readouterr()
     assert json.loads(captured.out) == {
         "outcomes": [],
@@ -115,6 +115,7 @@ def test_a_sidecar_restarted_during_the_outage_serves_again_from_its_snapshot(
         },
     }
     assert "skipped: no snapshot.key_file" in captured.err
+    assert "no verdict: every scenario chosen was skipped" in captured.err
 
     key = tmp_path / "snapshot.key"
     key.write_bytes(bytes(range(32)))
