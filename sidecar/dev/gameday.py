@@ -83,6 +83,8 @@ def _document(folder: Path, addresses: list[str], auth: dict[str, Any]) -> dict[
         },
         "snapshot": {"key_file": str(key), "interval": "2s"},
         "startup_jitter": "1s",  # used by the restart storm only
+        "revocation_list": "secret/sidecar/revocations",
+        "revocation_poll_interval": "2s",
         "classes": CLASSES,
         "secrets": SECRETS,
     }
@@ -101,7 +103,10 @@ def _approle(store: DevOpenBao, folder: Path) -> dict[str, Any]:
 
 
 def _seed(put: Any, store: DevOpenBao | None = None) -> None:
+    put("app/db", {"username": "app", "password": "gameday-password-leaked"})
     put("app/db", {"username": "app", "password": "gameday-password"})
+    # version 1 leaked and was rotated out: no scenario may ever serve it again
+    put("sidecar/revocations", {"revoked": [{"path": "secret/app/db", "version": 1}]})
     put("payments/signing-key", {"key": "gameday-signing-key"})
     if store is not None:
         store.enable_kv("kv1", 1)
@@ -141,7 +146,12 @@ def raft_leader_killed(folder: Path, phases: Phases) -> tuple[Drill, list[Outcom
         document["secrets"] = [s for s in SECRETS if not s["match"].startswith("kv1/")]
         leader = Scenario("raft_leader_killed", kind=HEALTHY, action=kill_leader)
         return _run(
-            document, folder, [leader], phases, audit_logs=[n.audit_log for n in cluster.nodes]
+            document,
+            folder,
+            [leader],
+            phases,
+            operator_token=cluster.root_token,  # to read the revocation list
+            audit_logs=[n.audit_log for n in cluster.nodes],
         )
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 
 from sidecar.core.policy import is_literal
+from sidecar.core.revocations import Revocations
 from sidecar.drill.counting import AuditTail, by_class
 from sidecar.drill.faultproxy import FaultProxy
 from sidecar.drill.faults import Fault, Mode
@@ -35,8 +36,10 @@ from sidecar.drill.verdict import (
     Outcome,
     Read,
     judge,
+    judge_revoked,
     judge_rotation,
 )
+from sidecar.ops.emergency import parse_revocations
 from sidecar.settings import Settings
 
 REWRITE, REVOKE_TOKEN = "rewrite", "revoke_token"
@@ -111,6 +114,7 @@ class Marks:
     written: dict[str, int] = field(default_factory=dict)  # path -> version the drill wrote
     restarted_at: float | None = None
     revoked: str | None = None  # token_revoked: a digest of the token revoked (never the token)
+    revoked_list: Revocations | None = None  # the store's revocation list as the scenario began
     problems: list[str] = field(default_factory=list)  # scenario-wide: every class breaks
     notes: list[str] = field(default_factory=list)  # scenario-wide: not judged, and why
 
@@ -159,6 +163,10 @@ class Drill:
         """Every scenario in turn; the outcomes, class by class."""
         if not self.paths:
             raise ValueError("no literal secret paths in the config's rules to read")
+        if self.settings.revocation_list is not None and self.operator is None:
+            self.skipped["revoked_version_check"] = (
+                "needs --operator-token-file to read the revocation list"
+            )
         with tempfile.TemporaryDirectory(prefix="sidecar-drill-") as scratch:
             folder = Path(scratch)
             first = free_port_run(len(self.stores))
@@ -261,7 +269,9 @@ class Drill:
         if self.audit is not None:
             self.audit.take()
         injected = proxy.injected
+        revoked = await self._revocations()
         reads, marks = await self._traffic(scenario, proxy, session, sidecar)
+        marks.revoked_list = revoked
         if scenario.fault(self.settings).mode is Mode.STALE and proxy.injected == injected:
             marks.notes.append(
                 "not exercised: the proxy had no older version of any secret to answer with"
@@ -388,6 +398,21 @@ class Drill:
         phase[0] = "fault"
         await asyncio.sleep(max(0.0, length - (time.monotonic() - restarted)))
 
+    async def _revocations(self) -> Revocations | None:
+        """The store's revocation list (the config's ``revocation_list``), read with the
+        operator token; None when there is none to check against."""
+        path = self.settings.revocation_list
+        if path is None or self.operator is None:
+            return None
+        try:
+            data = await self.operator.read(path)
+        except OperatorError as exc:
+            self.progress(f"revoked versions not checked: {exc}")
+            return None
+        listed = Revocations()
+        listed.replace(parse_revocations(data or {})[0])
+        return listed
+
     async def _rewrite(self, marks: Marks) -> None:
         """A new version of every KV v2 secret read (the same data again)."""
         assert self.operator is not None
@@ -497,6 +522,12 @@ class Drill:
             )
             outcome.broken += marks.problems
             outcome.notes += marks.notes
+            if marks.revoked_list is not None:
+                # reads after one poll interval: the sidecar has seen the list by then
+                settled = self.settings.revocation_poll_interval + self._slack()
+                judge_revoked(
+                    outcome, [r for r in mine if r.at > settled], marks.revoked_list.covers
+                )
             written = {p: v for p, v in marks.written.items() if self.class_of.get(p) == name}
             if scenario.event == REWRITE and written:
                 judge_rotation(

@@ -54,16 +54,37 @@ class Operator:
         except ValueError as exc:
             raise OperatorError(f"{method} {path}: the store's answer is not JSON") from exc
 
+    async def _mount(self, path: str) -> tuple[str, str] | None:
+        """The mount holding ``path`` and its KV version ("1", "2"); None: not a KV mount."""
+        mount = await self._call("GET", f"sys/internal/ui/mounts/{path}")
+        data = mount.get("data") if isinstance(mount, dict) else None
+        if not isinstance(data, dict):
+            return None
+        prefix = str(data.get("path", ""))
+        version = str((data.get("options") or {}).get("version") or "1")
+        if not prefix or not path.startswith(prefix) or data.get("type") not in ("kv", None):
+            return None
+        return prefix, version
+
+    async def read(self, path: str) -> dict[str, Any] | None:
+        """The data of KV secret ``path`` (latest version); None: not a KV secret."""
+        mount = await self._mount(path)
+        if mount is None:
+            return None
+        prefix, kv = mount
+        inner = path.removeprefix(prefix)
+        reply = await self._call("GET", f"{prefix}data/{inner}" if kv == "2" else path)
+        data = (reply or {}).get("data") or {}
+        values = data.get("data") if kv == "2" else data
+        return values if isinstance(values, dict) else None
+
     async def rewrite(self, path: str) -> int | None:
         """Write the data of KV v2 secret ``path`` again as a new version; that version (None:
         not a KV v2 secret, nothing written)."""
-        mount = await self._call("GET", f"sys/internal/ui/mounts/{path}")
-        data = mount.get("data") if isinstance(mount, dict) else None
-        if not isinstance(data, dict) or (data.get("options") or {}).get("version") != "2":
+        mount = await self._mount(path)
+        if mount is None or mount[1] != "2":
             return None
-        prefix = str(data.get("path", ""))
-        if not prefix or not path.startswith(prefix):
-            return None
+        prefix = mount[0]
         inner = path.removeprefix(prefix)
         current = await self._call("GET", f"{prefix}data/{inner}")
         read = (current or {}).get("data") or {}

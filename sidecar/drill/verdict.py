@@ -4,6 +4,7 @@ come in as records; no I/O)."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +48,7 @@ class Outcome:
     unavailable: Counter[str] = field(default_factory=Counter)
     invalid: int = 0  # 403/404/410
     older: int = 0  # a version older than one already served
+    revoked: int = 0  # a version on the store's revocation list served
     p50: float = 0.0
     p99: float = 0.0
     recovered_after: float | None = None  # seconds from the fault's end to a fresh read
@@ -72,6 +74,7 @@ class Outcome:
             "unavailable": dict(self.unavailable),
             "invalid": self.invalid,
             "older_version_served": self.older,
+            "revoked_version_served": self.revoked,
             "p50_seconds": round(self.p50, 4),
             "p99_seconds": round(self.p99, 4),
             "recovered_after_seconds": self.recovered_after,
@@ -270,3 +273,12 @@ def judge_rotation(
             )
         elif not in_overlap:
             outcome.notes.append(f"{path}: ?version=previous was not read during the overlap")
+
+
+def judge_revoked(outcome: Outcome, reads: list[Read], covers: Callable[[str, int], bool]) -> None:
+    """Add to ``outcome`` the reads that served a version ``covers`` says is revoked."""
+    outcome.revoked = sum(
+        1 for r in reads if r.status == 200 and r.version is not None and covers(r.path, r.version)
+    )
+    if outcome.revoked:
+        outcome.broken.append(f"{outcome.revoked} read(s) served a revoked version")

@@ -143,7 +143,12 @@ def test_rotation_stale_node_and_a_revoked_token_with_an_operator_token(
     document = yaml.safe_load(config.read_text())
     document["backend"]["auth"] = approle_auth(openbao, uid, tmp_path)  # it can log in again
     document["classes"]["standard"]["overlap"] = "30s"
+    # a revocation list naming a version nobody serves any more: checked, never served
+    openbao.kv_put(f"{uid}/revoked", {"revoked": [{"path": f"secret/{uid}/db", "version": 1}]})
+    document["revocation_list"] = f"secret/{uid}/revoked"
+    document["revocation_poll_interval"] = "1s"
     config.write_text(yaml.safe_dump(document))
+    openbao.kv_put(f"{uid}/db", {"password": "drill-db"})  # version 2 from now on
     operator = tmp_path / "operator-token"
     operator.write_text(openbao.root_token)
     logins = openbao.count_requests(f"auth/ar{uid}/login", "update")
@@ -161,6 +166,7 @@ def test_rotation_stale_node_and_a_revoked_token_with_an_operator_token(
         assert outcome["broken"] == [], outcome
         assert outcome["store_requests_source"] == "audit log"
         assert outcome["older_version_served"] == 0
+        assert outcome["revoked_version_served"] == 0
     # stale_node really answered old versions: the sidecar kept the newer one it held
     assert not any("not exercised" in n for o in outcomes for n in o["notes"])
     # the revoked token: reads went on, and the sidecar logged in again (the store's count)

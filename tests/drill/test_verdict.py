@@ -126,3 +126,16 @@ def test_previous_reads_are_counted_apart_and_are_not_older_versions():
         kind="healthy",
     )
     assert outcome.previous_served == 1 and outcome.older == 0 and outcome.holds
+
+
+def test_a_revoked_version_served_breaks_the_class():
+    from sidecar.core.revocations import Revocations
+    from sidecar.drill.verdict import judge_revoked
+
+    listed = Revocations()
+    listed.replace([("secret/app/x", 1, "leaked")])
+    outcome = Outcome("store_blocked", "web")
+    judge_revoked(outcome, [_ok(1, "warmup", version=2), _ok(2, "fault", version=2)], listed.covers)
+    assert outcome.revoked == 0 and outcome.holds
+    judge_revoked(outcome, [_ok(3, "fault", version=1)], listed.covers)
+    assert outcome.revoked == 1 and outcome.broken == ["1 read(s) served a revoked version"]
