@@ -40,6 +40,8 @@ test-deps:
 	@for tool in $(TEST_DEPS_CMDS); do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
 	if [ -n "$$missing" ]; then echo ">> installing$$missing from Debian's packages ($(TEST_DEPS_PKGS))"; \
 	  $(SUDO) apt-get install -y -q --no-install-recommends $(TEST_DEPS_PKGS) >/dev/null || { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q --no-install-recommends $(TEST_DEPS_PKGS) >/dev/null; }; fi
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { echo ">> installing postgresql from Debian's packages (a throwaway cluster for the leased-credential tests)"; \
+	  $(SUDO) apt-get install -y -q --no-install-recommends postgresql >/dev/null || { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q --no-install-recommends postgresql >/dev/null; }; }
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check sidecar tests benchmarks

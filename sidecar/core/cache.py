@@ -30,7 +30,7 @@ from sidecar.core.facts import (
     Unavailable,
 )
 from sidecar.core.fetch import Fetcher
-from sidecar.core.outage import without_store
+from sidecar.core.outage import expiry_reason, without_store
 from sidecar.core.policy import Freshness, Policy, SecretClass
 from sidecar.core.refusals import Refusals
 from sidecar.core.revocations import Revocations, SecretRevoked
@@ -159,6 +159,13 @@ class SecretCache:
         for entry in self._entries.values():
             yield entry.secret_class, now - entry.confirmed_at
 
+    def leases(self) -> Iterator[tuple[SecretClass, float]]:
+        """Each leased credential's class and seconds until its lease ends in the store."""
+        now = self._clock()
+        for entry in self._entries.values():
+            if entry.secret.lease_id is not None:
+                yield entry.secret_class, entry.confirmed_at + entry.secret.lease_duration - now
+
     # -- the read path ---------------------------------------------------------------------
 
     def hit(self, path: str) -> tuple[Entry, float] | None:
@@ -201,7 +208,7 @@ class SecretCache:
                     self._first_served(key, entry)
                 return Lookup(entry, Outcome.HIT, age)
             if freshness is Freshness.EXPIRED:
-                self._entries.expire(key, entry)
+                self._entries.expire(key, entry, expiry_reason(entry))
                 entry = None
             elif entry.provisional and entry.secret_class.may_serve_stale(age):
                 # Restored from a snapshot: served at once, marked stale, while its
@@ -343,7 +350,7 @@ class SecretCache:
         )
 
     def export(self) -> list[tuple[CacheKey, Entry]]:
-        """What may be written to disk: never values of fail_closed classes."""
+        """What may be written to disk: never values of fail_closed classes, nor leased ones."""
         return exportable(self._entries)
 
     def preload(self, paths: Iterable[str], jitter: float) -> None:

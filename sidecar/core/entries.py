@@ -82,7 +82,7 @@ class EntryTable:
         # Read directly by the cache's hot path (one dict lookup); changed only through here.
         self.by_key: dict[CacheKey, Entry] = {}
         self._entries = self.by_key
-        self._aged_out: dict[CacheKey, None] = {}
+        self._aged_out: dict[CacheKey, str] = {}  # key -> why: its max_cache_age, or its lease
         self._on_count = on_count
         self.generation = 0
 
@@ -140,21 +140,23 @@ class EntryTable:
             self._on_count(len(self._entries))
         return len(keys)
 
-    def expire(self, key: CacheKey, entry: Entry) -> None:
-        """Drop ``entry`` (if still the one held) for having reached max_cache_age."""
+    def expire(self, key: CacheKey, entry: Entry, why: str = "max_cache_age_exceeded") -> None:
+        """Drop ``entry`` (if still the one held) for having reached max_cache_age, or, ``why``
+        ``lease_expired``, the end of its lease."""
         if self._entries.get(key) is not entry:
             return
         del self._entries[key]
         self.generation += 1
-        self._aged_out[key] = None
+        self._aged_out[key] = why
         if len(self._aged_out) > MAX_TOMBSTONES:
             del self._aged_out[next(iter(self._aged_out))]  # the oldest; bounded memory
         log.info(
-            "dropped value past max_cache_age",
+            "dropped value past max_cache_age" if why != "lease_expired" else "lease ended",
             extra={"path": key[0], "class": entry.secret_class.name},
         )
         self._on_count(len(self._entries))
 
-    def aged_out(self, key: CacheKey) -> bool:
-        """Was ``key``'s value dropped at max_cache_age (so a failing read can say why)?"""
-        return key in self._aged_out
+    def aged_out(self, key: CacheKey) -> str | None:
+        """Why ``key``'s value was dropped for age, if it was (so a failing read can say why):
+        ``max_cache_age_exceeded`` or ``lease_expired``."""
+        return self._aged_out.get(key)

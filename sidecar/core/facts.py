@@ -45,6 +45,20 @@ class FetchFinished:
 
 
 @fact
+class LeaseEvent:
+    """Something happened to a leased credential's lease: ``issued`` (a first credential),
+    ``renewed``, ``renewal_refused`` (the store would not renew it for as long again: near its
+    max_ttl, or the lease is gone), ``reissued`` (a new credential replaced one still held).
+    ``kid`` names the credential without its value; ``lease_duration``: seconds granted."""
+
+    path: str
+    secret_class: SecretClass
+    event: str
+    kid: str
+    lease_duration: int
+
+
+@fact
 class LookedUp:
     """A read was answered this way (hits on the hot path are counted in place instead)."""
 
@@ -219,6 +233,7 @@ class ConnectionsOpen:
 
 Fact = (
     FetchFinished
+    | LeaseEvent
     | LookedUp
     | Unavailable
     | EntriesChanged

@@ -5,13 +5,15 @@ one, nothing that a purge overtook), then refreshed ahead of time by the upkeep.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from sidecar.core.coalesce import Coalescer
 from sidecar.core.entries import CacheKey, Entry, EntryTable
-from sidecar.core.facts import FetchFinished, Listener
+from sidecar.core.facts import FetchFinished, LeaseEvent, Listener
+from sidecar.core.leases import leased_class
 from sidecar.core.loglimit import LogLimiter
 from sidecar.core.policy import SecretClass
 from sidecar.core.refusals import Refusals
@@ -21,6 +23,8 @@ from sidecar.core.upkeep import Upkeep
 from sidecar.store.interface import (
     Backend,
     ErrorKind,
+    InvalidRequest,
+    Secret,
     SecretForbidden,
     SecretNotFound,
     StoreError,
@@ -111,8 +115,14 @@ class Fetcher:
         if lagging is not None:
             raise lagging.refusal()  # it said older a moment ago: not asked again yet
         try:
-            unchanged = version is None and await self._unchanged(path, held)
-            secret = held.secret if unchanged and held else await self._backend.read(path, version)
+            renewed = await self._renewed(held) if version is None else None
+            unchanged = renewed is None and version is None and await self._unchanged(path, held)
+            if renewed is not None:
+                secret = renewed
+            elif unchanged and held:
+                secret = held.secret
+            else:
+                secret = await self._backend.read(path, version)
         except StoreError as exc:
             self._failed(key, secret_class, self._clock() - started, exc, purges)
             raise
@@ -153,11 +163,18 @@ class Fetcher:
         if self._revoked.active and self._revoked.covers(path, secret.version):
             self._entries.drop(key)  # a revoked value is never kept, not even in memory
             self._revoked.check(path, secret.version)
+        confirmed_at, fetched_at = now, self._wall()
+        if secret.lease_id is not None:  # one credential shared until near its lease's end
+            secret_class = self._leased(secret, secret_class, held)
+            # The lease began somewhere between asking and the answer: count from the asking,
+            # so a slow answer never stretches it past its end in the store.
+            fetched_at -= now - started
+            confirmed_at = started
         entry = Entry(
             secret=secret,
             secret_class=secret_class,
-            confirmed_at=now,
-            fetched_at=self._wall(),
+            confirmed_at=confirmed_at,
+            fetched_at=fetched_at,
             last_read=held.last_read if held is not None else now,
             served=held is not None and held.served and held.secret.version == secret.version,
             overlap_until=overlap_until(secret_class, secret),
@@ -224,6 +241,40 @@ class Fetcher:
             self._entries.drop(key)
             if not self._refusals.purged_since(purges, path):
                 self._refusals.remember(key, secret_class, exc)
+
+    async def _renewed(self, held: Entry | None) -> Secret | None:
+        """The held leased credential with its lease renewed for as long again, if the store
+        grants that much; None when there is nothing to renew or a new credential is due: not
+        renewable, renewal refused (the lease is gone), or granted less than asked (its
+        max_ttl is near: the next one is issued now, while this one still works)."""
+        if held is None or held.secret.lease_id is None or not held.secret.renewable:
+            return None
+        asked, secret = held.secret.lease_duration, held.secret
+        try:
+            granted = await self._backend.renew(held.secret.lease_id, asked)
+        except (SecretNotFound, SecretForbidden, InvalidRequest):
+            granted = 0  # the store will not renew it (gone, not ours): a new credential
+        if granted < asked:
+            self._lease_event(held, "renewal_refused", granted)
+            return None
+        self._lease_event(held, "renewed", granted)
+        return dataclasses.replace(secret, lease_duration=granted)
+
+    def _leased(self, secret: Secret, secret_class: SecretClass, held: Entry | None) -> SecretClass:
+        """The class as it applies to leased ``secret``; says when it is a new credential."""
+        leased = leased_class(secret_class, secret.lease_duration)
+        if held is None or held.secret.lease_id != secret.lease_id:
+            event = "issued" if held is None or held.secret.lease_id is None else "reissued"
+            self._listener.notify(
+                LeaseEvent(secret.path, leased, event, secret.kid, secret.lease_duration)
+            )
+        return leased
+
+    def _lease_event(self, entry: Entry, event: str, granted: int) -> None:
+        secret = entry.secret
+        self._listener.notify(
+            LeaseEvent(secret.path, entry.secret_class, event, secret.kid, granted)
+        )
 
     async def _unchanged(self, path: str, held: Entry | None) -> bool:
         """Is the held KV v2 value still current? Asks the metadata endpoint, which moves no

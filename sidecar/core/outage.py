@@ -7,6 +7,7 @@ import enum
 from collections.abc import Callable
 
 from sidecar.core.entries import CacheKey, Entry, EntryTable, Lookup, Outcome
+from sidecar.core.leases import ended_by_lease
 from sidecar.core.policy import Freshness, SecretClass
 from sidecar.store.interface import StoreUnavailable
 
@@ -43,9 +44,19 @@ def fail_closed(secret_class: SecretClass, cause: StoreUnavailable) -> StoreUnav
     )
 
 
-def aged_out(secret_class: SecretClass, cause: StoreUnavailable) -> StoreUnavailable:
-    """The 503 of a key whose value was dropped at max_cache_age while the store cannot confirm a
-    new one: says why, keeping the outage's kind and retry hint."""
+def aged_out(
+    secret_class: SecretClass, cause: StoreUnavailable, why: str = "max_cache_age_exceeded"
+) -> StoreUnavailable:
+    """The 503 of a key whose value was dropped at max_cache_age (``why``: or at its lease's
+    end) while the store cannot give a new one: says why, keeping the outage's kind and hint."""
+    if why == "lease_expired":
+        return StoreUnavailable(
+            "lease_expired",
+            kind=cause.kind,
+            detail="the credential's lease has ended (a dead credential is never served) and "
+            f"the store cannot issue a new one ({cause.reason})",
+            retry_after=cause.retry_after,
+        )
     return StoreUnavailable(
         "max_cache_age_exceeded",
         kind=cause.kind,
@@ -80,7 +91,17 @@ def without_store(
             return Lookup(entry, Outcome.STALE, age)
         if decision is Decision.FAIL_CLOSED:
             raise fail_closed(secret_class, cause) from cause
-        entries.expire(key, entry)
-    if entries.aged_out(key):
-        raise aged_out(secret_class, cause) from cause
+        entries.expire(key, entry, expiry_reason(entry))
+    why = entries.aged_out(key)
+    if why is not None:
+        raise aged_out(secret_class, cause, why) from cause
     raise cause
+
+
+def expiry_reason(entry: Entry) -> str:
+    """Why ``entry`` ends when it does: its lease (a leased value's class is limited to the
+    lease's usable time when that came first), or its class's max_cache_age."""
+    secret = entry.secret
+    if secret.lease_id is not None and ended_by_lease(entry.secret_class, secret.lease_duration):
+        return "lease_expired"
+    return "max_cache_age_exceeded"

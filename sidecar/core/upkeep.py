@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 
 from sidecar.core.backoff import full_jitter
 from sidecar.core.entries import CacheKey, Entry, EntryTable
+from sidecar.core.outage import expiry_reason
 from sidecar.core.policy import Policy, SecretClass
 from sidecar.core.rotation import Rotations
 from sidecar.core.schedule import Due, Schedule
@@ -161,7 +162,7 @@ class Upkeep:
                 if due > now:  # the class's window was extended meanwhile
                     self.schedule.push(due, Due.EXPIRE, key, serial)
                     continue
-                self._entries.expire(key, entry)
+                self._entries.expire(key, entry, expiry_reason(entry))
             elif self.wanted(key, now):
                 self._refresh_in_background(key)
             else:

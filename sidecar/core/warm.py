@@ -69,9 +69,11 @@ def restore(
 
 
 def exportable(entries: EntryTable) -> list[tuple[CacheKey, Entry]]:
-    """What may be written to disk: never values of fail_closed classes."""
+    """What may be written to disk: never values of fail_closed classes, and (for now) never
+    leased credentials: restored without their lease's timing, they could outlive it."""
     return [
         (key, entry)
         for key, entry in entries.items()
         if entry.secret_class.on_outage is not OnOutage.FAIL_CLOSED
+        and entry.secret.lease_id is None
     ]

@@ -133,16 +133,22 @@ def _envelope_head(entry: Entry) -> bytes:
         return head
     secret = entry.secret
     fetched = datetime.fromtimestamp(entry.fetched_at, UTC).isoformat(timespec="milliseconds")
-    head = orjson.dumps(
-        {
-            "path": secret.path,
-            "data": secret.data,
-            "version": secret.version,
-            "kid": secret.kid,
-            "fetched_at": fetched.replace("+00:00", "Z"),
-            "class": entry.secret_class.name,
-        }
-    )[:-1]
+    envelope: dict[str, object] = {
+        "path": secret.path,
+        "data": secret.data,
+        "version": secret.version,
+        "kid": secret.kid,
+        "fetched_at": fetched.replace("+00:00", "Z"),
+        "class": entry.secret_class.name,
+    }
+    if secret.lease_id is not None:  # a leased credential: when its lease ends in the store
+        ends = datetime.fromtimestamp(entry.fetched_at + secret.lease_duration, UTC)
+        envelope["lease_duration"] = secret.lease_duration
+        envelope["lease_expires_at"] = ends.isoformat(timespec="milliseconds").replace(
+            "+00:00", "Z"
+        )
+        envelope["renewable"] = secret.renewable
+    head = orjson.dumps(envelope)[:-1]
     entry.native_body = head
     return head
 

@@ -161,7 +161,13 @@ async def _as_kv_read(request: web.Request, api_path: str) -> _KVRead | None:
         raise PathNotAllowed(api_path)
     mount = await request.app[STORE_KEY].mount(api_path)
     if not mount.kv:
-        return None
+        if not request.app[CACHE_KEY].allows(api_path):
+            return None
+        # Another engine at a path the rules allow: a leased secret (database credentials),
+        # read once and shared (a reply without a lease is refused by the store layer: 400).
+        if request.query:
+            raise BadRequest(f"unknown query parameter {next(iter(request.query))!r}")
+        return _KVRead(api_path, None)
     rest = api_path[len(mount.path) :]
     query = request.query
     if mount.kv_version == 1:
@@ -261,13 +267,18 @@ def _vault_response(
     )
 
 
-def _envelope(fields: Mapping[str, Any], lease_duration: int = 0) -> bytes:
+def _envelope(
+    fields: Mapping[str, Any],
+    lease_duration: int = 0,
+    lease_id: str = "",
+    renewable: bool = False,
+) -> bytes:
     """Vault's response envelope without its first member, ``request_id``, which every
     response gets anew (``_with_request_id``): what is rendered once per cached value."""
     return orjson.dumps(
         {
-            "lease_id": "",
-            "renewable": False,
+            "lease_id": lease_id,
+            "renewable": renewable,
             "lease_duration": lease_duration,
             **fields,
             "wrap_info": None,
@@ -288,6 +299,12 @@ def _with_request_id(rest: bytes) -> bytes:
 
 
 def _body(secret: Secret, version: int | None) -> bytes:
+    if secret.lease_id is not None:
+        # As Vault Agent answers from its cache: the lease as granted, and ``Age`` says how
+        # much of it has passed. Renewing it is the sidecar's job, not the app's.
+        return _envelope(
+            {"data": secret.data}, secret.lease_duration, secret.lease_id, secret.renewable
+        )
     if version == METADATA:
         return _envelope({"data": secret.data})
     if secret.kv_version == 1:

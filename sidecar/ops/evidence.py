@@ -58,7 +58,13 @@ import orjson
 from sidecar.core.durations import parse_duration
 from sidecar.core.policy import glob_regex
 from sidecar.ops.audit import iso_time
-from sidecar.ops.evidence_paths import SecretEvidence, count_in, new_tally, purge_record
+from sidecar.ops.evidence_paths import (
+    LEASE_EVENTS,
+    SecretEvidence,
+    count_in,
+    new_tally,
+    purge_record,
+)
 from sidecar.ops.evidence_text import render_text, warning_lines
 
 EXIT_OK, EXIT_RETIRED_PRESENTED, EXIT_BAD_INPUT = 0, 1, 2
@@ -75,6 +81,7 @@ _PATH_EVENTS = frozenset(
         "purged",
         "revoked",
         "unrevoked",
+        *LEASE_EVENTS,
     }
 )
 _GLOBAL_EVENTS = frozenset(

@@ -6,6 +6,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+# A leased credential's life in the audit log (issued, renewed, refused renewal, re-issued)
+LEASE_EVENTS = frozenset(
+    {"lease_issued", "lease_renewed", "lease_renewal_refused", "lease_reissued"}
+)
+
 
 def new_tally() -> dict[str, Any]:
     """An empty ``{count, last}`` tally: the report's shape for every counted event."""
@@ -29,6 +34,7 @@ class SecretEvidence:
         self.purges: list[dict[str, Any]] = []
         self.revocations: list[dict[str, Any]] = []
         self.unrevocations: list[dict[str, Any]] = []
+        self.leases: dict[str, dict[str, Any]] = {}  # lease event -> {count, last, last_kid}
 
     def note_owner(self, record: Mapping[str, Any]) -> None:
         """Keep the latest class and owner any record names, so the report says whose secret it
@@ -89,6 +95,10 @@ class SecretEvidence:
                     "entries": r.get("entries"),
                 }
             )
+        elif event in LEASE_EVENTS:
+            tally = self.leases.setdefault(event.removeprefix("lease_"), new_tally())
+            count_in(tally, stamp)
+            tally["last_kid"] = r.get("kid")
         elif event == "unrevoked":
             self.unrevocations.append(
                 {"time": stamp, "version": r.get("version"), "reason": r.get("reason")}
@@ -120,6 +130,8 @@ class SecretEvidence:
             "purges": self.purges,
             "revocations": self.revocations,
             "unrevocations": self.unrevocations,
+            # only for leased credentials: a KV secret's section is as it always was
+            **({"leases": {e: self.leases[e] for e in sorted(self.leases)}} if self.leases else {}),
         }
 
     def _rotation(self, epoch: float, rotation: dict[str, Any]) -> dict[str, Any]:

@@ -82,6 +82,11 @@ def _secret_lines(secret: Mapping[str, Any]) -> list[str]:
     for r in secret["unrevocations"]:
         which = "all versions" if r["version"] is None else _version(r["version"])
         out.append(f"  unrevoked: {r['time']} {which}: {r['reason'] or '-'}")
+    for event, tally in secret.get("leases", {}).items():
+        out.append(
+            f"  lease {event.replace('_', ' ')}: {_times(tally['count'])}, last {tally['last']} "
+            f"({tally['last_kid']})"
+        )
     return out
 
 

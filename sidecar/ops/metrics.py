@@ -29,6 +29,7 @@ from sidecar.core.facts import (
     Fact,
     FetchFinished,
     FirstServed,
+    LeaseEvent,
     LookedUp,
     NodeState,
     PreviousRetired,
@@ -44,6 +45,7 @@ from sidecar.core.facts import (
 )
 from sidecar.core.policy import SecretClass
 from sidecar.core.verify import Match
+from sidecar.ops.leases import LeaseCollector
 
 BACKGROUND_TASKS = (
     "snapshot",
@@ -154,6 +156,13 @@ class Metrics:
             buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600),
             registry=r,
         )
+        self.lease_events = Counter(
+            "sidecar_lease_events",
+            "What happened to leased credentials' leases, by class and event: issued, renewed, "
+            "renewal_refused (near max_ttl, or gone), reissued (a new credential replaced one).",
+            ["class", "event"],
+            registry=r,
+        )
         self.previous_served = Counter(
             "sidecar_previous_version_served",
             "Reads of ?version=previous (during an overlap): someone still reads the old value.",
@@ -236,6 +245,7 @@ class Metrics:
         values and open overlaps, at scrape time: no metric work on the request path."""
         self.registry.register(_AgeCollector(cache, self))
         self.registry.register(_CountsCollector(cache, self))
+        self.registry.register(LeaseCollector(cache, lambda: self._classes))
         overlap = Gauge(
             "sidecar_overlap_open",
             "Secrets whose previous version is still served (?version=previous) after a "
@@ -315,6 +325,8 @@ class Metrics:
                 self.rotation_adoption.labels(secret_class.name).observe(since)
             case PreviousServed(secret_class):
                 self.previous_served.labels(secret_class.name).inc()
+            case LeaseEvent(_, secret_class, event):
+                self.lease_events.labels(secret_class.name, event).inc()
             case PreviousRetired(_, secret_class):
                 self.previous_retired.labels(secret_class.name).inc()
             case Verified(_, secret_class, verdict):

@@ -14,6 +14,7 @@ from sidecar.core.facts import (
     Fact,
     FetchFinished,
     FirstServed,
+    LeaseEvent,
     PreviousRetired,
     Rotated,
     StaleServed,
@@ -88,6 +89,15 @@ class AuditTrail:
                 )
             case Verified(path, secret_class, verdict, field):
                 self._verified(path, secret_class, verdict, field)
+            case LeaseEvent(path, secret_class, event, kid, lease_duration):
+                # the credential by its kid (a digest of the lease ID), never its value
+                self._audit.record(
+                    f"lease_{event}",
+                    path=path,
+                    kid=kid,
+                    lease_duration=lease_duration,
+                    **self._who(secret_class),
+                )
             case AuthEvent(event, ok, expires_at):
                 if not ok:
                     self._audit.record("auth_failed", method=self._method, reason=event)

@@ -10,6 +10,7 @@ caller's fault.
 from __future__ import annotations
 
 import enum
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -27,10 +28,19 @@ class Secret:
     kv_version: int = 2
     custom_metadata: Mapping[str, Any] | None = None  # KV v2: the secret's custom metadata
     lease_duration: int = 0  # what the store said (KV v1 mounts have a default TTL)
+    # A leased secret (database credentials, ...): every read of its path makes a new one, so
+    # one lease is shared until it ends; never served past its end. None: not leased.
+    lease_id: str | None = None
+    renewable: bool = False
 
     @property
     def kid(self) -> str:
-        """Stable key identifier: ``<path>#<version>``; plain ``<path>`` on unversioned KV v1."""
+        """Stable key identifier: ``<path>#<version>``; plain ``<path>`` on unversioned KV v1;
+        ``<path>#lease-<12 hex>`` for a leased credential (a digest of its lease ID, which
+        tells two credentials apart without naming the lease)."""
+        if self.lease_id is not None:
+            digest = hashlib.sha256(self.lease_id.encode()).hexdigest()[:12]
+            return f"{self.path}#lease-{digest}"
         return self.path if self.version is None else f"{self.path}#{self.version}"
 
 
@@ -169,6 +179,10 @@ class Backend(Protocol):
 
     async def version_info(self, path: str) -> VersionInfo | None:
         """The current version, cheaply (no value moved), or None if that cannot be known."""
+
+    async def renew(self, lease_id: str, increment: int) -> int:
+        """Renew a lease by ``increment`` seconds; the seconds the store granted (less near the
+        lease's max_ttl). Raises StoreError kinds (a lease gone or not renewable: refused)."""
 
     async def close(self) -> None:
         """Release what ``start`` set up (background tasks, the request pool) at shutdown."""

@@ -102,11 +102,14 @@ class KVStore:
         """One secret for the cache, read the way its mount's KV version needs (``METADATA``
         reads the KV v2 metadata document); a request the mount cannot answer is Unaskable."""
         mount = await self._mount_for(path, urgent=urgent)
-        if not mount.kv:
-            raise Unaskable(
-                f"{mount.path!r} is a {mount.engine!r} secrets engine; the sidecar serves KV only"
-            )
         rest = _rest(mount, path)
+        if not mount.kv:
+            # Another engine: served if its read is leased (database credentials and the
+            # like); each such read makes a new credential, so there are no versions to ask.
+            if version is not None:
+                raise Unaskable(f"{mount.path!r} is a {mount.engine!r} engine: no versions")
+            reply = await self.call("GET", path, urgent=urgent)
+            return replies.leased_secret(path, reply.body)
         if version == METADATA:
             if mount.kv_version != 2:
                 raise Unaskable(f"metadata exists only on KV v2 mounts; {mount.path!r} is KV 1")
@@ -120,6 +123,13 @@ class KVStore:
             raise Unaskable(f"versions exist only on KV v2 mounts; {mount.path!r} is KV version 1")
         reply = await self.call("GET", path, urgent=urgent)
         return replies.kv1_secret(path, reply.body)
+
+    async def renew(self, lease_id: str, increment: int) -> int:
+        """Renew a lease (``sys/leases/renew``) by ``increment`` seconds; the seconds granted."""
+        reply = await self.call(
+            "PUT", "sys/leases/renew", json={"lease_id": lease_id, "increment": increment}
+        )
+        return replies.renewed(lease_id, reply.body)
 
     async def version_info(self, path: str) -> VersionInfo | None:
         """The current KV v2 version from the metadata endpoint: a cheap rotation check that

@@ -20,6 +20,7 @@ from sidecar.store.interface import (
     SecretForbidden,
     SecretNotFound,
     StoreUnavailable,
+    Unaskable,
     VersionInfo,
 )
 
@@ -163,6 +164,45 @@ def kv1_secret(path: str, body: Mapping[str, Any]) -> Secret:
     data = _object(body.get("data"), "KV v1 reply: data")
     lease = _optional_whole(body.get("lease_duration"), "KV v1 reply: lease_duration")
     return Secret(path=path, data=data, version=None, kv_version=1, lease_duration=lease or 0)
+
+
+MAX_LEASE_ID = 1024  # a lease ID is a path and a random suffix; anything longer is not one
+
+
+def leased_secret(path: str, body: Mapping[str, Any]) -> Secret:
+    """A leased secret's reply (``database/creds/<role>``, ...) as a Secret, every field
+    checked: a non-empty lease_id, a positive lease_duration, data as an object. A reply
+    without a lease is not a leased secret: the sidecar does not serve other engines."""
+    lease_id = _optional_text(body.get("lease_id"), "leased reply: lease_id")
+    if not lease_id:
+        raise Unaskable(
+            f"{path!r} is not KV and its reply carries no lease: the sidecar serves KV and "
+            "leased secrets (such as database credentials) only"
+        )
+    if len(lease_id) > MAX_LEASE_ID or any(c.isspace() or not c.isprintable() for c in lease_id):
+        raise bad_response("leased reply: lease_id is not a lease ID")
+    duration = _optional_whole(body.get("lease_duration"), "leased reply: lease_duration", 1)
+    if duration is None:
+        raise bad_response("leased reply: no lease_duration")
+    return Secret(
+        path=path,
+        data=_object(body.get("data"), "leased reply: data"),
+        version=None,
+        kv_version=0,
+        lease_duration=duration,
+        lease_id=lease_id,
+        renewable=_flag(body.get("renewable"), "leased reply: renewable"),
+    )
+
+
+def renewed(lease_id: str, body: Mapping[str, Any]) -> int:
+    """A lease renewal's reply: the seconds granted, for the lease that was asked about."""
+    if body.get("lease_id") != lease_id:
+        raise bad_response("lease renewal reply: not the lease that was renewed")
+    granted = _optional_whole(body.get("lease_duration"), "lease renewal reply: lease_duration")
+    if granted is None:
+        raise bad_response("lease renewal reply: no lease_duration")
+    return granted
 
 
 def kv2_secret(path: str, version: int | None, body: Mapping[str, Any]) -> Secret:

@@ -1,0 +1,128 @@
+"""Leased values in the cache, pure: served until the lease's usable end or the class's
+max_cache_age, whichever is first; never after, not even during an outage (lease_expired)."""
+
+from __future__ import annotations
+
+import pytest
+
+from sidecar.core.cache import Outcome, SecretCache
+from sidecar.core.leases import ended_by_lease, leased_class, usable_for
+from sidecar.core.policy import OnOutage, Policy, Rule
+from sidecar.store.interface import Secret, StoreUnavailable
+from tests.core.test_cache import WALL_OFFSET, Clock, make_class
+
+PATH = "database/creds/app"
+
+
+def test_a_lease_is_usable_until_a_margin_before_its_end():
+    assert usable_for(6) == pytest.approx(5.4)  # 10 %
+    assert usable_for(3600) == 3570  # at most 30 s early
+    standard = make_class("standard", OnOutage.SERVE_STALE)  # refresh 60 s, max age 600 s
+    short = leased_class(standard, 6)
+    assert short.refresh_interval == short.max_cache_age == pytest.approx(5.4)
+    assert ended_by_lease(short, 6)
+    long = leased_class(standard, 86_400)  # a day-long lease: the class's max_cache_age wins
+    assert long.refresh_interval == long.max_cache_age == 600
+    assert not ended_by_lease(long, 86_400)
+
+
+class LeasingBackend:
+    """Each read is a new credential with a new lease, as the database engine does."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.reads = 0
+        self.down = False
+        self.renewals: list[str] = []
+        self.grant = 10
+
+    async def read(self, path: str, version: int | None, *, urgent: bool = False) -> Secret:
+        if self.down:
+            raise StoreUnavailable("connection_failed")
+        self.reads += 1
+        return Secret(
+            path=path,
+            data={"username": f"v-{self.reads}", "password": f"pw-{self.reads}"},
+            version=None,
+            kv_version=0,
+            lease_duration=10,
+            lease_id=f"{path}/lease{self.reads}",
+            renewable=True,
+        )
+
+    async def version_info(self, path: str) -> None:
+        return None
+
+    async def renew(self, lease_id: str, increment: int) -> int:
+        if self.down:
+            raise StoreUnavailable("connection_failed")
+        self.renewals.append(lease_id)
+        return min(increment, self.grant)  # less than asked: the lease's max_ttl is near
+
+
+@pytest.fixture
+async def leasing() -> tuple[SecretCache, LeasingBackend, Clock]:
+    clock = Clock()
+    backend = LeasingBackend(clock)
+    policy = Policy([Rule("database/**", make_class("database", OnOutage.SERVE_STALE))])
+    cache = SecretCache(
+        backend,  # type: ignore[arg-type]
+        policy,
+        clock=lambda: clock.now,
+        wall=lambda: WALL_OFFSET + clock.now,
+        rng=lambda: 0.5,
+    )
+    yield cache, backend, clock
+    await cache.settle()
+    await cache.close()
+
+
+async def test_one_lease_is_shared_until_its_usable_end_then_a_new_one(leasing):
+    cache, backend, clock = leasing
+    first = await cache.get(PATH)
+    assert first.outcome is Outcome.MISS and first.entry.secret.lease_id == f"{PATH}/lease1"
+    clock.advance(8.9)  # the class says refresh every 60 s; the lease (10 s, usable 9 s) rules
+    assert (await cache.get(PATH)).entry is first.entry
+    assert backend.reads == 1
+    clock.advance(0.2)
+    second = await cache.get(PATH)
+    assert second.outcome is Outcome.MISS and second.entry.secret.lease_id == f"{PATH}/lease2"
+
+
+async def test_during_an_outage_a_lease_is_served_until_its_usable_end_then_lease_expired(
+    leasing,
+):
+    cache, backend, clock = leasing
+    first = await cache.get(PATH)
+    backend.down = True
+    clock.advance(8.5)
+    held = await cache.get(PATH)
+    assert held.entry is first.entry and not held.stale  # still within its lease
+    clock.advance(0.6)
+    with pytest.raises(StoreUnavailable) as refused:
+        await cache.get(PATH)
+    assert refused.value.reason == "lease_expired"
+    with pytest.raises(StoreUnavailable) as again:  # and stays refused: never the dead one
+        await cache.get(PATH)
+    assert again.value.reason == "lease_expired"
+
+
+async def test_a_lease_in_use_is_renewed_then_replaced_when_its_max_ttl_is_near(leasing):
+    cache, backend, clock = leasing
+    first = await cache.get(PATH)
+    clock.advance(7.5)  # refresh-ahead: 75-90 % of the usable 9 s (the fake rng draws 82.5 %)
+    await cache.get(PATH)  # still read: worth keeping
+    cache.run_due()
+    await cache.settle()
+    assert backend.renewals == [f"{PATH}/lease1"] and backend.reads == 1
+    renewed = await cache.get(PATH)
+    assert renewed.entry.secret.lease_id == f"{PATH}/lease1"  # the same credential...
+    assert renewed.entry.secret.data == first.entry.secret.data
+    assert renewed.entry.confirmed_at == clock.now  # ...with a lease counted from the renewal
+    backend.grant = 4  # the store grants less than asked: near max_ttl
+    clock.advance(7.5)
+    await cache.get(PATH)
+    cache.run_due()
+    await cache.settle()
+    assert backend.reads == 2  # a new credential, issued while the old one still works
+    assert (await cache.get(PATH)).entry.secret.lease_id == f"{PATH}/lease2"

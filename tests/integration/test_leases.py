@@ -1,0 +1,203 @@
+"""Leased credentials (OpenBao's database secrets engine against a real, throwaway PostgreSQL):
+one lease per path shared by every caller, concurrent first reads coalesced into one store
+request and one database user, every credential handed out able to log in, and never one
+past its lease's end, not even while the store is cut off."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import hvac
+import psycopg
+import pytest
+
+from sidecar.dev.openbao import DevOpenBao
+from sidecar.dev.postgres import ThrowawayPostgres
+from sidecar.ops.evidence import build_report
+from tests.conftest import AUTH, CALLER_TOKEN, CLASSES, SidecarFactory, database_role, metric
+from tests.faultproxy import FaultProxy
+
+pytestmark = pytest.mark.timeout(120)
+
+LEASED = {
+    "standard": CLASSES["standard"],
+    "database": {**CLASSES["standard"], "refresh_interval": "1h", "max_cache_age": "1h"},
+}
+
+
+def _rules(role: str) -> list[dict[str, str]]:
+    return [
+        {"match": f"database/creds/{role}", "class": "database"},
+        {"match": "**", "class": "standard"},
+    ]
+
+
+def _login(database: ThrowawayPostgres, credential: dict[str, Any]) -> str:
+    url = (
+        f"postgresql://{credential['username']}:{credential['password']}@127.0.0.1:"
+        f"{database.port}/postgres?sslmode=disable"
+    )
+    with psycopg.connect(url, connect_timeout=5) as connection:
+        row = connection.execute("SELECT current_user").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def _ends(envelope: dict[str, Any]) -> float:
+    return datetime.fromisoformat(envelope["lease_expires_at"].replace("Z", "+00:00")).timestamp()
+
+
+async def test_concurrent_first_reads_make_one_store_request_and_one_database_user(
+    make_sidecar: SidecarFactory, openbao: DevOpenBao, postgres: ThrowawayPostgres, uid: str
+):
+    role = f"r{uid[1:8]}"  # 8 characters: user names keep 8 of the role name
+    path = database_role(openbao, role, ttl="1m", max_ttl="5m")
+    client, _ = await make_sidecar(classes=LEASED, rules=_rules(role))
+    replies = await asyncio.gather(
+        *(client.get(f"/secrets/{path}", headers=AUTH) for _ in range(200))
+    )
+    assert {r.status for r in replies} == {200}
+    envelopes = [await r.json() for r in replies]
+    assert len({e["kid"] for e in envelopes}) == 1  # one lease, shared
+    assert envelopes[0]["kid"].startswith(f"{path}#lease-")
+    assert envelopes[0]["class"] == "database" and envelopes[0]["lease_duration"] == 60
+    assert openbao.count_requests(path) == 1  # the store's own audit log
+    users = postgres.login_roles(f"v-token-{role}-")
+    assert len(users) == 1
+    assert _login(postgres, envelopes[0]["data"]) == users[0]
+    # the lease is in the store and is the sidecar's: the value is in no log line
+    assert envelopes[0]["data"]["password"] not in openbao.server_log.read_text()
+
+
+async def test_a_lease_in_use_is_renewed_then_replaced_near_max_ttl_and_every_login_works(
+    make_sidecar: SidecarFactory,
+    openbao: DevOpenBao,
+    postgres: ThrowawayPostgres,
+    uid: str,
+    tmp_path: Path,
+):
+    role = f"r{uid[1:8]}"  # 8 characters: user names keep 8 of the role name
+    path = database_role(openbao, role, ttl="4s", max_ttl="8s")
+    renewals = openbao.count_requests("sys/leases/renew", "update")
+    audit = tmp_path / "audit.log"
+    client, sidecar = await make_sidecar(classes=LEASED, rules=_rules(role), audit_log=str(audit))
+    kids: list[str] = []
+    most = 0
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # an app that reads its credential before each connect
+        reply = await client.get(f"/secrets/{path}", headers=AUTH)
+        assert reply.status == 200
+        envelope = await reply.json()
+        assert _ends(envelope) - time.time() > 0.2, "a credential at the end of its lease"
+        _login(postgres, envelope["data"])  # no failed login, ever
+        # the store drops each user when its lease ends: the current one and the one before
+        most = max(most, len(postgres.login_roles(f"v-token-{role}-")))
+        if not kids or kids[-1] != envelope["kid"]:
+            kids.append(envelope["kid"])
+        await asyncio.sleep(0.25)
+    assert most <= 2, most
+    # 4 s leases renewed for as long again while the store grants it; near the 8 s max_ttl
+    # (granted less than asked) a new credential is issued while the old one still works
+    assert openbao.count_requests("sys/leases/renew", "update") > renewals
+    assert 2 <= len(kids) <= 3, kids
+    # one store read per credential; refresh-ahead may have made the next one already
+    assert len(kids) <= openbao.count_requests(path) <= len(kids) + 1
+
+    # evidence: the metrics, and the audit log as `sidecar evidence` reads it (kids, no values)
+    events = {"class": "database"}
+    assert metric(sidecar, "sidecar_lease_events_total", {**events, "event": "issued"}) == 1
+    assert metric(sidecar, "sidecar_lease_events_total", {**events, "event": "renewed"}) >= 1
+    assert metric(sidecar, "sidecar_lease_events_total", {**events, "event": "reissued"}) >= 1
+    assert metric(sidecar, "sidecar_leases_active", {"class": "database"}) == 1
+    left = metric(sidecar, "sidecar_lease_remaining_seconds_gsum", {"class": "database"})
+    assert 0 < left <= 4
+    records = [json.loads(line) for line in audit.read_text().splitlines()]
+    report = build_report(records)["paths"][path]["leases"]
+    assert report["issued"]["count"] == 1 and report["renewed"]["count"] >= 1
+    assert report["reissued"]["last_kid"].startswith(f"{path}#lease-")  # by kid, no value
+    assert envelope["data"]["password"] not in audit.read_text()
+
+
+async def test_with_the_store_cut_off_a_credential_is_served_until_its_lease_ends_never_after(
+    make_sidecar: SidecarFactory, openbao: DevOpenBao, postgres: ThrowawayPostgres, uid: str
+):
+    role = f"r{uid[1:8]}"  # 8 characters: user names keep 8 of the role name
+    path = database_role(openbao, role, ttl="4s", max_ttl="20s")
+    proxy = FaultProxy(openbao.port).start()
+    try:
+        client, _ = await make_sidecar(
+            proxy.addr,
+            classes=LEASED,
+            rules=_rules(role),
+            backend={"timeout": "500ms", "backoff": {"base": "100ms", "cap": "500ms"}},
+        )
+        first = await (await client.get(f"/secrets/{path}", headers=AUTH)).json()
+        proxy.set("blackhole")
+        proxy.cut_all()
+        served_until = 0.0
+        statuses: list[tuple[int, str | None]] = []
+        deadline = time.monotonic() + 6
+        while time.monotonic() < deadline:
+            reply = await client.get(f"/secrets/{path}", headers=AUTH)
+            body = await reply.json()
+            if reply.status == 200:
+                assert body["kid"] == first["kid"]  # the one lease, while it lasts
+                assert time.time() < _ends(first), "served past its lease's end"
+                _login(postgres, body["data"])
+                served_until = time.time()
+            statuses.append((reply.status, body.get("reason")))
+            await asyncio.sleep(0.2)
+        assert statuses[0][0] == 200 and served_until > 0
+        # then, with the store still unreachable: 503 lease_expired, never the dead credential
+        assert statuses[-1] == (503, "lease_expired"), statuses[-5:]
+        assert set(statuses) <= {(200, None), (503, "lease_expired")}, set(statuses)
+    finally:
+        proxy.stop()
+
+
+async def test_leased_credentials_are_never_written_to_the_snapshot(
+    make_sidecar: SidecarFactory,
+    openbao: DevOpenBao,
+    postgres: ThrowawayPostgres,
+    uid: str,
+    tmp_path: Path,
+):
+    role = f"r{uid[1:8]}"  # 8 characters: user names keep 8 of the role name
+    path = database_role(openbao, role, ttl="1m", max_ttl="5m")
+    openbao.kv_put(f"{uid}/kv", {"v": "kept"})
+    client, sidecar = await make_sidecar(classes=LEASED, rules=_rules(role))
+    assert (await client.get(f"/secrets/{path}", headers=AUTH)).status == 200
+    assert (await client.get(f"/secrets/secret/{uid}/kv", headers=AUTH)).status == 200
+    written = {key[0] for key, _ in sidecar.cache.export()}  # what the snapshot writes
+    assert written == {
+        f"secret/{uid}/kv"
+    }  # restored without its lease's timing, it could outlive it
+
+
+async def test_the_vault_compatible_api_serves_the_shared_lease_in_vaults_shape(
+    make_sidecar: SidecarFactory, openbao: DevOpenBao, postgres: ThrowawayPostgres, uid: str
+):
+    role = f"r{uid[1:8]}"
+    path = database_role(openbao, role, ttl="1m", max_ttl="5m")
+    client, _ = await make_sidecar(classes=LEASED, rules=_rules(role))
+    url = f"http://{client.host}:{client.port}"
+
+    def generate() -> dict[str, Any]:  # hvac, as an app would ask Vault for its credentials
+        vault = hvac.Client(url=url, token=CALLER_TOKEN)
+        return dict(vault.secrets.database.generate_credentials(name=role))
+
+    first, second = await asyncio.gather(*(asyncio.to_thread(generate) for _ in range(2)))
+    assert first["lease_id"].startswith(f"{path}/") and first["lease_id"] == second["lease_id"]
+    assert first["lease_duration"] == 60 and first["renewable"] is True
+    assert first["data"] == second["data"]
+    assert _login(postgres, first["data"]) == first["data"]["username"]
+    native = await (await client.get(f"/secrets/{path}", headers=AUTH)).json()
+    assert native["data"] == first["data"]  # one credential, whichever API asks
+    assert openbao.count_requests(path) == 1
+    refused = await client.get(f"/v1/{path}?ttl=5m", headers=AUTH)
+    assert refused.status == 400  # no query on a leased read
