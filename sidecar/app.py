@@ -206,7 +206,13 @@ def create_app(
         listener=facts,
     )
     admin = Admin(
-        cache, audit, facts, snapshotter, ceiling=settings.max_cache_age_ceiling, clock=clock
+        cache,
+        audit,
+        facts,
+        snapshotter,
+        ceiling=settings.max_cache_age_ceiling,
+        clock=clock,
+        revoke_lease=store.revoke_lease,
     )
 
     api = web.Application(client_max_size=MAX_BODY)
@@ -385,7 +391,9 @@ def _lifecycle(sidecar: Sidecar) -> Any:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        revoke = sidecar.admin.revoke_leases if settings.revoke_leases_on_shutdown else None
         for name, step in (
+            ("leases", revoke),
             ("admin", _sync(sidecar.admin.close)),
             ("snapshot", snapshotter.save if snapshotter is not None else None),
             ("cache", sidecar.cache.close),

@@ -146,6 +146,9 @@ class Settings(BaseSettings):
     access_log: bool = False
     shutdown_timeout: Duration = 10.0
     startup_jitter: Duration = 3.0
+    # Revoke every leased credential in the store when the sidecar stops. Off by default: a
+    # restarting pod would break its own database connections.
+    revoke_leases_on_shutdown: bool = False
     admin_token_file: Path = Path("/run/secrets-sidecar-admin/token")
     max_wait: PositiveDuration = 300.0
     max_cache_age_ceiling: PositiveDuration = 86400.0

@@ -70,29 +70,12 @@ def openbao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevOpenBao]:
 def postgres(tmp_path_factory: pytest.TempPathFactory, openbao: DevOpenBao) -> Iterator[Any]:
     """A throwaway PostgreSQL (Debian's, installed by `make test-deps`) and OpenBao's database
     secrets engine at ``database/`` configured against it, for leased-credential tests."""
-    from sidecar.dev.postgres import ThrowawayPostgres
+    from sidecar.dev.postgres import ThrowawayPostgres, configure_database_engine, reachable
 
     folder = tmp_path_factory.mktemp("postgres")
-    if os.geteuid() == 0:
-        os.chmod(folder, 0o755)  # the server runs as postgres: it must reach its folder
-        for parent in folder.parents:
-            if parent == Path("/") or parent.stat().st_mode & 0o001:
-                break
-            os.chmod(parent, parent.stat().st_mode | 0o001)
+    reachable(folder)  # as root the server runs as postgres: it must reach its folder
     database = ThrowawayPostgres(folder / "pg").start()
-    openbao.request("POST", "sys/mounts/database", {"type": "database"})
-    openbao.request(
-        "POST",
-        "database/config/pg",
-        {
-            "plugin_name": "postgresql-database-plugin",
-            "connection_url": "postgresql://{{username}}:{{password}}@127.0.0.1:"
-            f"{database.port}/postgres?sslmode=disable",
-            "username": "postgres",
-            "password": database.password,
-            "allowed_roles": "*",
-        },
-    )
+    configure_database_engine(openbao, database)
     yield database
     database.stop()
 
@@ -100,20 +83,9 @@ def postgres(tmp_path_factory: pytest.TempPathFactory, openbao: DevOpenBao) -> I
 def database_role(openbao: DevOpenBao, name: str, *, ttl: str = "6s", max_ttl: str = "20s") -> str:
     """A database role ``name`` whose credentials live ``ttl`` (renewable up to ``max_ttl``);
     the path the sidecar reads for them. Its users are named ``v-token-<name>-...``."""
-    openbao.request(
-        "POST",
-        f"database/roles/{name}",
-        {
-            "db_name": "pg",
-            "creation_statements": [
-                "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' "
-                "VALID UNTIL '{{expiration}}';"
-            ],
-            "default_ttl": ttl,
-            "max_ttl": max_ttl,
-        },
-    )
-    return f"database/creds/{name}"
+    from sidecar.dev.postgres import database_role as make_role
+
+    return make_role(openbao, name, ttl=ttl, max_ttl=max_ttl)
 
 
 @pytest.fixture

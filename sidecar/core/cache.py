@@ -349,8 +349,12 @@ class SecretCache:
             wall=self._wall,
         )
 
+    def export_all(self) -> list[tuple[CacheKey, Entry]]:
+        """Every value held (a copy), whatever its class: for controls that act on all."""
+        return self._entries.items()
+
     def export(self) -> list[tuple[CacheKey, Entry]]:
-        """What may be written to disk: never values of fail_closed classes, nor leased ones."""
+        """What may be written to disk: never values of fail_closed classes."""
         return exportable(self._entries)
 
     def preload(self, paths: Iterable[str], jitter: float) -> None:

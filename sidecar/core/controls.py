@@ -47,6 +47,14 @@ class Controls:
         self._upkeep.purged(doomed)
         return len(doomed)
 
+    def leases(self, *, path: str | None = None, prefix: str | None = None) -> list[str]:
+        """The lease IDs of the leased credentials a ``purge`` with these arguments would drop."""
+        return [
+            lease
+            for key, entry in self._entries.items()
+            if covers(path, prefix, key[0]) and (lease := entry.secret.lease_id) is not None
+        ]
+
     def set_revocations(
         self, revoked: Iterable[Revocation]
     ) -> tuple[list[Revocation], list[Revocation], int]:

@@ -8,6 +8,7 @@ import math
 from collections.abc import Callable, Iterable
 
 from sidecar.core.entries import CacheKey, Entry, EntryTable
+from sidecar.core.leases import leased_class
 from sidecar.core.policy import OnOutage, Policy, SecretClass
 from sidecar.core.upkeep import Upkeep
 from sidecar.store.interface import Secret
@@ -48,6 +49,12 @@ def restore(
     restored = discarded = 0
     for key, secret, confirmed_wall in items:
         secret_class, why_not = restore_verdict(policy, key[0], at - confirmed_wall)
+        if secret_class is not None and why_not is None and secret.lease_id is not None:
+            # a credential is reused only within its lease (less the margin); its renewal
+            # is its confirmation
+            secret_class = leased_class(secret_class, secret.lease_duration)
+            if at - confirmed_wall >= secret_class.max_cache_age:
+                why_not = "its lease has ended"
         if secret_class is None or why_not is not None or key in entries:
             discarded += 1
             continue
@@ -69,11 +76,10 @@ def restore(
 
 
 def exportable(entries: EntryTable) -> list[tuple[CacheKey, Entry]]:
-    """What may be written to disk: never values of fail_closed classes, and (for now) never
-    leased credentials: restored without their lease's timing, they could outlive it."""
+    """What may be written to disk: never values of fail_closed classes. A leased credential
+    goes with its lease (restored only within it)."""
     return [
         (key, entry)
         for key, entry in entries.items()
         if entry.secret_class.on_outage is not OnOutage.FAIL_CLOSED
-        and entry.secret.lease_id is None
     ]

@@ -13,6 +13,13 @@ from pathlib import Path
 import yaml
 
 from sidecar.dev.openbao import DevOpenBao, DevStoreError, _is_free, bao_binary, free_port
+from sidecar.dev.postgres import (
+    ThrowawayPostgres,
+    configure_database_engine,
+    database_role,
+    postgres_bin,
+    reachable,
+)
 from sidecar.ops import logs
 
 SIGNING_KEYS = ("demo-signing-key-previous", "demo-signing-key")  # each rotation: previous, current
@@ -107,9 +114,25 @@ def rotate_demo(directory: Path) -> int:
     return 0
 
 
-def write_demo_config(directory: Path, store: DevOpenBao, port: int, ops_port: int) -> Path:
+DATABASE_CLASS = {
+    "database": {
+        "business_function": "Application login to the demo PostgreSQL (leased, per pod)",
+        "owner": "team-demo",
+        "refresh_interval": "1m",  # does not apply to a lease: renewed at 75-90 % of it
+        "max_cache_age": "1h",
+        "on_outage": "serve_stale",  # within the lease only: never a dead credential
+        "rotation_method": "the sidecar renews the lease, then issues the next credential",
+        "revocation_steps": "POST /admin/purge the path (revokes the lease); bao lease revoke",
+    }
+}
+
+
+def write_demo_config(
+    directory: Path, store: DevOpenBao, port: int, ops_port: int, *, leased: bool = False
+) -> Path:
     """Write the demo's sidecar.yaml in ``directory`` (with the store token and snapshot key
-    files it names), pointing at ``store``; returns its path."""
+    files it names), pointing at ``store``; returns its path. ``leased``: the store issues
+    database credentials at ``database/creds/app`` (class ``database``)."""
     token_file = directory / "store-token"
     token_file.write_text(store.root_token + "\n")
     token_file.chmod(0o600)
@@ -139,8 +162,9 @@ def write_demo_config(directory: Path, store: DevOpenBao, port: int, ops_port: i
             "auth": {"method": "token", "token_file": str(token_file)},
             "timeout": "2s",
         },
-        "classes": DEMO_CLASSES,
+        "classes": {**DEMO_CLASSES, **(DATABASE_CLASS if leased else {})},
         "secrets": [
+            *([{"match": "database/creds/app", "class": "database"}] if leased else []),
             {"match": "secret/app/db", "class": "standard", "preload": True},
             {"match": "secret/payments/**", "class": "payments"},
             {"match": "kv1/**", "class": "legacy"},
@@ -183,7 +207,8 @@ def run_demo(directory: Path, port: int, run: Callable[[Path], int]) -> int:
         store.stop()
         print(f"demo: {exc}", file=sys.stderr)
         return 1
-    config = write_demo_config(directory, store, port, ops_port)
+    database, database_note = _demo_database(directory, store)
+    config = write_demo_config(directory, store, port, ops_port, leased=database is not None)
     base = f"http://127.0.0.1:{port}"
     caller = f'-H "X-Sidecar-Token: $(cat {directory / "caller-token"})"'
     admin = f'-H "X-Sidecar-Token: $(cat {directory / "admin-token"})"'
@@ -204,6 +229,7 @@ Try, in another terminal:
   curl -s {caller} {base}/secrets/secret/payments/signing-key
   curl -s {caller} "{base}/secrets/secret/payments/signing-key?version=previous"
                   # served for {DEMO_OVERLAP} after a rotation; `sidecar demo rotate` opens it again
+  {database_note.format(caller=caller, base=base)}
   curl -s {caller} {base}/secrets/secret/app/missing                 # 404
   curl -s {base}/secrets/secret/app/db                                # 401
 
@@ -228,4 +254,30 @@ Ctrl-C stops the sidecar and the OpenBao server.
         return run(config)
     finally:
         store.stop()
+        if database is not None:
+            database.stop()
         print("demo: sidecar and OpenBao stopped", file=sys.stderr)
+
+
+def _demo_database(directory: Path, store: DevOpenBao) -> tuple[ThrowawayPostgres | None, str]:
+    """A throwaway PostgreSQL behind OpenBao's database engine (role ``app``: 1 h leases,
+    renewable to 24 h), when PostgreSQL is installed; the line that says how to try it, or how
+    to get it."""
+    if postgres_bin() is None:
+        return None, (
+            "(no PostgreSQL here: `apt-get install postgresql` adds a leased database "
+            "credential to this demo)"
+        )
+    folder = directory / "postgres"
+    reachable(folder)
+    try:
+        database = ThrowawayPostgres(folder).start()
+        configure_database_engine(store, database)
+        database_role(store, "app", ttl="1h", max_ttl="24h")
+    except (DevStoreError, OSError) as exc:
+        print(f"demo: no database credential: {exc}", file=sys.stderr)
+        return None, "(no database credential: PostgreSQL did not start; see above)"
+    return database, (
+        "curl -s {caller} {base}/secrets/database/creds/app            "
+        f"# a leased PostgreSQL login (port {database.port}), one shared lease"
+    )

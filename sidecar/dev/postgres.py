@@ -116,6 +116,56 @@ class ThrowawayPostgres:
         return [str(r[0]) for r in rows]
 
 
+def reachable(folder: Path) -> None:
+    """As root, let the ``postgres`` user reach ``folder``: search permission for others (x,
+    never read) on it and on each parent that lacks it (temporary and demo folders are 0700;
+    names inside stay unlistable, and each file keeps its own mode)."""
+    if os.geteuid() != 0:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in (folder, *folder.parents):
+        mode = path.stat().st_mode
+        if not mode & 0o001:
+            path.chmod(mode | 0o001)
+
+
+def configure_database_engine(store: Any, database: ThrowawayPostgres) -> None:
+    """Enable OpenBao's database secrets engine at ``database/`` against ``database`` (any
+    role may use it): ``store`` is a DevOpenBao (its ``request``)."""
+    store.request("POST", "sys/mounts/database", {"type": "database"})
+    store.request(
+        "POST",
+        "database/config/pg",
+        {
+            "plugin_name": "postgresql-database-plugin",
+            "connection_url": "postgresql://{{username}}:{{password}}@127.0.0.1:"
+            f"{database.port}/postgres?sslmode=disable",
+            "username": SUPERUSER,
+            "password": database.password,
+            "allowed_roles": "*",
+        },
+    )
+
+
+def database_role(store: Any, name: str, *, ttl: str, max_ttl: str) -> str:
+    """A role ``name`` whose credentials live ``ttl`` (renewable up to ``max_ttl``); the path
+    that issues them. Its users are named ``v-token-<first 8 of name>-...``."""
+    store.request(
+        "POST",
+        f"database/roles/{name}",
+        {
+            "db_name": "pg",
+            "creation_statements": [
+                "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' "
+                "VALID UNTIL '{{expiration}}';"
+            ],
+            "default_ttl": ttl,
+            "max_ttl": max_ttl,
+        },
+    )
+    return f"database/creds/{name}"
+
+
 def _quote(text: str) -> str:
     return "'" + text.replace("'", "'\\''") + "'"
 

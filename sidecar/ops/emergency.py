@@ -10,7 +10,7 @@ import asyncio
 import dataclasses
 import logging
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from sidecar.core.cache import SecretCache
@@ -56,8 +56,10 @@ class Admin:
         *,
         ceiling: float,
         clock: Clock = SYSTEM,
+        revoke_lease: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self._cache = cache
+        self._revoke_lease = revoke_lease
         self._audit = audit
         self._listener = listener
         self._snapshotter = snapshotter
@@ -81,13 +83,51 @@ class Admin:
         self, *, path: str | None = None, prefix: str | None = None, by: str = "admin"
     ) -> int:
         """Drop cached values (one path, a prefix, or everything) from memory and from the
-        snapshot, e.g. after a leak; returns how many entries went."""
+        snapshot, e.g. after a leak; returns how many entries went. A purged leased credential
+        is revoked in the store too (its database user dropped): after a leak, a credential
+        nobody holds any more must not keep working until its lease ends."""
+        leases = self._cache.controls.leases(path=path, prefix=prefix)
         count = self._cache.controls.purge(path=path, prefix=prefix)
+        revoked, failed = await self._revoke_leases(leases)
         scope = "path" if path is not None else "prefix" if prefix is not None else "all"
-        self._audit.record("purged", scope=scope, target=path or prefix, entries=count, by=by)
+        self._audit.record(
+            "purged",
+            scope=scope,
+            target=path or prefix,
+            entries=count,
+            by=by,
+            leases_revoked=revoked if leases else None,
+            leases_not_revoked=failed or None,
+        )
         log.warning("purged", extra={"scope": scope, "target": path or prefix, "entries": count})
         await self._persist("purge")
         return count
+
+    async def revoke_leases(self) -> int:
+        """At shutdown (``revoke_leases_on_shutdown``): purge every leased credential, which
+        revokes its lease in the store; returns how many paths were purged."""
+        paths = sorted({key[0] for key, entry in self._cache.export_all() if entry.secret.lease_id})
+        for path in paths:
+            await self.purge(path=path, by="shutdown")
+        return len(paths)
+
+    async def _revoke_leases(self, leases: list[str]) -> tuple[int, int]:
+        """Revoke each lease in the store; (revoked, failed). A failure is logged with what to
+        do, and the purge stands: the value is gone from the sidecar either way."""
+        if self._revoke_lease is None:
+            return 0, len(leases)
+        revoked = 0
+        for lease in leases:
+            try:
+                await self._revoke_lease(lease)
+                revoked += 1
+            except StoreError as exc:
+                log.error(
+                    "purged credential's lease not revoked in the store; revoke it there "
+                    "(bao lease revoke -prefix on the path) before its lease ends",
+                    extra={"reason": exc.reason, "kind": exc.kind.value},
+                )
+        return revoked, len(leases) - revoked
 
     # -- incident cache windows --------------------------------------------------------
 

@@ -184,4 +184,7 @@ def purge_record(stamp: str, r: Mapping[str, Any]) -> dict[str, Any]:
         "target": r.get("target"),
         "entries": r.get("entries"),
         "by": r.get("by"),
+        # a purge of leased credentials revokes their leases in the store too
+        **({"leases_revoked": r["leases_revoked"]} if r.get("leases_revoked") is not None else {}),
+        **({"leases_not_revoked": r["leases_not_revoked"]} if r.get("leases_not_revoked") else {}),
     }

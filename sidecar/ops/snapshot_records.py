@@ -9,6 +9,8 @@ from typing import Any
 
 from sidecar.store.interface import Secret
 
+MAX_LEASE_ID = 1024  # as the store layer accepts them
+
 
 @dataclass(frozen=True, slots=True)
 class SnapshotEntry:
@@ -33,6 +35,8 @@ def secret_record(entry: SnapshotEntry) -> tuple[list[Any], dict[str, Any]]:
         "confirmed_at": entry.confirmed_at,
         "custom_metadata": secret.custom_metadata,
         "lease_duration": secret.lease_duration,
+        # a leased credential: its lease, so a restart within it reuses the credential
+        **({"lease_id": secret.lease_id, "renewable": secret.renewable} if secret.lease_id else {}),
     }
 
 
@@ -67,6 +71,17 @@ def decode_secret(meta: Any, payload: Any) -> SnapshotEntry:
         raise ValueError("bad record fields")
     custom = payload.get("custom_metadata")
     lease = payload.get("lease_duration", 0)
+    lease_id, renewable = payload.get("lease_id"), payload.get("renewable", False)
+    if lease_id is not None and not (
+        isinstance(lease_id, str)
+        and 0 < len(lease_id) <= MAX_LEASE_ID
+        and lease_id.isprintable()
+        and not any(c.isspace() for c in lease_id)
+        and type(lease) is int
+        and lease > 0
+        and isinstance(renewable, bool)
+    ):
+        raise ValueError("bad lease fields")
     secret = Secret(
         path,
         payload["data"],
@@ -75,6 +90,8 @@ def decode_secret(meta: Any, payload: Any) -> SnapshotEntry:
         payload["kv_version"],
         custom_metadata=custom if isinstance(custom, dict) else None,
         lease_duration=lease if type(lease) is int else 0,
+        lease_id=lease_id,
+        renewable=bool(renewable) if lease_id is not None else False,
     )
     return SnapshotEntry(version_key, secret, payload["class"], float(confirmed_at))
 

@@ -184,6 +184,9 @@ class Backend(Protocol):
         """Renew a lease by ``increment`` seconds; the seconds the store granted (less near the
         lease's max_ttl). Raises StoreError kinds (a lease gone or not renewable: refused)."""
 
+    async def revoke_lease(self, lease_id: str) -> None:
+        """Revoke a lease in the store now (a database engine drops the credential's user)."""
+
     async def close(self) -> None:
         """Release what ``start`` set up (background tasks, the request pool) at shutdown."""
 

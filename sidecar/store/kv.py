@@ -131,6 +131,10 @@ class KVStore:
         )
         return replies.renewed(lease_id, reply.body)
 
+    async def revoke_lease(self, lease_id: str) -> None:
+        """Revoke a lease (``sys/leases/revoke``): its credential stops working now."""
+        await self.call("PUT", "sys/leases/revoke", json={"lease_id": lease_id})
+
     async def version_info(self, path: str) -> VersionInfo | None:
         """The current KV v2 version from the metadata endpoint: a cheap rotation check that
         moves no secret value. None when it cannot tell (KV v1, or no metadata permission)."""

@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import hvac
 import psycopg
 import pytest
@@ -19,7 +20,17 @@ import pytest
 from sidecar.dev.openbao import DevOpenBao
 from sidecar.dev.postgres import ThrowawayPostgres
 from sidecar.ops.evidence import build_report
-from tests.conftest import AUTH, CALLER_TOKEN, CLASSES, SidecarFactory, database_role, metric
+from tests.conftest import (
+    ADMIN,
+    AUTH,
+    CALLER_TOKEN,
+    CLASSES,
+    SidecarFactory,
+    config,
+    database_role,
+    metric,
+    running,
+)
 from tests.faultproxy import FaultProxy
 
 pytestmark = pytest.mark.timeout(120)
@@ -160,23 +171,21 @@ async def test_with_the_store_cut_off_a_credential_is_served_until_its_lease_end
         proxy.stop()
 
 
-async def test_leased_credentials_are_never_written_to_the_snapshot(
+async def test_a_fail_closed_classs_credentials_are_never_written_to_the_snapshot(
     make_sidecar: SidecarFactory,
     openbao: DevOpenBao,
     postgres: ThrowawayPostgres,
     uid: str,
-    tmp_path: Path,
 ):
-    role = f"r{uid[1:8]}"  # 8 characters: user names keep 8 of the role name
+    role = f"r{uid[1:8]}"
     path = database_role(openbao, role, ttl="1m", max_ttl="5m")
     openbao.kv_put(f"{uid}/kv", {"v": "kept"})
-    client, sidecar = await make_sidecar(classes=LEASED, rules=_rules(role))
+    closed = {**LEASED, "database": {**CLASSES["payments"], "max_cache_age": "1h"}}
+    client, sidecar = await make_sidecar(classes=closed, rules=_rules(role))
     assert (await client.get(f"/secrets/{path}", headers=AUTH)).status == 200
     assert (await client.get(f"/secrets/secret/{uid}/kv", headers=AUTH)).status == 200
     written = {key[0] for key, _ in sidecar.cache.export()}  # what the snapshot writes
-    assert written == {
-        f"secret/{uid}/kv"
-    }  # restored without its lease's timing, it could outlive it
+    assert written == {f"secret/{uid}/kv"}  # as for KV: fail_closed values never touch disk
 
 
 async def test_the_vault_compatible_api_serves_the_shared_lease_in_vaults_shape(
@@ -201,3 +210,105 @@ async def test_the_vault_compatible_api_serves_the_shared_lease_in_vaults_shape(
     assert openbao.count_requests(path) == 1
     refused = await client.get(f"/v1/{path}?ttl=5m", headers=AUTH)
     assert refused.status == 400  # no query on a leased read
+
+
+async def test_a_restart_within_the_lease_reuses_the_credential_from_the_snapshot(
+    openbao: DevOpenBao,
+    postgres: ThrowawayPostgres,
+    uid: str,
+    tmp_path: Path,
+    store_token_file: Path,
+):
+    role = f"r{uid[1:8]}"
+    path = database_role(openbao, role, ttl="1m", max_ttl="5m")
+    key = tmp_path / "snapshot.key"
+    key.write_bytes(bytes(range(32)))
+    key.chmod(0o600)
+    document = config(
+        openbao.addr,
+        store_token_file,
+        tmp_path,
+        classes=LEASED,
+        rules=_rules(role),
+        snapshot={"path": str(tmp_path / "snapshot"), "key_file": str(key)},
+        startup_jitter="0s",
+    )
+    renewals = openbao.count_requests("sys/leases/renew", "update")
+    headers = {"X-Sidecar-Token": CALLER_TOKEN}
+    async with (
+        running(document) as (_, api, _ops),
+        aiohttp.ClientSession() as session,
+        session.get(f"{api}/secrets/{path}", headers=headers) as reply,
+    ):
+        before = await reply.json()
+    assert before["data"]["password"] not in (tmp_path / "snapshot").read_bytes().decode(
+        "latin-1"
+    )  # encrypted on disk
+    async with running(document) as (_, api, _ops), aiohttp.ClientSession() as session:
+        async with session.get(f"{api}/secrets/{path}", headers=headers) as reply:
+            after = await reply.json()
+        assert after["kid"] == before["kid"] and after["data"] == before["data"]
+        deadline = time.monotonic() + 10  # restored: confirmed by renewing its lease
+        while openbao.count_requests("sys/leases/renew", "update") == renewals:
+            assert time.monotonic() < deadline, "the restored lease was never renewed"
+            await asyncio.sleep(0.1)
+    assert openbao.count_requests(path) == 1  # no second credential...
+    assert len(postgres.login_roles(f"v-token-{role}-")) == 1  # ...and no second user
+    assert _login(postgres, after["data"]) == after["data"]["username"]
+
+
+async def test_a_purge_of_a_leased_path_revokes_its_lease_and_drops_the_database_user(
+    make_sidecar: SidecarFactory,
+    openbao: DevOpenBao,
+    postgres: ThrowawayPostgres,
+    uid: str,
+    tmp_path: Path,
+):
+    role = f"r{uid[1:8]}"
+    path = database_role(openbao, role, ttl="1h", max_ttl="2h")
+    audit = tmp_path / "audit.log"
+    client, _ = await make_sidecar(classes=LEASED, rules=_rules(role), audit_log=str(audit))
+    leaked = await (await client.get(f"/secrets/{path}", headers=AUTH)).json()
+    assert _login(postgres, leaked["data"]) == leaked["data"]["username"]
+    purged = await client.post("/admin/purge", headers=ADMIN, json={"path": path})
+    assert purged.status == 200 and (await purged.json())["purged"] == 1
+    # revoked in the store at once, not at the end of its hour-long lease: the user is gone
+    assert openbao.count_requests("sys/leases/revoke", "update") >= 1
+    assert postgres.login_roles(f"v-token-{role}-") == []
+    with pytest.raises(psycopg.OperationalError):
+        _login(postgres, leaked["data"])
+    record = [json.loads(line) for line in audit.read_text().splitlines()][-1]
+    assert record["event"] == "purged" and record["leases_revoked"] == 1
+    fresh = await (await client.get(f"/secrets/{path}", headers=AUTH)).json()
+    assert fresh["kid"] != leaked["kid"]  # the next read gets a new credential
+    assert _login(postgres, fresh["data"]) == fresh["data"]["username"]
+
+
+async def test_leases_are_revoked_at_shutdown_only_when_asked(
+    openbao: DevOpenBao,
+    postgres: ThrowawayPostgres,
+    uid: str,
+    tmp_path: Path,
+    store_token_file: Path,
+):
+    role = f"r{uid[1:8]}"
+    path = database_role(openbao, role, ttl="1h", max_ttl="2h")
+    names: dict[bool, str] = {}
+    for revoke in (False, True):
+        document = config(
+            openbao.addr,
+            store_token_file,
+            tmp_path,
+            classes=LEASED,
+            rules=_rules(role),
+            revoke_leases_on_shutdown=revoke,
+        )
+        async with (
+            running(document) as (_, api, _ops),
+            aiohttp.ClientSession() as session,
+            session.get(f"{api}/secrets/{path}", headers={"X-Sidecar-Token": CALLER_TOKEN}) as r,
+        ):
+            names[revoke] = (await r.json())["data"]["username"]
+    # by default a stopping sidecar leaves its credential alive (a restarting pod keeps its
+    # connections); asked to, it revokes its lease, and the store drops that user
+    assert postgres.login_roles(f"v-token-{role}-") == [names[False]]

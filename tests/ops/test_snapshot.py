@@ -607,3 +607,31 @@ def test_version_1_snapshots_still_warm_a_start():
     assert by_key[("kv1/v1app/legacy", None)].secret.lease_duration == 2764800
     assert [m["path"] for m in result.mounts] == ["secret/"]
     assert describe(FIXTURES / "snapshot-v1.bin")["format_version"] == 1
+
+
+def test_a_leased_credential_keeps_its_lease_across_the_snapshot_and_bad_leases_are_refused():
+    from sidecar.ops.snapshot_records import SnapshotEntry, decode_secret, secret_record
+    from sidecar.store.interface import Secret
+
+    leased = Secret(
+        "database/creds/app",
+        {"username": "u", "password": "p"},
+        None,
+        None,
+        0,
+        lease_duration=60,
+        lease_id="database/creds/app/abc",
+        renewable=True,
+    )
+    meta, payload = secret_record(SnapshotEntry(None, leased, "database", 1000.0))
+    back = decode_secret(meta[1:], payload)
+    assert back.secret == leased and back.confirmed_at == 1000.0
+    for bad in (
+        {"lease_id": 7},
+        {"lease_id": "a b"},
+        {"lease_id": "x", "lease_duration": 0},
+        {"lease_id": "x" * 1025},
+        {"lease_id": "x", "renewable": "yes"},
+    ):
+        with pytest.raises(ValueError, match="bad lease fields"):
+            decode_secret(meta[1:], {**payload, **bad})
