@@ -23,6 +23,7 @@ from sidecar.core.entries import CacheKey, Entry, EntryTable, Lookup, Outcome, P
 from sidecar.core.facts import (
     EntriesChanged,
     FirstServed,
+    LeaseEvent,
     Listener,
     LookedUp,
     Quiet,
@@ -30,6 +31,7 @@ from sidecar.core.facts import (
     Unavailable,
 )
 from sidecar.core.fetch import Fetcher
+from sidecar.core.leases import PreviousLeases
 from sidecar.core.outage import expiry_reason, without_store
 from sidecar.core.policy import Freshness, Policy, SecretClass
 from sidecar.core.refusals import Refusals
@@ -96,6 +98,9 @@ class SecretCache:
             refresh_ahead=refresh_ahead,
             backoff=backoff,
         )
+        self._previous_leases = PreviousLeases()  # replaced credentials, while they retire
+        self._expiry_told: set[CacheKey] = set()  # leased keys whose end was told (audit)
+        self._backend = backend
         self._fetcher = Fetcher(
             backend,
             self._entries,
@@ -108,10 +113,17 @@ class SecretCache:
             clock=clock,
             wall=wall,
             lag_hold=backoff,
+            previous=self._previous_leases,
         )
         # purge, revocations and class windows: incident controls, not the read path
         self.controls = Controls(
-            self._entries, policy, self._refusals, self._revoked, self._upkeep, clock
+            self._entries,
+            policy,
+            self._refusals,
+            self._revoked,
+            self._upkeep,
+            clock,
+            previous_leases=self._previous_leases,
         )
 
     # -- what is held ------------------------------------------------------------------------
@@ -234,6 +246,7 @@ class SecretCache:
         else:
             fresh.last_read = self._clock()
             self._looked_up(secret_class, outcome)
+            self._expiry_told.discard(key)
             lookup = Lookup(fresh, outcome, max(0.0, self._clock() - fresh.confirmed_at))
         return self._served(key, lookup, serve)
 
@@ -276,6 +289,11 @@ class SecretCache:
         except StoreUnavailable as refused:
             self._looked_up(secret_class, outcome)
             self._listener.notify(Unavailable(secret_class, refused.reason))
+            if refused.reason == "lease_expired" and key not in self._expiry_told:
+                # once per credential: its lease ended and the store could not replace it
+                self._expiry_told.add(key)
+                kid = self._entries.ended_kid(key) or key[0]
+                self._listener.notify(LeaseEvent(key[0], secret_class, "expired", kid, 0))
             raise
         self._looked_up(secret_class, lookup.outcome)
         return lookup
@@ -373,8 +391,43 @@ class SecretCache:
         return self._upkeep.run_due()
 
     async def run_refresher(self, idle: float = 60.0) -> None:
-        """Forever: wake when something is due, refresh what was read recently, expire the old."""
-        await self._upkeep.run(idle)
+        """Forever: wake when something is due, refresh what was read recently, expire the old;
+        and revoke the leases of replaced credentials once they have retired."""
+        await asyncio.gather(self._upkeep.run(idle), self._retire_leases_forever())
+
+    def previous_lease(self, path: str) -> Lookup | None:
+        """The credential ``path`` had before its current one, while its overlap lasts (a read
+        of it, for ``?version=previous``); None when there is none to serve."""
+        entry = self._previous_leases.previous(path, self._clock())
+        if entry is None:
+            return None
+        return Lookup(entry, Outcome.HIT, max(0.0, self._clock() - entry.confirmed_at))
+
+    async def retire_leases(self) -> float | None:
+        """Revoke the leases of replaced credentials whose overlap ended and that nobody read
+        since (or drop those whose lease ended by itself); seconds until the next may be due."""
+        now = self._clock()
+        for retiring in self._previous_leases.due(now):
+            secret = retiring.entry.secret
+            if secret.lease_id is None or now >= retiring.ends:
+                continue  # its lease ends (or ended) in the store by itself
+            try:
+                await self._backend.revoke_lease(secret.lease_id)
+            except StoreError as exc:
+                log.warning(
+                    "a retired credential's lease could not be revoked; it ends with its lease",
+                    extra={"path": secret.path, "kind": exc.kind.value, "reason": exc.reason},
+                )
+                continue
+            self._listener.notify(
+                LeaseEvent(secret.path, retiring.entry.secret_class, "revoked", secret.kid, 0)
+            )
+        return self._previous_leases.next_in(self._clock())
+
+    async def _retire_leases_forever(self) -> None:
+        while True:
+            delay = await self.retire_leases()
+            await asyncio.sleep(5.0 if delay is None else min(5.0, max(0.2, delay)))
 
     def time_moved(self) -> None:
         """The clock jumped (a test advanced it): look at the schedule again now."""

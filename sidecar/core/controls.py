@@ -8,6 +8,7 @@ import logging
 from collections.abc import Callable, Iterable
 
 from sidecar.core.entries import EntryTable
+from sidecar.core.leases import PreviousLeases
 from sidecar.core.policy import Policy, SecretClass
 from sidecar.core.refusals import Refusals, covers
 from sidecar.core.revocations import Revocation, Revocations
@@ -28,8 +29,11 @@ class Controls:
         revoked: Revocations,
         upkeep: Upkeep,
         clock: Callable[[], float],
+        *,
+        previous_leases: PreviousLeases | None = None,
     ) -> None:
         self._entries = entries
+        self._previous_leases = previous_leases or PreviousLeases()
         self._policy = policy
         self._refusals = refusals
         self._revoked = revoked
@@ -48,12 +52,15 @@ class Controls:
         return len(doomed)
 
     def leases(self, *, path: str | None = None, prefix: str | None = None) -> list[str]:
-        """The lease IDs of the leased credentials a ``purge`` with these arguments would drop."""
-        return [
+        """The lease IDs of the leased credentials a ``purge`` with these arguments drops: those
+        held, and the replaced ones still retiring (taken out here: they go with the purge)."""
+        held = [
             lease
             for key, entry in self._entries.items()
             if covers(path, prefix, key[0]) and (lease := entry.secret.lease_id) is not None
         ]
+        retiring = self._previous_leases.take(lambda candidate: covers(path, prefix, candidate))
+        return held + [r.entry.secret.lease_id for r in retiring if r.entry.secret.lease_id]
 
     def set_revocations(
         self, revoked: Iterable[Revocation]

@@ -82,7 +82,8 @@ class EntryTable:
         # Read directly by the cache's hot path (one dict lookup); changed only through here.
         self.by_key: dict[CacheKey, Entry] = {}
         self._entries = self.by_key
-        self._aged_out: dict[CacheKey, str] = {}  # key -> why: its max_cache_age, or its lease
+        # key -> (why: its max_cache_age or its lease, the kid of the value that ended)
+        self._aged_out: dict[CacheKey, tuple[str, str]] = {}
         self._on_count = on_count
         self.generation = 0
 
@@ -147,7 +148,7 @@ class EntryTable:
             return
         del self._entries[key]
         self.generation += 1
-        self._aged_out[key] = why
+        self._aged_out[key] = (why, entry.secret.kid)
         if len(self._aged_out) > MAX_TOMBSTONES:
             del self._aged_out[next(iter(self._aged_out))]  # the oldest; bounded memory
         log.info(
@@ -159,4 +160,10 @@ class EntryTable:
     def aged_out(self, key: CacheKey) -> str | None:
         """Why ``key``'s value was dropped for age, if it was (so a failing read can say why):
         ``max_cache_age_exceeded`` or ``lease_expired``."""
-        return self._aged_out.get(key)
+        ended = self._aged_out.get(key)
+        return None if ended is None else ended[0]
+
+    def ended_kid(self, key: CacheKey) -> str | None:
+        """The kid of ``key``'s value dropped for age, if one was (no value is kept)."""
+        ended = self._aged_out.get(key)
+        return None if ended is None else ended[1]

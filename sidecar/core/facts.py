@@ -48,7 +48,9 @@ class FetchFinished:
 class LeaseEvent:
     """Something happened to a leased credential's lease: ``issued`` (a first credential),
     ``renewed``, ``renewal_refused`` (the store would not renew it for as long again: near its
-    max_ttl, or the lease is gone), ``reissued`` (a new credential replaced one still held).
+    max_ttl, or the lease is gone), ``reissued`` (a new credential replaced one still held),
+    ``revoked`` (a replaced credential's lease, once its overlap ended and nobody read it),
+    ``expired`` (its lease ended and the store could not replace it: a read was refused).
     ``kid`` names the credential without its value; ``lease_duration``: seconds granted."""
 
     path: str

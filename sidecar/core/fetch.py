@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from sidecar.core.coalesce import Coalescer
 from sidecar.core.entries import CacheKey, Entry, EntryTable
 from sidecar.core.facts import FetchFinished, LeaseEvent, Listener
-from sidecar.core.leases import leased_class
+from sidecar.core.leases import PreviousLeases, leased_class
 from sidecar.core.loglimit import LogLimiter
 from sidecar.core.policy import SecretClass
 from sidecar.core.refusals import Refusals
@@ -73,6 +73,7 @@ class Fetcher:
         clock: Callable[[], float],
         wall: Callable[[], float],
         lag_hold: tuple[float, float] = (0.5, 30.0),
+        previous: PreviousLeases | None = None,
     ) -> None:
         """``lag_hold``: (base, cap) of how long a key is not asked again after the store
         answered it with an older version than the one held (doubling while it keeps lagging)."""
@@ -93,6 +94,7 @@ class Fetcher:
         # refresh_interval asked again (found by `sidecar drill`'s stale_node: ~10 store
         # requests a second per secret). key -> (ask again at, times in a row, the answer)
         self._lag_hold = lag_hold
+        self._previous = previous if previous is not None else PreviousLeases()
         self._lagging: dict[CacheKey, Lag] = {}
 
     def start(self, key: CacheKey) -> tuple[asyncio.Task[Entry], bool]:
@@ -268,6 +270,8 @@ class Fetcher:
             self._listener.notify(
                 LeaseEvent(secret.path, leased, event, secret.kid, secret.lease_duration)
             )
+            if held is not None and held.secret.lease_id is not None:
+                self._previous.keep(secret.path, held, self._clock())  # retiring: overlap
         return leased
 
     def _lease_event(self, entry: Entry, event: str, granted: int) -> None:

@@ -7,7 +7,9 @@ a dead credential is "invalid", not "stale"."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
+from sidecar.core.entries import Entry
 from sidecar.core.policy import SecretClass
 
 MARGIN_SHARE = 0.1  # of the lease: served until this much before its end
@@ -34,3 +36,74 @@ def ended_by_lease(leased: SecretClass, lease_duration: float) -> bool:
     """Did the lease (rather than the class's max_cache_age) set the end of a value whose class
     is ``leased`` (as ``leased_class`` made it)?"""
     return usable_for(lease_duration) <= leased.max_cache_age + 1e-6
+
+
+QUIET_AFTER = 10.0  # seconds without a read of a retired credential before its lease is revoked
+
+
+@dataclasses.dataclass
+class Retiring:
+    """A credential a new one replaced: served as ``?version=previous`` until ``until`` (its
+    class's overlap), never past ``ends`` (its lease's usable end); then, once nobody has read
+    it for QUIET_AFTER, its lease is revoked in the store."""
+
+    entry: Entry
+    until: float  # monotonic
+    ends: float  # monotonic
+    last_read: float
+
+
+class PreviousLeases:
+    """The credential each leased path had before its current one, while it is retiring."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, Retiring] = {}
+        self._displaced: list[Retiring] = []  # replaced again before their time: revoke now
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def keep(self, path: str, entry: Entry, now: float) -> None:
+        """``entry`` was replaced by a new credential at ``now``: keep it for its class's
+        overlap (one before it, if still here, is revoked at the next ``due``)."""
+        ends = entry.confirmed_at + entry.secret_class.max_cache_age
+        until = min(now + entry.secret_class.overlap, ends)
+        displaced = self._held.get(path)
+        if displaced is not None:
+            self._displaced.append(displaced)
+        self._held[path] = Retiring(entry, until, ends, last_read=now)
+
+    def previous(self, path: str, now: float) -> Entry | None:
+        """The previous credential of ``path`` if still served (within the overlap and its
+        lease); counts as a read of it."""
+        retiring = self._held.get(path)
+        if retiring is None or now >= retiring.until:
+            return None
+        retiring.last_read = now
+        return retiring.entry
+
+    def due(self, now: float) -> list[Retiring]:
+        """The retiring credentials whose time is up, removed: their overlap ended and nobody
+        read them for QUIET_AFTER, or their lease ended by itself."""
+        done = [
+            path
+            for path, r in self._held.items()
+            if now >= r.ends or (now >= r.until and now - r.last_read >= QUIET_AFTER)
+        ]
+        displaced, self._displaced = self._displaced, []
+        return displaced + [self._held.pop(path) for path in done]
+
+    def take(self, covers: Callable[[str], bool]) -> list[Retiring]:
+        """Remove and return the retiring credentials of the paths ``covers`` (a purge)."""
+        return [self._held.pop(path) for path in [p for p in self._held if covers(p)]]
+
+    def next_in(self, now: float) -> float | None:
+        """Seconds until the next one could be due (None: none held)."""
+        if self._displaced:
+            return 0.0
+        if not self._held:
+            return None
+        soonest = min(
+            min(r.ends, max(r.until, r.last_read + QUIET_AFTER)) for r in self._held.values()
+        )
+        return max(0.0, soonest - now)

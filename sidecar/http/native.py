@@ -217,6 +217,15 @@ async def get_secret(request: web.Request) -> web.Response:
 async def _previous(request: web.Request, path: str) -> Lookup:
     cache = request.app[CACHE_KEY]
     latest = await cache.get(path, serve=False)  # the app reads the previous one, not this
+    if latest.entry.secret.lease_id is not None:  # a leased credential: the one it replaced
+        previous = cache.previous_lease(path)
+        if previous is None:
+            raise VersionRetired(
+                "no previous credential is served: none was replaced yet, or its overlap "
+                f"({latest.entry.secret_class.overlap:g}s) ended"
+            )
+        request.app[FACTS_KEY].notify(PreviousServed(previous.entry.secret_class))
+        return previous
     current = latest.entry.secret.version
     if current is None:
         raise BadRequest("KV v1 secrets have no versions, so no previous one")

@@ -8,7 +8,14 @@ from typing import Any
 
 # A leased credential's life in the audit log (issued, renewed, refused renewal, re-issued)
 LEASE_EVENTS = frozenset(
-    {"lease_issued", "lease_renewed", "lease_renewal_refused", "lease_reissued"}
+    {
+        "lease_issued",
+        "lease_renewed",
+        "lease_renewal_refused",
+        "lease_reissued",
+        "lease_revoked",
+        "lease_expired",
+    }
 )
 
 

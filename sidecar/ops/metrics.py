@@ -159,7 +159,8 @@ class Metrics:
         self.lease_events = Counter(
             "sidecar_lease_events",
             "What happened to leased credentials' leases, by class and event: issued, renewed, "
-            "renewal_refused (near max_ttl, or gone), reissued (a new credential replaced one).",
+            "renewal_refused (near max_ttl, or gone), reissued (a new credential replaced one), "
+            "revoked (a replaced one, after its overlap), expired (ended, store unreachable).",
             ["class", "event"],
             registry=r,
         )

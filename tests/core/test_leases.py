@@ -3,6 +3,8 @@ max_cache_age, whichever is first; never after, not even during an outage (lease
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from sidecar.core.cache import Outcome, SecretCache
@@ -35,6 +37,8 @@ class LeasingBackend:
         self.down = False
         self.renewals: list[str] = []
         self.grant = 10
+        self.duration = 10
+        self.revoked: list[str] = []
 
     async def read(self, path: str, version: int | None, *, urgent: bool = False) -> Secret:
         if self.down:
@@ -45,13 +49,16 @@ class LeasingBackend:
             data={"username": f"v-{self.reads}", "password": f"pw-{self.reads}"},
             version=None,
             kv_version=0,
-            lease_duration=10,
+            lease_duration=self.duration,
             lease_id=f"{path}/lease{self.reads}",
             renewable=True,
         )
 
     async def version_info(self, path: str) -> None:
         return None
+
+    async def revoke_lease(self, lease_id: str) -> None:
+        self.revoked.append(lease_id)
 
     async def renew(self, lease_id: str, increment: int) -> int:
         if self.down:
@@ -126,3 +133,40 @@ async def test_a_lease_in_use_is_renewed_then_replaced_when_its_max_ttl_is_near(
     await cache.settle()
     assert backend.reads == 2  # a new credential, issued while the old one still works
     assert (await cache.get(PATH)).entry.secret.lease_id == f"{PATH}/lease2"
+
+
+async def test_a_replaced_credential_is_served_as_previous_during_the_overlap_then_revoked():
+    clock = Clock()
+    backend = LeasingBackend(clock)
+    backend.duration, backend.grant = 100, 40  # usable 90 s; renewals granted short
+    overlapping = dataclasses.replace(make_class("database", OnOutage.SERVE_STALE), overlap=5.0)
+    cache = SecretCache(
+        backend,  # type: ignore[arg-type]
+        Policy([Rule("database/**", overlapping)]),
+        clock=lambda: clock.now,
+        wall=lambda: WALL_OFFSET + clock.now,
+        rng=lambda: 0.5,
+    )
+    try:
+        first = await cache.get(PATH)
+        assert cache.previous_lease(PATH) is None  # nothing replaced yet
+        clock.advance(75)  # refresh-ahead (82.5 % of 90 s): renewal granted short: a new one
+        await cache.get(PATH)
+        cache.run_due()
+        await cache.settle()
+        assert (await cache.get(PATH)).entry.secret.lease_id == f"{PATH}/lease2"
+        clock.advance(1)
+        previous = cache.previous_lease(PATH)
+        assert previous is not None and previous.entry is first.entry  # during the overlap
+        clock.advance(5)
+        assert cache.previous_lease(PATH) is None  # the overlap is over
+        await cache.retire_leases()
+        assert backend.revoked == []  # read 5 s ago: not quiet yet
+        clock.advance(5)
+        await cache.retire_leases()
+        assert backend.revoked == [f"{PATH}/lease1"]  # quiet, and its lease still running
+        await cache.retire_leases()
+        assert backend.revoked == [f"{PATH}/lease1"]  # once
+    finally:
+        await cache.settle()
+        await cache.close()

@@ -135,17 +135,23 @@ async def test_a_lease_in_use_is_renewed_then_replaced_near_max_ttl_and_every_lo
 
 
 async def test_with_the_store_cut_off_a_credential_is_served_until_its_lease_ends_never_after(
-    make_sidecar: SidecarFactory, openbao: DevOpenBao, postgres: ThrowawayPostgres, uid: str
+    make_sidecar: SidecarFactory,
+    openbao: DevOpenBao,
+    postgres: ThrowawayPostgres,
+    uid: str,
+    tmp_path: Path,
 ):
     role = f"r{uid[1:8]}"  # 8 characters: user names keep 8 of the role name
     path = database_role(openbao, role, ttl="4s", max_ttl="20s")
     proxy = FaultProxy(openbao.port).start()
+    audit = tmp_path / "audit.log"
     try:
-        client, _ = await make_sidecar(
+        client, sidecar = await make_sidecar(
             proxy.addr,
             classes=LEASED,
             rules=_rules(role),
             backend={"timeout": "500ms", "backoff": {"base": "100ms", "cap": "500ms"}},
+            audit_log=str(audit),
         )
         first = await (await client.get(f"/secrets/{path}", headers=AUTH)).json()
         proxy.set("blackhole")
@@ -167,6 +173,15 @@ async def test_with_the_store_cut_off_a_credential_is_served_until_its_lease_end
         # then, with the store still unreachable: 503 lease_expired, never the dead credential
         assert statuses[-1] == (503, "lease_expired"), statuses[-5:]
         assert set(statuses) <= {(200, None), (503, "lease_expired")}, set(statuses)
+        # told once, with the credential's kid: evidence of a lease lost to the outage
+        ended = [
+            r
+            for r in map(json.loads, audit.read_text().splitlines())
+            if r["event"] == "lease_expired"
+        ]
+        assert [(r["path"], r["kid"]) for r in ended] == [(path, first["kid"])]
+        labels = {"class": "database", "event": "expired"}
+        assert metric(sidecar, "sidecar_lease_events_total", labels) == 1
     finally:
         proxy.stop()
 
@@ -312,3 +327,31 @@ async def test_leases_are_revoked_at_shutdown_only_when_asked(
     # by default a stopping sidecar leaves its credential alive (a restarting pod keeps its
     # connections); asked to, it revokes its lease, and the store drops that user
     assert postgres.login_roles(f"v-token-{role}-") == [names[False]]
+
+
+async def test_during_the_overlap_the_replaced_credential_is_served_as_previous(
+    make_sidecar: SidecarFactory, openbao: DevOpenBao, postgres: ThrowawayPostgres, uid: str
+):
+    role = f"r{uid[1:8]}"
+    path = database_role(openbao, role, ttl="10s", max_ttl="10s")  # no renewal: a new one
+    overlapping = {**LEASED, "database": {**LEASED["database"], "overlap": "1h"}}
+    client, _ = await make_sidecar(classes=overlapping, rules=_rules(role))
+    none_yet = await client.get(f"/secrets/{path}?version=previous", headers=AUTH)
+    assert none_yet.status == 410 and (await none_yet.json())["error"] == "version_retired"
+    first = await (await client.get(f"/secrets/{path}", headers=AUTH)).json()
+    deadline = time.monotonic() + 15
+    while True:  # read on: near its end, the credential is replaced ahead of time
+        current = await (await client.get(f"/secrets/{path}", headers=AUTH)).json()
+        if current["kid"] != first["kid"]:
+            break
+        assert time.monotonic() < deadline, "never replaced"
+        await asyncio.sleep(0.2)
+    previous = await client.get(f"/secrets/{path}?version=previous", headers=AUTH)
+    assert previous.status == 200
+    old = await previous.json()
+    assert old["kid"] == first["kid"] and old["data"] == first["data"]
+    _login(postgres, old["data"])  # both work during the overlap
+    _login(postgres, current["data"])
+    await asyncio.sleep(max(0.0, _ends(first) - time.time()))
+    gone = await client.get(f"/secrets/{path}?version=previous", headers=AUTH)
+    assert gone.status == 410  # never past its lease, whatever the overlap says
