@@ -22,14 +22,22 @@ def usable_for(lease_duration: float) -> float:
     return max(0.0, lease_duration - min(MARGIN_CAP, lease_duration * MARGIN_SHARE))
 
 
+CONFIRM_SHARE = 0.85  # of the usable time: the lease's "refresh interval" (renewal due)
+
+
 def leased_class(secret_class: SecretClass, lease_duration: float) -> SecretClass:
-    """``secret_class`` as it applies to one leased value: fresh (no store request, no new
-    credential) until the lease's usable end or the class's max_cache_age, whichever is first,
-    and never served after it, not even during an outage (no stale window). Refresh-ahead then
-    issues the next credential at 75-90 % of that time, while the current one still works."""
+    """``secret_class`` as it applies to one leased value. Its end (``max_cache_age``) is the
+    lease's usable end or the class's max_cache_age, whichever is first: never served after
+    it, not even during an outage. Its ``refresh_interval`` is 85 % of that (not the class's:
+    a refresh would make a new database user): refresh-ahead renews the lease at 75-90 % of
+    it (about two thirds of the lease), and if the store cannot be asked past it, the class's
+    outage behaviour applies as for KV: ``serve_stale`` serves it marked stale until its end,
+    ``fail_closed`` refuses."""
     limit = min(usable_for(lease_duration), secret_class.max_cache_age)
     limit = max(limit, 0.001)  # a zero-length lease is served to the reads that asked for it
-    return dataclasses.replace(secret_class, refresh_interval=limit, max_cache_age=limit)
+    return dataclasses.replace(
+        secret_class, refresh_interval=limit * CONFIRM_SHARE, max_cache_age=limit
+    )
 
 
 def ended_by_lease(leased: SecretClass, lease_duration: float) -> bool:

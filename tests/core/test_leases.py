@@ -21,10 +21,11 @@ def test_a_lease_is_usable_until_a_margin_before_its_end():
     assert usable_for(3600) == 3570  # at most 30 s early
     standard = make_class("standard", OnOutage.SERVE_STALE)  # refresh 60 s, max age 600 s
     short = leased_class(standard, 6)
-    assert short.refresh_interval == short.max_cache_age == pytest.approx(5.4)
+    assert short.max_cache_age == pytest.approx(5.4)  # never served after
+    assert short.refresh_interval == pytest.approx(5.4 * 0.85)  # renewal due (not the class's)
     assert ended_by_lease(short, 6)
     long = leased_class(standard, 86_400)  # a day-long lease: the class's max_cache_age wins
-    assert long.refresh_interval == long.max_cache_age == 600
+    assert long.max_cache_age == 600 and long.refresh_interval == 510
     assert not ended_by_lease(long, 86_400)
 
 
@@ -84,16 +85,21 @@ async def leasing() -> tuple[SecretCache, LeasingBackend, Clock]:
     await cache.close()
 
 
-async def test_one_lease_is_shared_until_its_usable_end_then_a_new_one(leasing):
+async def test_one_lease_is_shared_renewed_when_due_and_replaced_when_not_renewed(leasing):
     cache, backend, clock = leasing
     first = await cache.get(PATH)
     assert first.outcome is Outcome.MISS and first.entry.secret.lease_id == f"{PATH}/lease1"
-    clock.advance(8.9)  # the class says refresh every 60 s; the lease (10 s, usable 9 s) rules
+    clock.advance(7.5)  # the class says refresh every 60 s; the lease (usable 9 s) rules
     assert (await cache.get(PATH)).entry is first.entry
-    assert backend.reads == 1
-    clock.advance(0.2)
-    second = await cache.get(PATH)
-    assert second.outcome is Outcome.MISS and second.entry.secret.lease_id == f"{PATH}/lease2"
+    assert backend.reads == 1 and backend.renewals == []
+    clock.advance(0.5)  # past 85 % of the usable time: the read renews the lease first
+    renewed = await cache.get(PATH)
+    assert renewed.entry.secret.lease_id == f"{PATH}/lease1" and not renewed.stale
+    assert backend.renewals == [f"{PATH}/lease1"] and backend.reads == 1
+    backend.grant = 4  # the store grants less than asked: near max_ttl
+    clock.advance(8)
+    replaced = await cache.get(PATH)
+    assert replaced.entry.secret.lease_id == f"{PATH}/lease2" and backend.reads == 2
 
 
 async def test_during_an_outage_a_lease_is_served_until_its_usable_end_then_lease_expired(
@@ -102,16 +108,43 @@ async def test_during_an_outage_a_lease_is_served_until_its_usable_end_then_leas
     cache, backend, clock = leasing
     first = await cache.get(PATH)
     backend.down = True
-    clock.advance(8.5)
+    clock.advance(7.5)
     held = await cache.get(PATH)
-    assert held.entry is first.entry and not held.stale  # still within its lease
-    clock.advance(0.6)
+    assert held.entry is first.entry and not held.stale  # renewal not due yet
+    clock.advance(1.0)  # due, and the store cannot renew it: served stale (serve_stale)
+    held = await cache.get(PATH)
+    assert held.entry is first.entry and held.stale
+    clock.advance(0.6)  # past the usable end (9 s of 10)
     with pytest.raises(StoreUnavailable) as refused:
         await cache.get(PATH)
     assert refused.value.reason == "lease_expired"
     with pytest.raises(StoreUnavailable) as again:  # and stays refused: never the dead one
         await cache.get(PATH)
     assert again.value.reason == "lease_expired"
+
+
+async def test_a_fail_closed_lease_is_refused_once_its_renewal_is_due_and_impossible():
+    clock = Clock()
+    backend = LeasingBackend(clock)
+    cache = SecretCache(
+        backend,  # type: ignore[arg-type]
+        Policy([Rule("database/**", make_class("signing", OnOutage.FAIL_CLOSED))]),
+        clock=lambda: clock.now,
+        wall=lambda: WALL_OFFSET + clock.now,
+        rng=lambda: 0.5,
+    )
+    try:
+        await cache.get(PATH)
+        backend.down = True
+        clock.advance(7.5)
+        assert not (await cache.get(PATH)).stale  # within its renewal interval: as for KV
+        clock.advance(1.0)
+        with pytest.raises(StoreUnavailable) as refused:
+            await cache.get(PATH)
+        assert refused.value.reason == "fail_closed"
+    finally:
+        await cache.settle()
+        await cache.close()
 
 
 async def test_a_lease_in_use_is_renewed_then_replaced_when_its_max_ttl_is_near(leasing):
