@@ -203,3 +203,16 @@ async def test_a_replaced_credential_is_served_as_previous_during_the_overlap_th
     finally:
         await cache.settle()
         await cache.close()
+
+
+async def test_a_credential_restored_from_the_snapshot_is_kept_only_within_its_lease(leasing):
+    cache, backend, clock = leasing
+    leased = await backend.read(PATH, None)  # lease 10 s: usable 9 s
+    wall = WALL_OFFSET + clock.now
+    restored, discarded = cache.restore([((PATH, None), leased, wall - 8.5)], confirm_within=1)
+    assert (restored, discarded) == (1, 0)
+    lookup = await cache.get(PATH)
+    assert lookup.stale and lookup.entry.secret.lease_id == leased.lease_id  # reused
+    cache.controls.purge()
+    again, gone = cache.restore([((PATH, None), leased, wall - 9.1)], confirm_within=1)
+    assert (again, gone) == (0, 1)  # past its usable end: discarded, never served

@@ -93,7 +93,7 @@ async def test_a_lease_in_use_is_renewed_then_replaced_near_max_ttl_and_every_lo
     tmp_path: Path,
 ):
     role = f"r{uid[1:8]}"  # 8 characters: user names keep 8 of the role name
-    path = database_role(openbao, role, ttl="4s", max_ttl="8s")
+    path = database_role(openbao, role, ttl="3s", max_ttl="6s")
     renewals = openbao.count_requests("sys/leases/renew", "update")
     audit = tmp_path / "audit.log"
     client, sidecar = await make_sidecar(classes=LEASED, rules=_rules(role), audit_log=str(audit))
@@ -112,10 +112,11 @@ async def test_a_lease_in_use_is_renewed_then_replaced_near_max_ttl_and_every_lo
             kids.append(envelope["kid"])
         await asyncio.sleep(0.25)
     assert most <= 2, most
-    # 4 s leases renewed for as long again while the store grants it; near the 8 s max_ttl
-    # (granted less than asked) a new credential is issued while the old one still works
+    # 3 s leases renewed for as long again while the store grants it; near the 6 s max_ttl
+    # (granted less than asked) a new credential is issued while the old one still works:
+    # over 10 s, renewals and at least two re-issues
     assert openbao.count_requests("sys/leases/renew", "update") > renewals
-    assert 2 <= len(kids) <= 3, kids
+    assert 3 <= len(kids) <= 5, kids
     # one store read per credential; refresh-ahead may have made the next one already
     assert len(kids) <= openbao.count_requests(path) <= len(kids) + 1
 
@@ -126,7 +127,7 @@ async def test_a_lease_in_use_is_renewed_then_replaced_near_max_ttl_and_every_lo
     assert metric(sidecar, "sidecar_lease_events_total", {**events, "event": "reissued"}) >= 1
     assert metric(sidecar, "sidecar_leases_active", {"class": "database"}) == 1
     left = metric(sidecar, "sidecar_lease_remaining_seconds_gsum", {"class": "database"})
-    assert 0 < left <= 4
+    assert 0 < left <= 3
     records = [json.loads(line) for line in audit.read_text().splitlines()]
     report = build_report(records)["paths"][path]["leases"]
     assert report["issued"]["count"] == 1 and report["renewed"]["count"] >= 1
