@@ -195,6 +195,7 @@ def create_app(
         backoff=(backoff.base, backoff.cap),
     )
     clock.on_jump(cache.time_moved)
+    store.on_new_token(cache.token_changed)  # leases end with the token that made them
     metrics.watch_ages(cache)
     tokens = _tokens(settings, audit, caller_token, admin_token, clock)
     snapshotter = _snapshotter(settings, key, cache, facts, audit, store, clock, metrics)

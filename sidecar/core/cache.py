@@ -38,8 +38,8 @@ from sidecar.core.refusals import Refusals
 from sidecar.core.revocations import Revocations, SecretRevoked
 from sidecar.core.rotation import Rotations
 from sidecar.core.upkeep import Upkeep
-from sidecar.core.warm import exportable, restore, restore_verdict
-from sidecar.store.interface import Backend, Secret, StoreError, StoreUnavailable
+from sidecar.core.warm import Restored, exportable, restore, restore_verdict
+from sidecar.store.interface import Backend, StoreError, StoreUnavailable
 
 log = logging.getLogger("sidecar.cache")
 
@@ -353,9 +353,7 @@ class SecretCache:
 
     # -- warm start and preload ----------------------------------------------------------
 
-    def restore(
-        self, items: Iterable[tuple[CacheKey, Secret, float]], confirm_within: float = 0.0
-    ) -> tuple[int, int]:
+    def restore(self, items: Iterable[Restored], confirm_within: float = 0.0) -> tuple[int, int]:
         """Warm the cache from a snapshot (``warm.py``); returns (restored, discarded)."""
         return restore(
             items,
@@ -393,7 +391,23 @@ class SecretCache:
     async def run_refresher(self, idle: float = 60.0) -> None:
         """Forever: wake when something is due, refresh what was read recently, expire the old;
         and revoke the leases of replaced credentials once they have retired."""
-        await asyncio.gather(self._upkeep.run(idle), self._retire_leases_forever())
+        async with asyncio.TaskGroup() as both:  # one failing ends (and cancels) the other
+            both.create_task(self._upkeep.run(idle))
+            both.create_task(self._retire_leases_forever())
+
+    def token_changed(self) -> None:
+        """The sidecar holds a different store token: leased credentials made with another one
+        end with that token (the store revokes its leases), so each is dropped now and the
+        next read gets a new one. Those made with this token (a restart with the same token
+        file) are kept."""
+        current = self._backend.token_digest
+        for key, entry in self._entries.items():
+            if entry.secret.lease_id is not None and entry.issued_by != current:
+                self._entries.drop(key)
+                log.info(
+                    "leased credential made with another store token dropped",
+                    extra={"path": key[0], "class": entry.secret_class.name},
+                )
 
     def previous_lease(self, path: str) -> Lookup | None:
         """The credential ``path`` had before its current one, while its overlap lasts (a read
@@ -426,7 +440,11 @@ class SecretCache:
 
     async def _retire_leases_forever(self) -> None:
         while True:
-            delay = await self.retire_leases()
+            try:
+                delay = await self.retire_leases()
+            except Exception:  # never the end of the refresher: logged, tried again
+                log.exception("retiring replaced credentials failed; trying again")
+                delay = 5.0
             await asyncio.sleep(5.0 if delay is None else min(5.0, max(0.2, delay)))
 
     def time_moved(self) -> None:

@@ -8,7 +8,7 @@ import logging
 from collections.abc import Callable, Iterable
 
 from sidecar.core.entries import EntryTable
-from sidecar.core.leases import PreviousLeases
+from sidecar.core.leases import PreviousLeases, leased_class
 from sidecar.core.policy import Policy, SecretClass
 from sidecar.core.refusals import Refusals, covers
 from sidecar.core.revocations import Revocation, Revocations
@@ -85,7 +85,13 @@ class Controls:
         replaced = self._policy.replace_class(secret_class)
         for _, entry in self._entries.items():
             if entry.secret_class.name == secret_class.name:
-                entry.secret_class = secret_class
+                lease = entry.secret.lease_duration
+                # a leased credential keeps its lease's limits: no window outlives a lease
+                entry.secret_class = (
+                    secret_class
+                    if entry.secret.lease_id is None
+                    else leased_class(secret_class, lease)
+                )
         self._upkeep.window_changed(
             secret_class, shorter=secret_class.max_cache_age < replaced.max_cache_age
         )

@@ -45,6 +45,7 @@ class Entry:
     native_body: bytes | None = field(default=None)
     vault_body: bytes | None = field(default=None)
     serial: int = 0  # the schedule refers to entries by key and serial, never by reference
+    issued_by: str | None = None  # a leased value: digest of the store token whose lease it is
     expiry_scheduled: bool = False
 
     def servable(self, age: float) -> bool:

@@ -95,6 +95,7 @@ class Fetcher:
         # requests a second per secret). key -> (ask again at, times in a row, the answer)
         self._lag_hold = lag_hold
         self._previous = previous if previous is not None else PreviousLeases()
+        self._gone: set[str] = set()  # leases the store said are gone at renewal (until replaced)
         self._lagging: dict[CacheKey, Lag] = {}
 
     def start(self, key: CacheKey) -> tuple[asyncio.Task[Entry], bool]:
@@ -178,8 +179,9 @@ class Fetcher:
             confirmed_at=confirmed_at,
             fetched_at=fetched_at,
             last_read=held.last_read if held is not None else now,
-            served=held is not None and held.served and held.secret.version == secret.version,
+            served=held is not None and held.served and held.secret.kid == secret.kid,
             overlap_until=overlap_until(secret_class, secret),
+            issued_by=self._issuer(secret, held),
         )
         if self._refusals.purged_since(purges, path):
             # Purged while this fetch was under way: the answer may predate what the purge
@@ -251,11 +253,20 @@ class Fetcher:
         max_ttl is near: the next one is issued now, while this one still works)."""
         if held is None or held.secret.lease_id is None or not held.secret.renewable:
             return None
+        if held.issued_by != self._backend.token_digest:
+            # made with a token the sidecar no longer holds: the lease ends with that token,
+            # whatever a renewal says now. A new credential; the old one is not kept.
+            self._gone.add(held.secret.lease_id)
+            return None
         asked, secret = held.secret.lease_duration, held.secret
         try:
-            granted = await self._backend.renew(held.secret.lease_id, asked)
+            granted = min(asked, await self._backend.renew(held.secret.lease_id, asked))
         except (SecretNotFound, SecretForbidden, InvalidRequest):
-            granted = 0  # the store will not renew it (gone, not ours): a new credential
+            # the lease is gone (revoked, expired) or not ours: the credential is dead, so it
+            # is not kept as the previous one either; a new credential instead
+            self._lease_event(held, "renewal_refused", 0)
+            self._gone.add(held.secret.lease_id)
+            return None
         if granted < asked:
             self._lease_event(held, "renewal_refused", granted)
             return None
@@ -270,9 +281,20 @@ class Fetcher:
             self._listener.notify(
                 LeaseEvent(secret.path, leased, event, secret.kid, secret.lease_duration)
             )
-            if held is not None and held.secret.lease_id is not None:
+            old_lease = held.secret.lease_id if held is not None else None
+            if held is not None and old_lease is not None and old_lease not in self._gone:
                 self._previous.keep(secret.path, held, self._clock())  # retiring: overlap
+            self._gone.discard(old_lease or "")
         return leased
+
+    def _issuer(self, secret: Secret, held: Entry | None) -> str | None:
+        """Which token's lease ``secret`` is: a renewal keeps the held one's, a new credential
+        is the current token's; None when not leased."""
+        if secret.lease_id is None:
+            return None
+        if held is not None and held.secret.lease_id == secret.lease_id:
+            return held.issued_by
+        return self._backend.token_digest
 
     def _lease_event(self, entry: Entry, event: str, granted: int) -> None:
         secret = entry.secret

@@ -74,6 +74,10 @@ class PreviousLeases:
     def keep(self, path: str, entry: Entry, now: float) -> None:
         """``entry`` was replaced by a new credential at ``now``: keep it for its class's
         overlap (one before it, if still here, is revoked at the next ``due``)."""
+        if entry.secret_class.overlap <= 0:
+            # no overlap declared: apps may still hold connections opened with it, so it is
+            # left to end with its lease in the store, never revoked early
+            return
         ends = entry.confirmed_at + entry.secret_class.max_cache_age
         until = min(now + entry.secret_class.overlap, ends)
         displaced = self._held.get(path)

@@ -92,7 +92,7 @@ class Upkeep:
         """A class's max_cache_age changed: expiries already scheduled are checked again."""
         for key, entry in self._entries.items():
             if entry.secret_class.name == secret_class.name and entry.expiry_scheduled:
-                due = entry.confirmed_at + secret_class.max_cache_age
+                due = entry.confirmed_at + entry.secret_class.max_cache_age  # its own (leases)
                 self.schedule.push(due, Due.EXPIRE, key, entry.serial)
         if shorter:
             self.schedule.wakeup.set()

@@ -13,22 +13,41 @@ from sidecar.core.policy import OnOutage, Policy, SecretClass
 from sidecar.core.upkeep import Upkeep
 from sidecar.store.interface import Secret
 
+CLOCK_TOLERANCE = 5.0  # seconds a restored lease's stamp may be ahead of this clock
 
-def restore_verdict(policy: Policy, path: str, age: float) -> tuple[SecretClass | None, str | None]:
+
+def restore_verdict(
+    policy: Policy, path: str, age: float, secret: Secret | None = None
+) -> tuple[SecretClass | None, str | None]:
     """May a value of this age, restored from disk, be used? (class, None) if so, else
-    (class, reason), or (None, reason) when no rule classifies the path any more."""
+    (class, reason), or (None, reason) when no rule classifies the path any more. A leased
+    ``secret`` is judged by its lease (its class as the lease limits it); ``age`` below zero
+    means it was stamped in the future."""
     secret_class = policy.classify(path)
     if secret_class is None:
         return None, "no rule classifies this path any more"
     if secret_class.on_outage is OnOutage.FAIL_CLOSED:
         return secret_class, "its class is fail_closed (never restored from disk)"
+    if secret is not None and secret.lease_id is not None:
+        # a credential is reused only within its lease (less the margin)
+        secret_class = leased_class(secret_class, secret.lease_duration)
+        if age >= secret_class.max_cache_age:
+            return secret_class, "its lease has ended"
+        if age < -CLOCK_TOLERANCE:
+            return (
+                secret_class,
+                "stamped in the future (the clock moved): its lease's end is unknown",
+            )
     if age >= secret_class.max_cache_age:
         return secret_class, "older than max_cache_age"
     return secret_class, None
 
 
+Restored = tuple[CacheKey, Secret, float] | tuple[CacheKey, Secret, float, str | None]
+
+
 def restore(
-    items: Iterable[tuple[CacheKey, Secret, float]],
+    items: Iterable[Restored],
     policy: Policy,
     entries: EntryTable,
     upkeep: Upkeep,
@@ -47,14 +66,10 @@ def restore(
     """
     now, at = clock(), wall()
     restored = discarded = 0
-    for key, secret, confirmed_wall in items:
-        secret_class, why_not = restore_verdict(policy, key[0], at - confirmed_wall)
-        if secret_class is not None and why_not is None and secret.lease_id is not None:
-            # a credential is reused only within its lease (less the margin); its renewal
-            # is its confirmation
-            secret_class = leased_class(secret_class, secret.lease_duration)
-            if at - confirmed_wall >= secret_class.max_cache_age:
-                why_not = "its lease has ended"
+    for item in items:
+        key, secret, confirmed_wall = item[0], item[1], item[2]
+        issued_by = item[3] if len(item) > 3 else None  # a lease: the token that made it
+        secret_class, why_not = restore_verdict(policy, key[0], at - confirmed_wall, secret)
         if secret_class is None or why_not is not None or key in entries:
             discarded += 1
             continue
@@ -67,6 +82,7 @@ def restore(
             last_read=-math.inf,
             provisional=True,
             serial=upkeep.schedule.serial(),
+            issued_by=issued_by,
         )
         entries.adopt(key, entry)
         upkeep.restored(key, entry, confirm_within)

@@ -298,13 +298,17 @@ def _with_request_id(rest: bytes) -> bytes:
     return b'{"request_id":"%s%012x",%s' % (_ID_HEAD, next(_ids) & 0xFFFFFFFFFFFF, rest)
 
 
+def _leased_body(lookup: Lookup) -> bytes:
+    """A shared leased credential in Vault's shape, made per answer: ``lease_duration`` is what
+    is left of it for the app (until the sidecar stops serving it), and ``renewable`` is false,
+    so that client libraries that count from receipt neither overrun it nor renew or revoke
+    a lease every other caller shares: the sidecar renews and replaces it."""
+    secret = lookup.entry.secret
+    left = int(max(0.0, lookup.entry.secret_class.max_cache_age - lookup.age))
+    return _envelope({"data": secret.data}, left, secret.lease_id or "", renewable=False)
+
+
 def _body(secret: Secret, version: int | None) -> bytes:
-    if secret.lease_id is not None:
-        # As Vault Agent answers from its cache: the lease as granted, and ``Age`` says how
-        # much of it has passed. Renewing it is the sidecar's job, not the app's.
-        return _envelope(
-            {"data": secret.data}, secret.lease_duration, secret.lease_id, secret.renewable
-        )
     if version == METADATA:
         return _envelope({"data": secret.data})
     if secret.kv_version == 1:
@@ -324,7 +328,9 @@ def render(lookup: Lookup, version: int | None) -> web.Response:
     The body is rendered once per cached value, like the native API; only headers vary."""
     entry = lookup.entry
     body = entry.vault_body
-    if body is None:
+    if entry.secret.lease_id is not None:
+        body = _leased_body(lookup)  # what is left of the lease changes with every answer
+    elif body is None:
         body = entry.vault_body = _body(entry.secret, version)
     headers = {
         "X-Cache": CACHE_HEADER[lookup.outcome.value],

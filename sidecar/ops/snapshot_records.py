@@ -21,6 +21,7 @@ class SnapshotEntry:
     secret: Secret
     class_name: str
     confirmed_at: float  # wall-clock epoch seconds when the store last confirmed the value
+    issued_by: str | None = None  # a leased credential: digest of the token whose lease it is
 
 
 def secret_record(entry: SnapshotEntry) -> tuple[list[Any], dict[str, Any]]:
@@ -36,7 +37,11 @@ def secret_record(entry: SnapshotEntry) -> tuple[list[Any], dict[str, Any]]:
         "custom_metadata": secret.custom_metadata,
         "lease_duration": secret.lease_duration,
         # a leased credential: its lease, so a restart within it reuses the credential
-        **({"lease_id": secret.lease_id, "renewable": secret.renewable} if secret.lease_id else {}),
+        **(
+            {"lease_id": secret.lease_id, "renewable": secret.renewable, "by": entry.issued_by}
+            if secret.lease_id
+            else {}
+        ),
     }
 
 
@@ -78,8 +83,13 @@ def decode_secret(meta: Any, payload: Any) -> SnapshotEntry:
         and lease_id.isprintable()
         and not any(c.isspace() for c in lease_id)
         and type(lease) is int
-        and lease > 0
+        and 0 < lease <= 10 * 365 * 86400
         and isinstance(renewable, bool)
+    ):
+        raise ValueError("bad lease fields")
+    issued_by = payload.get("by")
+    if issued_by is not None and not (
+        isinstance(issued_by, str) and len(issued_by) == 16 and issued_by.isalnum()
     ):
         raise ValueError("bad lease fields")
     secret = Secret(
@@ -93,7 +103,7 @@ def decode_secret(meta: Any, payload: Any) -> SnapshotEntry:
         lease_id=lease_id,
         renewable=bool(renewable) if lease_id is not None else False,
     )
-    return SnapshotEntry(version_key, secret, payload["class"], float(confirmed_at))
+    return SnapshotEntry(version_key, secret, payload["class"], float(confirmed_at), issued_by)
 
 
 def is_optional_int(value: object) -> bool:

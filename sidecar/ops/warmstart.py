@@ -104,7 +104,10 @@ class Snapshotter:
         if result.mounts and self._mounts is not None:
             self._mounts.import_mounts(result.mounts)
         restored, discarded = self._cache.restore(
-            [((e.secret.path, e.version_key), e.secret, e.confirmed_at) for e in secrets],
+            [
+                ((e.secret.path, e.version_key), e.secret, e.confirmed_at, e.issued_by)
+                for e in secrets
+            ],
             confirm_within=self._confirm_within,
         )
         self._listener.notify(SnapshotLoaded(restored, unusable=result.problem is not None))
@@ -141,6 +144,7 @@ class Snapshotter:
                     secret=entry.secret,
                     class_name=entry.secret_class.name,
                     confirmed_at=entry.fetched_at,
+                    issued_by=entry.issued_by,
                 )
                 for key, entry in self._cache.export()
             ]
@@ -225,8 +229,9 @@ def inspect_snapshot(settings: Settings, wall: Callable[[], float] = time.time) 
     now = wall()
     entries = []
     for entry in result.entries:
-        age = max(0.0, now - entry.confirmed_at)
-        secret_class, why_not = restore_verdict(policy, entry.secret.path, age)
+        age = now - entry.confirmed_at
+        secret_class, why_not = restore_verdict(policy, entry.secret.path, age, entry.secret)
+        age = max(0.0, age)
         entries.append(
             {
                 "path": entry.secret.path,

@@ -9,6 +9,7 @@ through the backend's ``call`` (so breakers, budgets and failover apply to auth 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -82,7 +83,11 @@ class Authenticator:
         self._backoff = settings.backoff
         self._rng = rng
         self._listener = listener
-        self.token: str | None = None
+        self._token: str | None = None
+        self._token_seen: str | None = None  # the last token held (None while one is fetched)
+        # called when the sidecar holds a different token than before (a login, a replaced
+        # token file): leases made with the old one end with it, so leased credentials go
+        self.on_new_token: list[Callable[[], None]] = []
         self._lock = asyncio.Lock()
         self._renewal: asyncio.Task[None] | None = None
         self._ttl_known = asyncio.Event()
@@ -136,6 +141,26 @@ class Authenticator:
     def failure_reason(self) -> str | None:
         """The reason code of the last failed login while logins keep failing (None: not)."""
         return None if self._last_error is None else self._last_error.reason
+
+    @property
+    def token(self) -> str | None:
+        """The store token in use (None: none yet, or being replaced)."""
+        return self._token
+
+    @token.setter
+    def token(self, value: str | None) -> None:
+        """Hold ``value``; a token different from the last one held is told to the hooks."""
+        self._token = value
+        if value is not None and value != self._token_seen:
+            self._token_seen = value
+            for hook in self.on_new_token:
+                hook()
+
+    @property
+    def token_digest(self) -> str | None:
+        """A digest of the token in use (never the token): which token issued a lease."""
+        token = self._token_seen
+        return None if token is None else hashlib.sha256(token.encode()).hexdigest()[:16]
 
     async def ensure(self) -> str:
         """The token to send now; without one, obtain it (once, under the lock, for every waiter)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -187,6 +187,10 @@ class Backend(Protocol):
     async def revoke_lease(self, lease_id: str) -> None:
         """Revoke a lease in the store now (a database engine drops the credential's user)."""
 
+    @property
+    def token_digest(self) -> str | None:
+        """A digest of the store token in use (None: none yet): leases end with their token."""
+
     async def close(self) -> None:
         """Release what ``start`` set up (background tasks, the request pool) at shutdown."""
 
@@ -257,6 +261,9 @@ class Store(Backend, Protocol):
     def import_mounts(self, mounts: list[dict[str, Any]]) -> int:
         """Trust mounts remembered by the snapshot, so a warm start need not ask the store which
         mount holds each path; returns how many were taken."""
+
+    def on_new_token(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` whenever the sidecar holds a different store token."""
 
     async def forward(self, request: PassThrough) -> Forwarded:
         """One request passed through as it came, with the caller's own token."""

@@ -67,6 +67,16 @@ class KVStore:
         return self._auth.failure_reason
 
     @property
+    def token_digest(self) -> str | None:
+        """A digest of the store token in use (never the token): which token issued a lease."""
+        return self._auth.token_digest
+
+    def on_new_token(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` whenever the sidecar holds a different store token (a login, a
+        replaced token file): leases end with the token that made them."""
+        self._auth.on_new_token.append(hook)
+
+    @property
     def authenticated(self) -> bool:
         """Whether the sidecar holds a store token yet, for the readiness report."""
         return self._auth.token is not None

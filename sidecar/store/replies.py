@@ -167,6 +167,7 @@ def kv1_secret(path: str, body: Mapping[str, Any]) -> Secret:
 
 
 MAX_LEASE_ID = 1024  # a lease ID is a path and a random suffix; anything longer is not one
+MAX_LEASE_SECONDS = 10 * 365 * 86400  # a longer lease is no lease: a broken or hostile reply
 
 
 def leased_secret(path: str, body: Mapping[str, Any]) -> Secret:
@@ -182,8 +183,10 @@ def leased_secret(path: str, body: Mapping[str, Any]) -> Secret:
     if len(lease_id) > MAX_LEASE_ID or any(c.isspace() or not c.isprintable() for c in lease_id):
         raise bad_response("leased reply: lease_id is not a lease ID")
     duration = _optional_whole(body.get("lease_duration"), "leased reply: lease_duration", 1)
-    if duration is None:
-        raise bad_response("leased reply: no lease_duration")
+    if duration is None or duration > MAX_LEASE_SECONDS:
+        raise bad_response("leased reply: no lease_duration, or one over 10 years")
+    if not lease_id.startswith(path + "/"):
+        raise bad_response("leased reply: the lease is not for the path that was read")
     return Secret(
         path=path,
         data=_object(body.get("data"), "leased reply: data"),
@@ -200,8 +203,8 @@ def renewed(lease_id: str, body: Mapping[str, Any]) -> int:
     if body.get("lease_id") != lease_id:
         raise bad_response("lease renewal reply: not the lease that was renewed")
     granted = _optional_whole(body.get("lease_duration"), "lease renewal reply: lease_duration")
-    if granted is None:
-        raise bad_response("lease renewal reply: no lease_duration")
+    if granted is None or granted > MAX_LEASE_SECONDS:
+        raise bad_response("lease renewal reply: no lease_duration, or one over 10 years")
     return granted
 
 

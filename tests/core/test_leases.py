@@ -32,6 +32,8 @@ def test_a_lease_is_usable_until_a_margin_before_its_end():
 class LeasingBackend:
     """Each read is a new credential with a new lease, as the database engine does."""
 
+    token_digest = "0123456789abcdef"  # the store token the sidecar holds (a digest)
+
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
         self.reads = 0
@@ -216,3 +218,20 @@ async def test_a_credential_restored_from_the_snapshot_is_kept_only_within_its_l
     cache.controls.purge()
     again, gone = cache.restore([((PATH, None), leased, wall - 9.1)], confirm_within=1)
     assert (again, gone) == (0, 1)  # past its usable end: discarded, never served
+
+
+async def test_a_new_store_token_drops_credentials_made_with_the_old_one(leasing):
+    cache, backend, clock = leasing
+    first = await cache.get(PATH)
+    assert first.entry.issued_by == backend.token_digest
+    cache.token_changed()  # the same token again (a restart with the same token file)
+    assert (await cache.get(PATH)).entry is first.entry
+    backend.token_digest = "fedcba9876543210"  # a new login: the old token's leases end with it
+    cache.token_changed()
+    replaced = await cache.get(PATH)
+    assert replaced.outcome is Outcome.MISS and replaced.entry.secret.lease_id == f"{PATH}/lease2"
+    assert replaced.entry.issued_by == "fedcba9876543210"
+    backend.token_digest = "0000000000000000"  # changed again, found at renewal time
+    clock.advance(8)
+    again = await cache.get(PATH)
+    assert again.entry.secret.lease_id == f"{PATH}/lease3" and backend.renewals == []
