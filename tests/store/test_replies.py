@@ -117,3 +117,33 @@ def test_a_store_url_path_can_never_carry_a_query_a_fragment_or_an_escape():
     assert _url_path("secret/a@b+c=d,e:f~g_h-i.j") == "/v1/secret/a@b+c=d,e:f~g_h-i.j"
     assert _url_path("secret/a?list=true#x%2e y") == "/v1/secret/a%3Flist=true%23x%252e%20y"
     assert _url_path("secret/caf\u00e9") == "/v1/secret/caf%C3%A9"
+
+
+def test_a_leased_reply_is_checked_field_by_field_and_a_lease_must_be_for_the_path():
+    good = {
+        "lease_id": "database/creds/app/AbC123",
+        "lease_duration": 3600,
+        "renewable": True,
+        "data": {"username": "u", "password": "p"},
+    }
+    secret = replies.leased_secret("database/creds/app", good)
+    assert secret.lease_id == good["lease_id"] and secret.lease_duration == 3600
+    assert secret.renewable and secret.kid.startswith("database/creds/app#lease-")
+    for bad in (
+        {"lease_id": "database/creds/other/AbC"},  # another path's lease
+        {"lease_id": "database/creds/app/a b"},
+        {"lease_id": 7},
+        {"lease_duration": 0},
+        {"lease_duration": 10**12},  # a "lease" past any date: would break the envelope
+        {"lease_duration": "3600"},
+        {"renewable": "yes"},
+        {"data": ["u", "p"]},
+    ):
+        with pytest.raises(StoreUnavailable) as refused:
+            replies.leased_secret("database/creds/app", {**good, **bad})
+        assert refused.value.kind is ErrorKind.BAD_RESPONSE, bad
+    with pytest.raises(replies.Unaskable):  # not leased at all: another engine, refused
+        replies.leased_secret("transit/keys/app", {"data": {"name": "app"}})
+    assert replies.renewed("database/creds/app/AbC123", {**good, "lease_duration": 60}) == 60
+    with pytest.raises(StoreUnavailable):
+        replies.renewed("database/creds/app/AbC123", {**good, "lease_id": "database/creds/x/1"})
