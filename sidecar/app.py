@@ -17,6 +17,7 @@ from sidecar.core.cache import SecretCache
 from sidecar.core.clock import SYSTEM, Clock
 from sidecar.core.events import EventHub
 from sidecar.core.facts import Bus
+from sidecar.core.load import estimate
 from sidecar.core.policy import Policy
 from sidecar.core.supervise import listener_of_failures, supervised
 from sidecar.core.verify import Verifier
@@ -357,6 +358,7 @@ def _lifecycle(sidecar: Sidecar) -> Any:
             tasks.append(asyncio.create_task(task, name=name))
 
         sidecar.audit.record("started", version=__version__)
+        _say_store_load(settings)
         # startup, before any listener opens:
         # 1. warm the cache from the snapshot, so a store outage at start is already survivable;
         snapshotter = sidecar.snapshotter
@@ -410,6 +412,26 @@ def _lifecycle(sidecar: Sidecar) -> Any:
         sidecar.audit.close()
 
     return lifecycle
+
+
+def _say_store_load(settings: Settings) -> None:
+    """One log line with what this configuration costs the store in steady state, and a
+    warning when the named secrets alone need more than backend.rate_limit allows."""
+    poll = settings.revocation_poll_interval if settings.revocation_list else None
+    load = estimate(settings.policy(), poll, settings.backend.rate_limit.requests_per_second)
+    facts = {
+        "requests_per_second": round(load.known, 3),
+        "budget": load.budget,
+        "literal_secrets": load.literal_count,
+    }
+    log.info("expected store load", extra=facts)
+    if load.over_budget:
+        log.warning(
+            "the configured secrets need more store requests than backend.rate_limit allows: "
+            "refresh-ahead will fall behind and reads wait for the budget; raise "
+            "backend.rate_limit.requests_per_second or the classes' refresh_interval",
+            extra=facts,
+        )
 
 
 def _sync(function: Callable[[], None]) -> Callable[[], Awaitable[None]]:

@@ -19,6 +19,7 @@ import orjson
 from sidecar import __version__
 from sidecar.config import file_problems, load_settings
 from sidecar.core.durations import format_duration
+from sidecar.core.load import describe, estimate
 from sidecar.drill.commands import add_drill, add_faultproxy, drill_main, faultproxy_main
 from sidecar.http.tokens import CallerTokenError
 from sidecar.ops import logs
@@ -314,6 +315,10 @@ def _check(path: Path, *, files: bool = False, store: bool = False) -> int:
             )
     preloads = policy.preload_paths()
     print(f"\npreloaded at start ({len(preloads)}): {', '.join(preloads) or 'none'}")
+    poll = settings.revocation_poll_interval if settings.revocation_list else None
+    budget = settings.backend.rate_limit.requests_per_second
+    for line in describe(estimate(policy, poll, budget)):
+        print(line)
     print(f"store: {', '.join(settings.backend.urls)} (auth: {settings.backend.auth.method})")
     print(f"secrets API: {settings.listen}   ops API: {settings.metrics_listen}")
     snapshot = settings.snapshot

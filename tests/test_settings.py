@@ -729,3 +729,25 @@ def test_check_config_files_are_checked_where_the_sidecar_runs(
     path = write(tmp_path, document)
     assert main(["check-config", str(path), "--files"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_check_config_prints_the_expected_store_load_and_warns_over_budget(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    document = doc()
+    document["secrets"].insert(0, {"match": "secret/app/db", "class": "standard"})
+    assert main(["check-config", str(write(tmp_path, document))]) == 0
+    out = capsys.readouterr().out
+    assert "expected store load of this sidecar in steady state:" in out
+    assert "1 literal secret(s)" in out and "each secret read under a glob rule" in out
+    assert "warning:" not in out
+    document["backend"]["rate_limit"] = {"requests_per_second": 0.001}
+    assert main(["check-config", str(write(tmp_path, document))]) == 0  # valid, but said
+    out = capsys.readouterr().out
+    assert "warning: the named secrets need" in out and "backend.rate_limit" in out
+
+    from sidecar.app import _say_store_load
+
+    with caplog.at_level("WARNING", logger="sidecar"):
+        _say_store_load(load_settings(write(tmp_path, document)))
+    assert any("more store requests than backend.rate_limit" in r.message for r in caplog.records)
