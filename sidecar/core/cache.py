@@ -31,7 +31,7 @@ from sidecar.core.facts import (
     Unavailable,
 )
 from sidecar.core.fetch import Fetcher
-from sidecar.core.leases import PreviousLeases
+from sidecar.core.leases import LeaseRetirer, PreviousLeases
 from sidecar.core.outage import expiry_reason, without_store
 from sidecar.core.policy import Freshness, Policy, SecretClass
 from sidecar.core.refusals import Refusals
@@ -99,8 +99,8 @@ class SecretCache:
             backoff=backoff,
         )
         self._previous_leases = PreviousLeases()  # replaced credentials, while they retire
+        self._retirer = LeaseRetirer(self._previous_leases, backend, self._listener, clock)
         self._expiry_told: set[CacheKey] = set()  # leased keys whose end was told (audit)
-        self._backend = backend
         self._fetcher = Fetcher(
             backend,
             self._entries,
@@ -393,7 +393,7 @@ class SecretCache:
         and revoke the leases of replaced credentials once they have retired."""
         async with asyncio.TaskGroup() as both:  # one failing ends (and cancels) the other
             both.create_task(self._upkeep.run(idle))
-            both.create_task(self._retire_leases_forever())
+            both.create_task(self._retirer.run_forever())
 
     def token_changed(self) -> None:
         """The sidecar holds a different store token: leased credentials made with another one
@@ -418,34 +418,9 @@ class SecretCache:
         return Lookup(entry, Outcome.HIT, max(0.0, self._clock() - entry.confirmed_at))
 
     async def retire_leases(self) -> float | None:
-        """Revoke the leases of replaced credentials whose overlap ended and that nobody read
-        since (or drop those whose lease ended by itself); seconds until the next may be due."""
-        now = self._clock()
-        for retiring in self._previous_leases.due(now):
-            secret = retiring.entry.secret
-            if secret.lease_id is None or now >= retiring.ends:
-                continue  # its lease ends (or ended) in the store by itself
-            try:
-                await self._backend.revoke_lease(secret.lease_id)
-            except StoreError as exc:
-                log.warning(
-                    "a retired credential's lease could not be revoked; it ends with its lease",
-                    extra={"path": secret.path, "kind": exc.kind.value, "reason": exc.reason},
-                )
-                continue
-            self._listener.notify(
-                LeaseEvent(secret.path, retiring.entry.secret_class, "revoked", secret.kid, 0)
-            )
-        return self._previous_leases.next_in(self._clock())
-
-    async def _retire_leases_forever(self) -> None:
-        while True:
-            try:
-                delay = await self.retire_leases()
-            except Exception:  # never the end of the refresher: logged, tried again
-                log.exception("retiring replaced credentials failed; trying again")
-                delay = 5.0
-            await asyncio.sleep(5.0 if delay is None else min(5.0, max(0.2, delay)))
+        """Revoke the leases of replaced credentials that have retired (``LeaseRetirer``);
+        seconds until the next may be due."""
+        return await self._retirer.run_once()
 
     def time_moved(self) -> None:
         """The clock jumped (a test advanced it): look at the schedule again now."""

@@ -6,11 +6,17 @@ a dead credential is "invalid", not "stale"."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import logging
 from collections.abc import Callable
 
 from sidecar.core.entries import Entry
+from sidecar.core.facts import LeaseEvent, Listener
 from sidecar.core.policy import SecretClass
+from sidecar.store.interface import Backend, StoreError
+
+log = logging.getLogger("sidecar.cache")
 
 MARGIN_SHARE = 0.1  # of the lease: served until this much before its end
 MARGIN_CAP = 30.0  # seconds: the margin is never longer (a day-long lease ends 30 s early)
@@ -119,3 +125,52 @@ class PreviousLeases:
             min(r.ends, max(r.until, r.last_read + QUIET_AFTER)) for r in self._held.values()
         )
         return max(0.0, soonest - now)
+
+
+class LeaseRetirer:
+    """Revokes the leases of replaced credentials once they have retired (their overlap over,
+    nobody reading them), so their database users go before their leases would end; those
+    whose lease ended by itself are just forgotten."""
+
+    def __init__(
+        self,
+        previous: PreviousLeases,
+        backend: Backend,
+        listener: Listener,
+        clock: Callable[[], float],
+    ) -> None:
+        self._previous = previous
+        self._backend = backend
+        self._listener = listener
+        self._clock = clock
+
+    async def run_once(self) -> float | None:
+        """Revoke what is due now; seconds until the next may be due (None: nothing held)."""
+        now = self._clock()
+        for retiring in self._previous.due(now):
+            secret = retiring.entry.secret
+            if secret.lease_id is None or now >= retiring.ends:
+                continue  # its lease ends (or ended) in the store by itself
+            try:
+                await self._backend.revoke_lease(secret.lease_id)
+            except StoreError as exc:
+                log.warning(
+                    "a retired credential's lease could not be revoked; it ends with its lease",
+                    extra={"path": secret.path, "kind": exc.kind.value, "reason": exc.reason},
+                )
+                continue
+            self._listener.notify(
+                LeaseEvent(secret.path, retiring.entry.secret_class, "revoked", secret.kid, 0)
+            )
+        return self._previous.next_in(self._clock())
+
+    async def run_forever(self) -> None:
+        """``run_once`` whenever something may be due (at least every 5 s); a failure is
+        logged and tried again, never the end of the loop."""
+        while True:
+            try:
+                delay = await self.run_once()
+            except Exception:
+                log.exception("retiring replaced credentials failed; trying again")
+                delay = 5.0
+            await asyncio.sleep(5.0 if delay is None else min(5.0, max(0.2, delay)))

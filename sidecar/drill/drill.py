@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import shutil
-import statistics
 import tempfile
 import time
 from collections import Counter
@@ -28,6 +26,7 @@ from sidecar.drill.faultproxy import FaultProxy
 from sidecar.drill.faults import Fault, Mode
 from sidecar.drill.operator import Operator, OperatorError
 from sidecar.drill.process import SidecarProcess, free_port, free_port_run
+from sidecar.drill.reads import read_once
 from sidecar.drill.verdict import (
     HEALTHY,
     OUTAGE,
@@ -188,7 +187,9 @@ class Drill:
                             continue
                         try:
                             if scenario.storm:
-                                done = await self._storm(session, proxy, sidecar, folder)
+                                from sidecar.drill.storm import restart_storm  # uses our types
+
+                                done = await restart_storm(self, session, proxy, sidecar, folder)
                             else:
                                 done = await self._one(scenario, proxy, session, sidecar)
                             if sidecar.exited:  # judged as broken above; the next one needs it
@@ -249,7 +250,7 @@ class Drill:
         """How long past a refresh_interval a change may take to reach the readers."""
         return 2.0 + self.settings.backend.timeout
 
-    def _covering_refresh(self) -> float:
+    def covering_refresh(self) -> float:
         """A phase long enough for every class to refresh once (within ``long_limit``)."""
         longest = max((c.refresh_interval for c in self.classes.values()), default=0.0)
         return min(longest + self._slack(), self.phases.long_limit)
@@ -284,7 +285,7 @@ class Drill:
             )
         self.timelines[scenario.name] = (reads, marks.fault_start, marks.fault_end)
         counts, source = self._store_requests(proxy, before, operator_before)
-        outcomes = self._judge(scenario, reads, marks, sidecar.exited)
+        outcomes = self.judge_reads(scenario, reads, marks, sidecar.exited)
         for outcome in outcomes:
             outcome.store_requests = counts[outcome.secret_class]
             outcome.store_source = source
@@ -327,7 +328,7 @@ class Drill:
                 # every third round over the paths asks for the previous version instead
                 previous = path in overlapping and (turn // len(self.paths)) % 3 == 2
                 turn += 1
-                read = await self._read(
+                read = await read_once(
                     session, sidecar.api, token[0], path, phase[0], marks.started, previous
                 )
                 reads.append(read)
@@ -346,7 +347,7 @@ class Drill:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(every_path_read.wait(), warmup)
                 await self._rewrite(marks)
-                warmup = max(warmup, self._covering_refresh())
+                warmup = max(warmup, self.covering_refresh())
             await asyncio.sleep(warmup)
             phase[0] = "fault"
             marks.fault_start = time.monotonic() - marks.started
@@ -376,10 +377,10 @@ class Drill:
         length = self._long_fault() if scenario.long else self.phases.fault
         if scenario.event == REWRITE:
             await self._rewrite(marks)
-            length = max(length, self._covering_refresh())
+            length = max(length, self.covering_refresh())
         elif scenario.event == REVOKE_TOKEN:
             await self._revoke(proxy, marks)
-            length = max(length, self._covering_refresh())  # every value re-read with it
+            length = max(length, self.covering_refresh())  # every value re-read with it
         if scenario.action is not None:
             await scenario.action()
         if not scenario.restart:
@@ -439,63 +440,7 @@ class Drill:
             return
         marks.revoked = _digest(proxy.last_token)
 
-    async def _read(
-        self,
-        session: aiohttp.ClientSession,
-        api: str,
-        token: str,
-        path: str,
-        phase: str,
-        started: float,
-        previous: bool = False,
-    ) -> Read:
-        begun = time.monotonic()
-        query = "?version=previous" if previous else ""
-        try:
-            async with session.get(
-                f"{api}/secrets/{path}{query}",
-                headers={"X-Sidecar-Token": token},
-                timeout=aiohttp.ClientTimeout(total=30),
-            ) as reply:
-                body = await reply.json(content_type=None)
-                status = reply.status
-        except (TimeoutError, aiohttp.ClientError, ValueError):
-            return Read(
-                begun - started,
-                phase,
-                path,
-                0,
-                time.monotonic() - begun,
-                reason="no_answer",
-                previous=previous,
-            )
-        seconds = time.monotonic() - begun
-        if status == 200 and isinstance(body, dict):
-            version = body.get("version")
-            age = body.get("age_seconds")
-            return Read(
-                begun - started,
-                phase,
-                path,
-                200,
-                seconds,
-                version=version if isinstance(version, int) else None,
-                stale=body.get("stale") is True,
-                age=float(age) if isinstance(age, int | float) else None,
-                previous=previous,
-            )
-        reason = body.get("reason") if isinstance(body, dict) else None
-        return Read(
-            begun - started,
-            phase,
-            path,
-            status,
-            seconds,
-            reason=None if reason is None else str(reason),
-            previous=previous,
-        )
-
-    def _judge(
+    def judge_reads(
         self,
         scenario: Scenario,
         reads: list[Read],
@@ -503,6 +448,8 @@ class Drill:
         exited: bool,
         recovery_bound: float | None = None,
     ) -> list[Outcome]:
+        """Each class's outcome of ``scenario`` from its reads, with the scenario's problems and
+        notes, the rotation's and revocation list's rules, and the warm-restart check."""
         outcomes = []
         for name, policy in sorted(self.classes.items()):
             mine = [r for r in reads if self.class_of.get(r.path) == name]
@@ -548,92 +495,4 @@ class Drill:
                         "the snapshot"
                     )
             outcomes.append(outcome)
-        return outcomes
-
-    # -- the restart storm ---------------------------------------------------------------
-
-    async def _storm(
-        self,
-        session: aiohttp.ClientSession,
-        proxy: FaultProxy,
-        sidecar: SidecarProcess,
-        folder: Path,
-    ) -> list[Outcome]:
-        """Start ``phases.storm`` sidecars at once, cold, then warm from the drill sidecar's
-        snapshot (when it has a key); each reads every secret; judged as a healthy store."""
-        modes = ["cold"]
-        if self.settings.snapshot.key_file is not None:
-            modes.append("warm")
-            await sidecar.stop()  # writes its snapshot: the fleet's warm start
-            await sidecar.start()
-        else:
-            self.skipped["restart_storm_warm"] = "no snapshot.key_file: every start is cold"
-        outcomes: list[Outcome] = []
-        for mode in modes:
-            name = f"restart_storm_{mode}"
-            self.progress(f"scenario {name}: {self.phases.storm} sidecars at once")
-            before = proxy.paths.copy()
-            if self.audit is not None:
-                self.audit.take()
-            fleet = [
-                SidecarProcess(self.document, self.proxies, folder / f"{name}-{i}", storm=True)
-                for i in range(self.phases.storm)
-            ]
-            if mode == "warm":
-                for member in fleet:
-                    shutil.copy2(sidecar.snapshot, member.snapshot)
-            started = time.monotonic()
-            try:
-                results = await asyncio.gather(*(m.start() for m in fleet), return_exceptions=True)
-                ready = [m for m, r in zip(fleet, results, strict=True) if r is None]
-                fault_end = time.monotonic() - started
-                reads: list[Read] = []
-                for phase in ("fault", "recovery"):
-                    if phase == "recovery":  # restored values are confirmed within a refresh
-                        await asyncio.sleep(self._covering_refresh())
-                    for member in ready:
-                        token = member.caller_token()
-                        for path in self.paths:
-                            reads.append(
-                                await self._read(session, member.api, token, path, phase, started)
-                            )
-            finally:
-                await asyncio.gather(*(m.stop() for m in fleet))
-            total = proxy.paths - before
-            counts, source = (
-                (by_class(self.audit.take(), self.class_of), "audit log")
-                if self.audit is not None
-                else (by_class(total, self.class_of), "proxy")
-            )
-            times = [m.ready_after for m in ready if m.ready_after is not None]
-            note = (
-                f"{len(ready)} of {len(fleet)} sidecars ready, in {statistics.median(times):.1f}s "
-                f"median, {max(times):.1f}s at most; {sum(total.values())} store requests in "
-                f"all through the proxy (logins and mount lookups included)"
-                if times
-                else "no sidecar became ready"
-            )
-            problems = [
-                f"a sidecar of the storm did not start: {r}"
-                for r in results
-                if isinstance(r, BaseException)
-            ]
-            self.timelines[name] = (reads, 0.0, fault_end)
-            if not ready:  # nothing to judge by reads: every class broke
-                outcomes += [
-                    Outcome(name, c, broken=problems[:3] or ["no sidecar became ready"])
-                    for c in sorted(set(self.class_of.values()))
-                ]
-                continue
-            for outcome in self._judge(
-                Scenario(name, kind=HEALTHY),
-                reads,
-                Marks(fault_end=fault_end, problems=problems[:3], notes=[note]),
-                exited=False,
-                recovery_bound=self._covering_refresh() + self.phases.recovery,
-            ):
-                outcome.store_requests, outcome.store_source = counts[outcome.secret_class], source
-                if times and outcome.recovered_after is not None:
-                    outcome.recovered_after = round(max(times), 2)  # the storm is over
-                outcomes.append(outcome)
         return outcomes

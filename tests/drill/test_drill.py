@@ -49,6 +49,12 @@ def _config(openbao: DevOpenBao, tmp_path: Path, uid: str, payments_refresh: str
     return path
 
 
+def _seed(openbao: DevOpenBao, uid: str) -> None:
+    """The two secrets every drill here reads (their values are grepped for in the output)."""
+    openbao.kv_put(f"{uid}/db", {"password": "drill-db"})
+    openbao.kv_put(f"{uid}/pay", {"key": "drill-pay"})
+
+
 def _drill(
     config: Path, capsys: pytest.CaptureFixture[str], *extra: str
 ) -> tuple[int, list[dict[str, Any]]]:
@@ -64,8 +70,7 @@ def _drill(
 def test_a_well_configured_sidecar_holds_through_a_blocked_store(
     openbao: DevOpenBao, tmp_path: Path, uid: str, capsys: pytest.CaptureFixture[str]
 ):
-    openbao.kv_put(f"{uid}/db", {"password": "drill-db"})
-    openbao.kv_put(f"{uid}/pay", {"key": "drill-pay"})
+    _seed(openbao, uid)
     report = tmp_path / "report.md"
     code, outcomes = _drill(_config(openbao, tmp_path, uid, "1s"), capsys, "--report", str(report))
     by_class = {o["class"]: o for o in outcomes}
@@ -89,8 +94,7 @@ def test_a_well_configured_sidecar_holds_through_a_blocked_store(
 def test_the_drill_catches_a_fail_closed_class_that_does_not_fail_closed(
     openbao: DevOpenBao, tmp_path: Path, uid: str, capsys: pytest.CaptureFixture[str]
 ):
-    openbao.kv_put(f"{uid}/db", {"password": "drill-db"})
-    openbao.kv_put(f"{uid}/pay", {"key": "drill-pay"})
+    _seed(openbao, uid)
     code, outcomes = _drill(_config(openbao, tmp_path, uid, "1h"), capsys)
     payments = next(o for o in outcomes if o["class"] == "payments")
     assert code == 1
@@ -101,8 +105,7 @@ def test_the_drill_catches_a_fail_closed_class_that_does_not_fail_closed(
 def test_a_sidecar_restarted_during_the_outage_serves_again_from_its_snapshot(
     openbao: DevOpenBao, tmp_path: Path, uid: str, capsys: pytest.CaptureFixture[str]
 ):
-    openbao.kv_put(f"{uid}/db", {"password": "drill-db"})
-    openbao.kv_put(f"{uid}/pay", {"key": "drill-pay"})
+    _seed(openbao, uid)
     config = _config(openbao, tmp_path, uid, "1s")
     args = ["drill", "--config", str(config), "--scenario", "restart_in_outage", *SHORT]
     assert main(args) == 1  # no snapshot key: skipped, and said why; nothing judged is no pass
@@ -137,8 +140,7 @@ def test_a_sidecar_restarted_during_the_outage_serves_again_from_its_snapshot(
 def test_rotation_stale_node_and_a_revoked_token_with_an_operator_token(
     openbao: DevOpenBao, tmp_path: Path, uid: str, capsys: pytest.CaptureFixture[str]
 ):
-    openbao.kv_put(f"{uid}/db", {"password": "drill-db"})
-    openbao.kv_put(f"{uid}/pay", {"key": "drill-pay"})
+    _seed(openbao, uid)
     config = _config(openbao, tmp_path, uid, "1s")
     document = yaml.safe_load(config.read_text())
     document["backend"]["auth"] = approle_auth(openbao, uid, tmp_path)  # it can log in again
@@ -185,8 +187,7 @@ def test_rotation_stale_node_and_a_revoked_token_with_an_operator_token(
 def test_an_outage_past_max_cache_age_ends_serving_at_the_limit(
     openbao: DevOpenBao, tmp_path: Path, uid: str, capsys: pytest.CaptureFixture[str]
 ):
-    openbao.kv_put(f"{uid}/db", {"password": "drill-db"})
-    openbao.kv_put(f"{uid}/pay", {"key": "drill-pay"})
+    _seed(openbao, uid)
     config = _config(openbao, tmp_path, uid, "1s")
     document = yaml.safe_load(config.read_text())
     document["classes"]["standard"]["max_cache_age"] = "3s"
@@ -201,8 +202,7 @@ def test_an_outage_past_max_cache_age_ends_serving_at_the_limit(
 def test_a_restart_storm_cold_and_warm(
     openbao: DevOpenBao, tmp_path: Path, uid: str, capsys: pytest.CaptureFixture[str]
 ):
-    openbao.kv_put(f"{uid}/db", {"password": "drill-db"})
-    openbao.kv_put(f"{uid}/pay", {"key": "drill-pay"})
+    _seed(openbao, uid)
     config = _config(openbao, tmp_path, uid, "1s")
     document = yaml.safe_load(config.read_text())
     key = tmp_path / "snapshot.key"
