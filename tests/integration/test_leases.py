@@ -29,6 +29,7 @@ from tests.conftest import (
     config,
     database_role,
     metric,
+    raw_request,
     running,
 )
 from tests.faultproxy import FaultProxy
@@ -46,6 +47,13 @@ def _rules(role: str) -> list[dict[str, str]]:
         {"match": f"database/creds/{role}", "class": "database"},
         {"match": "**", "class": "standard"},
     ]
+
+
+def _role(openbao: DevOpenBao, uid: str, *, ttl: str, max_ttl: str) -> tuple[str, str]:
+    """A database role for this test and the path that issues its credentials. Its name is 8
+    characters: the store's user names keep 8 of the role's (``v-token-<role>-...``)."""
+    role = f"r{uid[1:8]}"
+    return role, database_role(openbao, role, ttl=ttl, max_ttl=max_ttl)
 
 
 def _login(database: ThrowawayPostgres, credential: dict[str, Any]) -> str:
@@ -66,8 +74,7 @@ def _ends(envelope: dict[str, Any]) -> float:
 async def test_concurrent_first_reads_make_one_store_request_and_one_database_user(
     make_sidecar: SidecarFactory, openbao: DevOpenBao, postgres: ThrowawayPostgres, uid: str
 ):
-    role = f"r{uid[1:8]}"  # 8 characters: user names keep 8 of the role name
-    path = database_role(openbao, role, ttl="1m", max_ttl="5m")
+    role, path = _role(openbao, uid, ttl="1m", max_ttl="5m")
     client, _ = await make_sidecar(classes=LEASED, rules=_rules(role))
     replies = await asyncio.gather(
         *(client.get(f"/secrets/{path}", headers=AUTH) for _ in range(200))
@@ -92,8 +99,7 @@ async def test_a_lease_in_use_is_renewed_then_replaced_near_max_ttl_and_every_lo
     uid: str,
     tmp_path: Path,
 ):
-    role = f"r{uid[1:8]}"  # 8 characters: user names keep 8 of the role name
-    path = database_role(openbao, role, ttl="3s", max_ttl="6s")
+    role, path = _role(openbao, uid, ttl="3s", max_ttl="6s")
     renewals = openbao.count_requests("sys/leases/renew", "update")
     audit = tmp_path / "audit.log"
     client, sidecar = await make_sidecar(classes=LEASED, rules=_rules(role), audit_log=str(audit))
@@ -142,8 +148,7 @@ async def test_with_the_store_cut_off_a_credential_is_served_until_its_lease_end
     uid: str,
     tmp_path: Path,
 ):
-    role = f"r{uid[1:8]}"  # 8 characters: user names keep 8 of the role name
-    path = database_role(openbao, role, ttl="4s", max_ttl="20s")
+    role, path = _role(openbao, uid, ttl="4s", max_ttl="20s")
     proxy = FaultProxy(openbao.port).start()
     audit = tmp_path / "audit.log"
     try:
@@ -193,8 +198,7 @@ async def test_a_fail_closed_classs_credentials_are_never_written_to_the_snapsho
     postgres: ThrowawayPostgres,
     uid: str,
 ):
-    role = f"r{uid[1:8]}"
-    path = database_role(openbao, role, ttl="1m", max_ttl="5m")
+    role, path = _role(openbao, uid, ttl="1m", max_ttl="5m")
     openbao.kv_put(f"{uid}/kv", {"v": "kept"})
     closed = {**LEASED, "database": {**CLASSES["payments"], "max_cache_age": "1h"}}
     client, sidecar = await make_sidecar(classes=closed, rules=_rules(role))
@@ -207,8 +211,7 @@ async def test_a_fail_closed_classs_credentials_are_never_written_to_the_snapsho
 async def test_the_vault_compatible_api_serves_the_shared_lease_in_vaults_shape(
     make_sidecar: SidecarFactory, openbao: DevOpenBao, postgres: ThrowawayPostgres, uid: str
 ):
-    role = f"r{uid[1:8]}"
-    path = database_role(openbao, role, ttl="1m", max_ttl="5m")
+    role, path = _role(openbao, uid, ttl="1m", max_ttl="5m")
     client, _ = await make_sidecar(classes=LEASED, rules=_rules(role))
     url = f"http://{client.host}:{client.port}"
 
@@ -236,8 +239,7 @@ async def test_a_restart_within_the_lease_reuses_the_credential_from_the_snapsho
     tmp_path: Path,
     store_token_file: Path,
 ):
-    role = f"r{uid[1:8]}"
-    path = database_role(openbao, role, ttl="1m", max_ttl="5m")
+    role, path = _role(openbao, uid, ttl="1m", max_ttl="5m")
     key = tmp_path / "snapshot.key"
     key.write_bytes(bytes(range(32)))
     key.chmod(0o600)
@@ -281,8 +283,7 @@ async def test_a_purge_of_a_leased_path_revokes_its_lease_and_drops_the_database
     uid: str,
     tmp_path: Path,
 ):
-    role = f"r{uid[1:8]}"
-    path = database_role(openbao, role, ttl="1h", max_ttl="2h")
+    role, path = _role(openbao, uid, ttl="1h", max_ttl="2h")
     audit = tmp_path / "audit.log"
     client, _ = await make_sidecar(classes=LEASED, rules=_rules(role), audit_log=str(audit))
     leaked = await (await client.get(f"/secrets/{path}", headers=AUTH)).json()
@@ -308,8 +309,7 @@ async def test_leases_are_revoked_at_shutdown_only_when_asked(
     tmp_path: Path,
     store_token_file: Path,
 ):
-    role = f"r{uid[1:8]}"
-    path = database_role(openbao, role, ttl="1h", max_ttl="2h")
+    role, path = _role(openbao, uid, ttl="1h", max_ttl="2h")
     names: dict[bool, str] = {}
     for revoke in (False, True):
         document = config(
@@ -334,8 +334,7 @@ async def test_leases_are_revoked_at_shutdown_only_when_asked(
 async def test_during_the_overlap_the_replaced_credential_is_served_as_previous(
     make_sidecar: SidecarFactory, openbao: DevOpenBao, postgres: ThrowawayPostgres, uid: str
 ):
-    role = f"r{uid[1:8]}"
-    path = database_role(openbao, role, ttl="10s", max_ttl="10s")  # no renewal: a new one
+    role, path = _role(openbao, uid, ttl="10s", max_ttl="10s")  # no renewal: a new one
     overlapping = {**LEASED, "database": {**LEASED["database"], "overlap": "1h"}}
     client, _ = await make_sidecar(classes=overlapping, rules=_rules(role))
     none_yet = await client.get(f"/secrets/{path}?version=previous", headers=AUTH)
@@ -357,3 +356,35 @@ async def test_during_the_overlap_the_replaced_credential_is_served_as_previous(
     await asyncio.sleep(max(0.0, _ends(first) - time.time()))
     gone = await client.get(f"/secrets/{path}?version=previous", headers=AUTH)
     assert gone.status == 410  # never past its lease, whatever the overlap says
+
+
+async def test_a_leased_path_is_guarded_like_any_other_and_no_log_holds_the_credential(
+    make_sidecar: SidecarFactory,
+    openbao: DevOpenBao,
+    postgres: ThrowawayPostgres,
+    uid: str,
+    caplog: pytest.LogCaptureFixture,
+):
+    role, path = _role(openbao, uid, ttl="1m", max_ttl="5m")
+    client, _ = await make_sidecar(classes=LEASED, rules=_rules(role))
+    caplog.set_level("DEBUG")
+    for target, headers, status in (
+        (f"/%73ecrets/{path}", AUTH, 400),  # the endpoint percent-encoded
+        (f"/secrets/{path.replace('/', '%252F')}", AUTH, 400),  # still encoded after decoding
+        (f"http://{client.host}:{client.port}/secrets/{path}", AUTH, 400),  # absolute-form
+        (f"/secrets/{path}", ADMIN, 403),  # the other token
+        (f"/v1/{path}", ADMIN, 403),
+        (f"/secrets/{path}", {}, 401),
+    ):
+        answered, _, _ = await raw_request(client, "GET", target, headers)
+        assert answered == status, (target, answered)
+    assert openbao.count_requests(path) == 0  # refused before any credential was made
+    credential = await (await client.get(f"/secrets/{path}", headers=AUTH)).json()
+    # one decoding of the secret's own path is the same path, decided on (and dispatched) as
+    # such: the same rule, the same shared credential
+    _, _, body = await raw_request(client, "GET", f"/secrets/{path.replace('/', '%2F')}", AUTH)
+    assert json.loads(body)["kid"] == credential["kid"]
+    await client.get(f"/v1/{path}", headers=AUTH)
+    assert openbao.count_requests(path) == 1
+    assert credential["data"]["password"] not in caplog.text
+    assert credential["data"]["username"] not in caplog.text
