@@ -128,6 +128,9 @@ class RateLimitSettings(Strict):
 
     requests_per_second: float = Field(default=50.0, gt=0, le=100_000)
     burst: int = Field(default=20, ge=1, le=100_000)
+    # The share of the burst that background refreshes leave to reads: they spend only tokens
+    # above it and never queue, so a read never waits behind refresh-ahead.
+    reserved_for_reads: float = Field(default=0.25, ge=0, lt=1)
 
 
 class BackendSettings(Strict):

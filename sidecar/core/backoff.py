@@ -18,6 +18,9 @@ def full_jitter(attempt: int, base: float, cap: float, rng: Callable[[], float])
     return min(cap, base * 2.0 ** min(attempt, 62)) * rng()
 
 
+_EPSILON = 1e-9  # a token refilled over a sum of float seconds is a whole token
+
+
 class TokenBucket:
     """``rate`` tokens a second, at most ``burst`` saved up. A reservation may dip below zero:
     the caller then waits for its token instead of racing others for it."""
@@ -29,16 +32,32 @@ class TokenBucket:
         self._tokens = burst
         self._at = clock()
 
-    def reserve(self, max_wait: float) -> float | None:
-        """Seconds to wait before sending (0: now), or None if that would exceed ``max_wait``."""
-        now = self._clock()
-        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
-        self._at = now
-        wait = 0.0 if self._tokens >= 1 else (1 - self._tokens) / self._rate
+    def reserve(self, max_wait: float, *, keep: float = 0.0) -> float | None:
+        """Seconds to wait before sending (0: now), or None if that would exceed ``max_wait``.
+        ``keep``: tokens this request must leave in the bucket (a share reserved for others);
+        such a request is sent only when a token above them is there now, never queued."""
+        self._refill()
+        if keep > 0:
+            if self._tokens + _EPSILON < 1 + keep:
+                return None
+            self._tokens -= 1
+            return 0.0
+        wait = 0.0 if self._tokens + _EPSILON >= 1 else (1 - self._tokens) / self._rate
         if wait > max_wait:
             return None
         self._tokens -= 1
         return wait
+
+    def spare_in(self, keep: float = 0.0) -> float:
+        """Seconds until a token above ``keep`` is there (0: now), counting the debts of the
+        requests already queued for it."""
+        self._refill()
+        return max(0.0, (1 + keep - self._tokens) / self._rate)
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
+        self._at = now
 
 
 class CircuitState(enum.IntEnum):

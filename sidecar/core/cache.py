@@ -34,12 +34,13 @@ from sidecar.core.fetch import Fetcher
 from sidecar.core.leases import LeaseRetirer, PreviousLeases
 from sidecar.core.outage import expiry_reason, without_store
 from sidecar.core.policy import Freshness, Policy, SecretClass
+from sidecar.core.priority import Urgency, urgent_as
 from sidecar.core.refusals import Refusals
 from sidecar.core.revocations import Revocations, SecretRevoked
 from sidecar.core.rotation import Rotations
 from sidecar.core.upkeep import Upkeep
 from sidecar.core.warm import Restored, exportable, restore, restore_verdict
-from sidecar.store.interface import Backend, StoreError, StoreUnavailable
+from sidecar.store.interface import Backend, Deferred, StoreError, StoreUnavailable
 
 log = logging.getLogger("sidecar.cache")
 
@@ -93,6 +94,7 @@ class SecretCache:
             self._rotations,
             policy,
             lambda key: self._fetcher.start(key),  # noqa: PLW0108 - made just below
+            self._listener,
             clock=clock,
             rng=rng,
             refresh_ahead=refresh_ahead,
@@ -233,11 +235,34 @@ class SecretCache:
             if refused is not None:
                 self._looked_up(secret_class, Outcome.NEGATIVE)
                 raise refused
-        task, coalesced = self._fetcher.start(key)
+        lookup = await self._ask(key, entry, secret_class, now)
+        return self._served(key, lookup, serve)
+
+    async def _ask(
+        self, key: CacheKey, entry: Entry | None, secret_class: SecretClass, now: float
+    ) -> Lookup:
+        """A read the memory cannot answer: the store's answer (coalesced), else what the class
+        allows without it. ``entry``: the value held, if any, past its refresh interval."""
+        # A value the class may still serve stale need not wait for the request budget: when
+        # no token is spare the read gets it (within max_cache_age) and the refresh goes on.
+        stale_ok = entry is not None and entry.secret_class.may_serve_stale(
+            now - entry.confirmed_at
+        )
+        task, coalesced = self._start(key, Urgency.STALE_OK if stale_ok else Urgency.FOREGROUND)
         outcome = Outcome.COALESCED if coalesced else Outcome.MISS
         try:
-            # shielded: this caller giving up must not cancel a fetch others wait for
-            fresh = await asyncio.shield(task)
+            try:
+                # shielded: this caller giving up must not cancel a fetch others wait for
+                fresh = await asyncio.shield(task)
+            except Deferred:
+                if stale_ok or not coalesced:
+                    raise
+                # it joined a background refresh the budget put off: ask, in the foreground
+                task, _ = self._start(key, Urgency.FOREGROUND)
+                fresh = await asyncio.shield(task)
+        except Deferred as exc:
+            self._upkeep.behind(key[0], secret_class, "served_stale")
+            lookup = self._on_unavailable(key, entry, secret_class, exc, outcome)
         except StoreUnavailable as exc:
             lookup = self._on_unavailable(key, entry, secret_class, exc, outcome)
         except StoreError:
@@ -248,7 +273,13 @@ class SecretCache:
             self._looked_up(secret_class, outcome)
             self._expiry_told.discard(key)
             lookup = Lookup(fresh, outcome, max(0.0, self._clock() - fresh.confirmed_at))
-        return self._served(key, lookup, serve)
+        return lookup
+
+    def _start(self, key: CacheKey, level: Urgency) -> tuple[asyncio.Task[Entry], bool]:
+        """The fetch of ``key`` for a read (its store requests carry ``level``), and whether it
+        joined one under way (then it keeps that one's)."""
+        with urgent_as(level):
+            return self._fetcher.start(key)
 
     def _served(self, key: CacheKey, lookup: Lookup, serve: bool = True) -> Lookup:
         if self._revoked.active:

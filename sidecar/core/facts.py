@@ -77,6 +77,15 @@ class Unavailable:
 
 
 @fact
+class BudgetDegraded:
+    """The request budget (backend.rate_limit) could not keep up: a background refresh was
+    ``deferred``, or a read was answered ``served_stale`` instead of waiting for a token."""
+
+    secret_class: SecretClass
+    action: str  # deferred | served_stale
+
+
+@fact
 class EntriesChanged:
     """The number of values held changed: now ``count``."""
 
@@ -238,6 +247,7 @@ Fact = (
     | LeaseEvent
     | LookedUp
     | Unavailable
+    | BudgetDegraded
     | EntriesChanged
     | StaleServed
     | Rotated

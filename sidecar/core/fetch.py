@@ -22,6 +22,7 @@ from sidecar.core.rotation import Rotations, overlap_until
 from sidecar.core.upkeep import Upkeep
 from sidecar.store.interface import (
     Backend,
+    Deferred,
     ErrorKind,
     InvalidRequest,
     Secret,
@@ -220,8 +221,10 @@ class Fetcher:
         purges: int,
     ) -> None:
         path, version = key
-        if isinstance(exc, Unaskable):
-            return  # the caller's mistake, found without asking the store: not a store failure
+        if isinstance(exc, Unaskable | Deferred):
+            # the caller's mistake, or our own budget putting the request off, found without
+            # asking the store: not a store failure
+            return
         self._listener.notify(FetchFinished(path, secret_class, elapsed, exc))
         dropped = self._log_limit.allow(exc.kind)
         if dropped is not None:

@@ -11,10 +11,14 @@ from collections.abc import Callable, Iterable
 
 from sidecar.core.backoff import full_jitter
 from sidecar.core.entries import CacheKey, Entry, EntryTable
+from sidecar.core.facts import BudgetDegraded, Listener
+from sidecar.core.loglimit import LogLimiter
 from sidecar.core.outage import expiry_reason
 from sidecar.core.policy import Policy, SecretClass
+from sidecar.core.priority import Urgency, urgent_as
 from sidecar.core.rotation import Rotations
 from sidecar.core.schedule import Due, Schedule
+from sidecar.store.interface import Deferred
 
 log = logging.getLogger("sidecar.cache")
 
@@ -31,6 +35,7 @@ class Upkeep:
         rotations: Rotations,
         policy: Policy,
         start_fetch: StartFetch,
+        listener: Listener,
         *,
         clock: Callable[[], float],
         rng: Callable[[], float],
@@ -46,6 +51,8 @@ class Upkeep:
         self._rotations = rotations
         self._policy = policy
         self._start_fetch = start_fetch
+        self._listener = listener
+        self._behind_log = LogLimiter(burst=1, period=60.0, clock=clock)
         self._clock = clock
         self._rng = rng
         self._ahead = refresh_ahead
@@ -170,7 +177,8 @@ class Upkeep:
         return self.schedule.next_in(now)
 
     def _refresh_in_background(self, key: CacheKey) -> None:
-        task, coalesced = self._start_fetch(key)
+        with urgent_as(Urgency.BACKGROUND):  # the fetch task, and its store requests, carry it
+            task, coalesced = self._start_fetch(key)
         if coalesced:
             return
         self._background.add(task)
@@ -183,6 +191,9 @@ class Upkeep:
         exc = task.exception()
         if exc is None:
             self._attempts.pop(key, None)
+            return
+        if isinstance(exc, Deferred):
+            self._deferred(key, exc)
             return
         # The entry (if any) stays; reads decide by class whether it may still be served,
         # and it expires at max_cache_age unless a retry succeeds first. Try again after a
@@ -204,6 +215,40 @@ class Upkeep:
                 "retry_in_seconds": round(delay, 2),
             },
         )
+
+    def _deferred(self, key: CacheKey, exc: Deferred) -> None:
+        """The budget had no token to spare: the refresh is stretched, not failed. It is tried
+        again once a token should be spare (jittered, so deferred keys do not return together);
+        reads meanwhile get the value held within its class's limits, or ask in the foreground."""
+        held = self._entries.get(key)
+        if held is not None:
+            self.expire_later(key, held)
+        spare = exc.retry_after or 0.0
+        self.schedule.push(self._clock() + max(0.05, spare) * (1 + self._rng()), Due.FETCH, key)
+        secret_class = held.secret_class if held is not None else self._policy.classify(key[0])
+        if secret_class is not None:
+            self.behind(key[0], secret_class, "deferred")
+
+    def behind(self, path: str, secret_class: SecretClass, action: str) -> None:
+        """The budget could not keep up, and ``action`` was taken for ``path``: ``deferred`` (a
+        background refresh put off) or ``served_stale`` (a read answered with the value held,
+        within max_cache_age, instead of waiting for a token). Counted; logged once a minute."""
+        self._listener.notify(BudgetDegraded(secret_class, action))
+        dropped = self._behind_log.allow(action)
+        if dropped is not None:
+            log.warning(
+                "refresh-ahead is behind: backend.rate_limit has no token to spare, so "
+                "background refreshes are deferred and serve_stale classes answer with the "
+                "value held (within max_cache_age) while it is refreshed. Raise "
+                "backend.rate_limit.requests_per_second or the classes' refresh_interval "
+                "(sidecar check-config shows the load)",
+                extra={
+                    "path": path,
+                    "class": secret_class.name,
+                    "action": action,
+                    **({"suppressed": dropped} if dropped else {}),
+                },
+            )
 
     async def run(self, idle: float = 60.0) -> None:
         """Forever: wake when something is due, refresh what was read recently, expire the old."""

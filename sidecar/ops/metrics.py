@@ -23,6 +23,7 @@ from sidecar.core.entries import Outcome
 from sidecar.core.facts import (
     AuthEvent,
     BackgroundFailed,
+    BudgetDegraded,
     ConnectionClosed,
     ConnectionsOpen,
     EntriesChanged,
@@ -164,6 +165,15 @@ class Metrics:
             ["class", "event"],
             registry=r,
         )
+        self.budget_degraded = Counter(
+            "sidecar_budget_degraded",
+            "Times the store request budget (backend.rate_limit) could not keep up, by class and "
+            "action: deferred (a background refresh put off until a token is spare), "
+            "served_stale (a read answered with the value held, within max_cache_age, instead "
+            "of waiting for a token).",
+            ["class", "action"],
+            registry=r,
+        )
         self.previous_served = Counter(
             "sidecar_previous_version_served",
             "Reads of ?version=previous (during an overlap): someone still reads the old value.",
@@ -298,6 +308,8 @@ class Metrics:
             self.rotations.labels(name)
             self.retired_uses.labels(name)
             self.previous_served.labels(name)
+            for action in ("deferred", "served_stale"):
+                self.budget_degraded.labels(name, action)
             self.previous_retired.labels(name)
             # zeros first: an increase() over a series born at its first observation sees 0
             self.rotation_adoption.labels(name)
@@ -318,6 +330,8 @@ class Metrics:
                 self.unavailable_reads.labels(secret_class.name, reason).inc()
                 if reason == "fail_closed":
                     self.fail_closed.labels(secret_class.name).inc()
+            case BudgetDegraded(secret_class, action):
+                self.budget_degraded.labels(secret_class.name, action).inc()
             case EntriesChanged(count):
                 self.secrets_cached.set(count)
             case Rotated(_, secret_class):

@@ -166,6 +166,14 @@ class StoreUnavailable(StoreError):
         self.retry_after = retry_after
 
 
+class Deferred(StoreUnavailable):
+    """Not asked at all: the sidecar's own request budget has no token to spare now for a
+    request that need not wait for one (background refresh, or a read the value held can
+    answer). Not a store failure: the cache serves within its class's limits and tries later."""
+
+    kind = ErrorKind.THROTTLED
+
+
 class Backend(Protocol):
     """What the cache needs of the store: values, and cheap version checks."""
 

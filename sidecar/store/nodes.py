@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from sidecar.backend_settings import BackendSettings
 from sidecar.core.backoff import CircuitBreaker, TokenBucket
 from sidecar.core.facts import Listener, NodeState
-from sidecar.store.interface import ErrorKind, StoreUnavailable
+from sidecar.core.priority import Urgency, urgency
+from sidecar.store.interface import Deferred, ErrorKind, StoreUnavailable
 from sidecar.store.replies import REDIRECTS, Reply, unavailable_for
 
 log = logging.getLogger("sidecar.store")
@@ -64,6 +65,7 @@ class Nodes:
             settings.rate_limit.requests_per_second, settings.rate_limit.burst, clock
         )
         self._max_wait = settings.timeout
+        self._reserved = settings.rate_limit.burst * settings.rate_limit.reserved_for_reads
         self._listener = listener
         self._trouble = asyncio.Event()  # set when a breaker opens: wakes the prober
         for node in self._nodes:
@@ -132,6 +134,20 @@ class Nodes:
         return ready[0]
 
     async def _spend(self) -> None:
+        """Take a token of the budget, as the request's urgency allows: reads queue (ahead of
+        everything else, which never queues); background work takes only spare tokens above
+        the share reserved for reads, else it is deferred; a read that may be answered with
+        the value held takes a token only if one is there now."""
+        level = urgency()
+        if level is not Urgency.FOREGROUND:
+            keep = self._reserved if level is Urgency.BACKGROUND else 0.0
+            if self._budget.reserve(0.0, keep=keep) is None:
+                raise Deferred(
+                    "deferred",
+                    detail="backend.rate_limit has no token to spare now",
+                    retry_after=self._budget.spare_in(keep),
+                )
+            return
         wait = self._budget.reserve(max_wait=self._max_wait)
         if wait is None:
             raise StoreUnavailable(

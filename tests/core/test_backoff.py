@@ -31,7 +31,7 @@ def test_token_bucket_allows_a_burst_then_the_rate():
     assert bucket.reserve(max_wait=0) is None  # nothing saved, will not wait
     assert bucket.reserve(max_wait=1) == pytest.approx(0.1)  # next token in 100 ms
     assert bucket.reserve(max_wait=1) == pytest.approx(0.2)  # reserved after the previous one
-    clock.now += 0.3  # both reservations paid
+    clock.now += 0.25  # both reservations paid, half of the next token saved
     assert bucket.reserve(max_wait=0) is None
     clock.now += 10  # refills to the burst, not beyond
     assert [bucket.reserve(max_wait=0) for _ in range(4)] == [0.0, 0.0, 0.0, None]
@@ -107,3 +107,18 @@ def test_hold_honours_retry_after_and_does_not_shorten_an_open_window():
     assert not breaker.probe_due()
     clock.now += 0.1
     assert breaker.probe_due()
+
+
+def test_token_bucket_keep_leaves_tokens_for_others_and_never_queues():
+    clock = Clock()
+    bucket = TokenBucket(rate=10, burst=4, clock=clock)
+    # keeping 2 of 4: two requests go, the third would dip into the kept share
+    assert [bucket.reserve(max_wait=5, keep=2) for _ in range(3)] == [0.0, 0.0, None]
+    assert bucket.spare_in(keep=2) == pytest.approx(0.1)
+    assert bucket.spare_in() == 0.0  # a request keeping nothing goes now
+    assert bucket.reserve(max_wait=0) == 0.0
+    assert bucket.reserve(max_wait=0) == 0.0
+    assert bucket.reserve(max_wait=1) == pytest.approx(0.1)  # queued: owes a token
+    assert bucket.spare_in(keep=2) == pytest.approx(0.4)  # the debt first, then the kept two
+    clock.now += 0.4
+    assert bucket.reserve(max_wait=0, keep=2) == 0.0
