@@ -449,6 +449,10 @@ def tables(doc: dict[str, Any], *, markdown: bool) -> str:  # noqa: PLR0915
                         [[f["line"], str(f["bytes_per_secret"])] for f in trace["by_line"]],
                     )
 
+    bu = doc.get("budget")
+    if isinstance(bu, dict):
+        _budget_tables(bu, heading, table, out)
+
     heading("Targets")
     table(
         ["target", "threshold", "measured", "status"],
@@ -502,6 +506,88 @@ def tables(doc: dict[str, Any], *, markdown: bool) -> str:  # noqa: PLR0915
         heading("Errors")
         out += [f"- {e}" for e in errors] + [""]
     return "\n".join(out)
+
+
+def _budget_tables(
+    bu: dict[str, Any],
+    heading: Callable[[str], None],
+    table: Callable[[list[str], list[list[str]]], None],
+    out: list[str],
+) -> None:
+    heading(
+        f"Store budget ({bu.get('secrets')} secrets read at random by {bu.get('clients')} "
+        f"clients through one sidecar, refresh_interval {bu.get('refresh_interval_s'):g} s, "
+        f"{bu.get('seconds_per_run'):g} s from cold per run)"
+        if not bu.get("error")
+        else "Store budget"
+    )
+    if bu.get("error"):
+        out += [f"failed: {bu['error']}", ""]
+        return
+    rows = []
+    for on_outage, runs in bu["runs"].items():
+        for name, r in runs.items():
+            rows.append(
+                [
+                    on_outage,
+                    f"{name} (burst {r['rate_limit']['burst']})",
+                    _num(r["reads_per_s"], "{:.0f}"),
+                    f"{r['hits']} / {r['misses']} / {r['stale']}",
+                    _num(None if r["hit_fraction"] is None else 100 * r["hit_fraction"], "{:.1f}%"),
+                    f"{_num(r['p50_ms'])} / {_num(r['p99_ms'])}",
+                    f"{_num(r['non_hit_p50_ms'])} / {_num(r['non_hit_p99_ms'])}",
+                    str(r["failed"])
+                    + (
+                        " (" + ", ".join(f"{k} {v}" for k, v in r["failure_reasons"].items()) + ")"
+                        if r["failure_reasons"]
+                        else ""
+                    ),
+                    _num(r["store_requests_per_s"], "{:.1f}"),
+                ]
+            )
+    table(
+        [
+            "class",
+            "budget req/s",
+            "reads/s",
+            "hit / miss / stale",
+            "hits",
+            "p50 / p99 ms",
+            "non-hit p50 / p99 ms",
+            "failed (non-200)",
+            "store req/s (audit log)",
+        ],
+        rows,
+    )
+    measures = (
+        ("reads_per_s", "reads/s"),
+        ("hit_fraction", "hit fraction"),
+        ("p50_ms", "p50 ms"),
+        ("p99_ms", "p99 ms"),
+        ("non_hit_p50_ms", "non-hit p50 ms"),
+        ("non_hit_p99_ms", "non-hit p99 ms"),
+        ("store_requests_per_s", "store req/s"),
+    )
+    ratio_rows = []
+    low, high = _get(bu, "compared", "base"), _get(bu, "compared", "against")
+    for on_outage, ratios in bu.get("ratios", {}).items():
+        a, b = bu["runs"][on_outage][low], bu["runs"][on_outage][high]
+        ratio_rows += [
+            [
+                f"{on_outage}: {what}",
+                _num(a.get(key), "{:g}"),
+                _num(b.get(key), "{:g}"),
+                _num(ratios.get(key), "{:.2f}x"),
+            ]
+            for key, what in measures
+        ]
+    if ratio_rows:
+        table(["budget side by side", str(low), str(high), f"{high} vs {low}"], ratio_rows)
+    out.append(
+        "hit / miss / stale: the X-Sidecar-Cache header of each answer (a read that joined a "
+        "fetch under way says MISS); non-hit: every read not answered HIT, failures included."
+    )
+    out.append("")
 
 
 def profile_diff(

@@ -73,6 +73,19 @@ def test_every_benchmark_scenario_completes_and_writes_well_formed_json(tmp_path
     assert set(memory["sidecar_rss_mb"]) == {"idle", "100", "300"}
     assert memory["bao_proxy_rss_mb"]["idle"] > 0
 
+    budget = doc["budget"]
+    assert set(budget["runs"]) == {"serve_stale", "fail_closed"}
+    for runs in budget["runs"].values():
+        assert set(runs) == {"50/s", "2000/s"}
+        for run in runs.values():
+            assert run["reads"] > 0
+            assert run["hits"] + run["misses"] + run["stale"] <= run["reads"]
+            assert isinstance(run["store_requests"], int)
+            assert isinstance(run["failed"], int)
+            assert run["non_hit_p50_ms"] is not None  # from cold: every secret misses once
+    assert set(budget["ratios"]) == {"serve_stale", "fail_closed"}
+    assert "Store budget" in result.stdout
+
     assert {t["key"] for t in doc["targets"]} >= {"hit_vs_bare", "coalescing", "rss_max"}
     assert "Throughput and latency" in result.stdout
     assert (tmp_path / "latest.md").read_text().startswith("### Run")
