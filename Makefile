@@ -81,7 +81,7 @@ clean:
 BENCH_STAMP := $(VENV)/.bench-installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 BENCH_ARGS  ?=
 
-.PHONY: bench bench-smoke docs-images drill
+.PHONY: bench bench-smoke docs-images drill fleet
 
 ## docs-images: docs/images/{dashboard,status-page}.png from the live tests that draw them
 docs-images: $(BENCH_STAMP) test-deps
@@ -105,6 +105,10 @@ bench: $(BENCH_STAMP)
 ## drill: the game day (every `sidecar drill` scenario on a local OpenBao, and a raft leader killed): docs/drill/report.md and its charts
 drill: $(BENCH_STAMP)
 	$(BIN)/python -m sidecar.dev.gameday docs/drill
+
+## fleet: the fleet simulator: the store model calibrated on a real OpenBao, checked against 16 real sidecars, then steady state, mass restarts, an outage and a rotation for fleets up to 10,000 pods: docs/fleet.md and its charts (about 10 minutes)
+fleet: $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks.fleet --update-docs
 
 ## bench-smoke: every benchmark scenario briefly, only checking that each completes (CI)
 bench-smoke: $(STAMP)

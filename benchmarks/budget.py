@@ -17,18 +17,15 @@ the store's file audit log (request records within the client's run, by their ``
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
-import functools
 import json
 import random
-import subprocess
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from benchmarks.common import (
     AuditTail,
@@ -38,7 +35,7 @@ from benchmarks.common import (
     metric_sum,
     request_kind,
 )
-from benchmarks.loadgen import _response_length
+from benchmarks.loadgen import ClosedLoop, drive, run_child, run_fast
 from sidecar.dev.openbao import DevOpenBao
 
 PREFIX = "budget"
@@ -64,10 +61,13 @@ def label(rate: float) -> str:
 # -- the readers (a child process, so the harness stays idle while they run) ---------------
 
 
-class _Tally:
-    def __init__(self, requests: list[bytes], deadline: float, seed: int) -> None:
+class _Tally(ClosedLoop):
+    """The readers' run: each request a secret chosen at random, each answer counted by how the
+    sidecar says it was served (``X-Sidecar-Cache``), its status and, if it failed, why."""
+
+    def __init__(self, requests: list[bytes], started: float, seconds: float, seed: int) -> None:
+        super().__init__(started + seconds, retry_pause=0.05, grace=None)
         self.requests = requests
-        self.deadline = deadline
         self.random = random.Random(seed)  # noqa: S311 - which secret to read next
         self.latencies: list[int] = []  # ns, every read
         self.non_hit: list[int] = []  # ns, every read not answered HIT (failures included)
@@ -75,70 +75,28 @@ class _Tally:
         self.statuses: Counter[int] = Counter()
         self.reasons: Counter[str] = Counter()  # the error body's reason, of non-200 answers
         self.timeline: Counter[int] = Counter()  # reads answered, by second of the run
-        self.errors = 0
-        self.first = 0.0
-        self.last = 0.0
+        self.first = started
 
+    def next_request(self) -> bytes:
+        """A GET of one of the secrets, uniformly at random."""
+        return self.random.choice(self.requests)
 
-class _Reader(asyncio.Protocol):
-    """One keep-alive connection: GET a random secret, read the whole answer, again."""
-
-    def __init__(self, tally: _Tally, done: asyncio.Future[None]) -> None:
-        self.tally = tally
-        self.done = done
-        self.buf = bytearray()
-        self.sent = 0
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        self.send()
-
-    def send(self) -> None:
-        assert self.transport is not None
-        self.sent = time.perf_counter_ns()
-        self.transport.write(self.tally.random.choice(self.tally.requests))
-
-    def data_received(self, data: bytes) -> None:
-        buf = self.buf
-        buf += data
-        end = buf.find(b"\r\n\r\n")
-        if end < 0:
-            return
-        head = bytes(buf[:end])
-        total = _response_length(head, buf, end)
-        if total is None or len(buf) < total:
-            return
-        tally = self.tally
-        seconds = time.perf_counter_ns() - self.sent
-        status = int(head[9:12])
+    def answered(self, status: int, head: bytes, body: bytes, latency_ns: int) -> None:
+        """Count one read: its latency, how it was served, its status and any failure reason."""
         fields = {
             k.strip().lower(): v.strip()
             for k, _, v in (line.partition(b":") for line in head.split(b"\r\n")[1:])
         }
         answer = fields.get(b"x-sidecar-cache", b"-").decode()
-        tally.latencies.append(seconds)
+        self.latencies.append(latency_ns)
         if answer != "HIT":
-            tally.non_hit.append(seconds)
-        tally.answers[answer] += 1
-        tally.statuses[status] += 1
+            self.non_hit.append(latency_ns)
+        self.answers[answer] += 1
+        self.statuses[status] += 1
         if status != 200:
             with contextlib.suppress(ValueError, AttributeError):
-                tally.reasons[str(json.loads(bytes(buf[end + 4 : total])).get("reason"))] += 1
-        del buf[:total]
-        tally.last = time.monotonic()
-        tally.timeline[int(tally.last - tally.first)] += 1
-        assert self.transport is not None
-        if tally.last >= tally.deadline:
-            self.transport.close()
-            return
-        self.send()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if exc is not None:
-            self.tally.errors += 1
-        if not self.done.done():
-            self.done.set_result(None)
+                self.reasons[str(json.loads(body).get("reason"))] += 1
+        self.timeline[int(self.last - self.first)] += 1
 
 
 def _percentile(values: list[int], q: float) -> float | None:
@@ -156,26 +114,10 @@ async def _read(
         f"X-Sidecar-Token: {token}\r\n\r\n".encode()
         for path in paths
     ]
-    loop = asyncio.get_running_loop()
     started_wall = time.time()
     started = time.monotonic()
-    tally = _Tally(requests, started + seconds, seed=port)
-    tally.first = started
-
-    async def connection() -> None:
-        while time.monotonic() < tally.deadline:
-            done: asyncio.Future[None] = loop.create_future()
-            try:
-                await loop.create_connection(
-                    functools.partial(_Reader, tally, done), "127.0.0.1", port
-                )
-            except OSError:
-                tally.errors += 1
-                await asyncio.sleep(0.05)
-                continue
-            await done
-
-    await asyncio.gather(*(connection() for _ in range(clients)))
+    tally = _Tally(requests, started, seconds, seed=port)
+    await drive(tally, "127.0.0.1", port, clients)
     elapsed = max(tally.last, started + 1e-9) - started
     reads = len(tally.latencies)
     return {
@@ -211,13 +153,7 @@ def main() -> int:
     args = parser.parse_args()
     token = args.token_file.read_text().strip()
     paths = args.paths_file.read_text().split()
-    coro = _read(args.port, token, paths, args.clients, args.seconds)
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover
-        result = asyncio.run(coro)
-    else:
-        result = uvloop.run(coro)
+    result = run_fast(_read(args.port, token, paths, args.clients, args.seconds))
     print(json.dumps(result))
     return 0
 
@@ -252,7 +188,7 @@ def _run_one(
         sidecar.wait_ready()
         time.sleep(0.3)  # let the start-up token lookup land before the mark
         audit.mark()
-        reply = subprocess.run(
+        result: dict[str, Any] = run_child(
             [
                 sys.executable,
                 "-m",
@@ -268,15 +204,10 @@ def _run_one(
                 "--seconds",
                 str(seconds),
             ],
-            capture_output=True,
-            text=True,
             timeout=seconds + 60,
-            check=False,
-            cwd=Path(__file__).resolve().parent.parent,
+            what="the readers",
+            error=BenchError,
         )
-        if reply.returncode != 0:
-            raise BenchError(f"the readers failed: {reply.stderr[-2000:]}")
-        result: dict[str, Any] = json.loads(reply.stdout)
         samples = sidecar.metrics()
         time.sleep(0.2)  # the audit device writes the last records after the answers
         records = [

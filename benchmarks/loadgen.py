@@ -10,6 +10,7 @@ so the harness process stays idle while a round runs.
 
 from __future__ import annotations
 
+import abc
 import argparse
 import asyncio
 import contextlib
@@ -19,11 +20,13 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
+
+T = TypeVar("T")
 
 WRK_SCRIPT = """
 done = function(summary, latency, requests)
@@ -159,36 +162,78 @@ def _run_builtin(
     ]
     for key, value in headers.items():
         args += ["--header", f"{key}: {value}"]
+    return LoadResult(**run_child(args, timeout=duration + 60, what="built-in load generator"))
+
+
+def run_child(
+    args: Sequence[str], *, timeout: float, what: str, error: type[Exception] = RuntimeError
+) -> Any:
+    """Run ``args`` (a ``python -m benchmarks.…`` client) from the repository root and return
+    the JSON it prints; ``error`` with the end of its stderr if it fails.
+
+    The clients run as their own process, like wrk, so the harness stays idle meanwhile."""
     result = subprocess.run(
         args,
         capture_output=True,
         text=True,
-        timeout=duration + 60,
+        timeout=timeout,
         check=False,
         cwd=Path(__file__).resolve().parent.parent,
     )
     if result.returncode != 0:
-        raise RuntimeError(f"built-in load generator failed: {result.stderr[-2000:]}")
-    return LoadResult(**json.loads(result.stdout))
+        raise error(f"{what} failed: {result.stderr[-2000:]}")
+    return json.loads(result.stdout)
 
 
 # -- the built-in generator ---------------------------------------------------------------
 
 
-class _Run:
+class ClosedLoop(abc.ABC):
+    """What the keep-alive connections of one closed-loop run share: which request each sends
+    next, what to count of each complete answer, the deadline and the connection errors.
+
+    The built-in generator (one request, again and again) and the budget scenario's readers (a
+    random secret each time) differ only in those two methods, so their connections and their
+    latency (request written to answer complete) are the same code: ``_Client``, ``drive``.
+    """
+
+    def __init__(self, deadline: float, *, retry_pause: float, grace: float | None) -> None:
+        self.deadline = deadline  # time.monotonic(): no request is sent after it
+        self.retry_pause = retry_pause  # seconds before connecting again after a refusal
+        # an answer still owed this long after the deadline counts as an error (None: wait)
+        self.grace = grace
+        self.errors = 0
+        self.last = 0.0  # time.monotonic() of the last complete answer
+
+    @abc.abstractmethod
+    def next_request(self) -> bytes:
+        """The whole request to send next on a connection."""
+
+    @abc.abstractmethod
+    def answered(self, status: int, head: bytes, body: bytes, latency_ns: int) -> None:
+        """Count one complete answer; ``self.last`` is already the time it completed."""
+
+
+class _Run(ClosedLoop):
     def __init__(self, request: bytes, deadline: float) -> None:
+        super().__init__(deadline, retry_pause=0.01, grace=10.0)
         self.request = request
-        self.deadline = deadline
         self.latencies: list[int] = []
         self.statuses: dict[int, int] = {}
-        self.errors = 0
-        self.last = 0.0
+
+    def next_request(self) -> bytes:
+        return self.request
+
+    def answered(self, status: int, head: bytes, body: bytes, latency_ns: int) -> None:
+        self.latencies.append(latency_ns)
+        self.statuses[status] = self.statuses.get(status, 0) + 1
 
 
 class _Client(asyncio.Protocol):
-    """One keep-alive connection: send, read one full response, send again until the deadline."""
+    """One keep-alive HTTP/1.1 connection of a closed-loop run: send the run's next request,
+    read the whole response, hand it to the run, send again until the deadline."""
 
-    def __init__(self, run: _Run, done: asyncio.Future[None]) -> None:
+    def __init__(self, run: ClosedLoop, done: asyncio.Future[None]) -> None:
         self.run = run
         self.done = done
         self.buf = bytearray()
@@ -202,8 +247,9 @@ class _Client(asyncio.Protocol):
 
     def send(self) -> None:
         assert self.transport is not None
+        request = self.run.next_request()  # chosen before the clock starts: not latency
         self.sent = time.perf_counter_ns()
-        self.transport.write(self.run.request)
+        self.transport.write(request)
 
     def data_received(self, data: bytes) -> None:
         buf = self.buf
@@ -216,13 +262,12 @@ class _Client(asyncio.Protocol):
             total = _response_length(head, buf, end)
             if total is None or len(buf) < total:
                 return
-            now = time.perf_counter_ns()
-            run = self.run
-            run.latencies.append(now - self.sent)
-            status = int(head[9:12])
-            run.statuses[status] = run.statuses.get(status, 0) + 1
+            latency = time.perf_counter_ns() - self.sent
+            body = bytes(buf[end + 4 : total])
             del buf[:total]
+            run = self.run
             run.last = time.monotonic()
+            run.answered(int(head[9:12]), head, body, latency)
             if b"\r\nConnection: close" in head or b"\r\nconnection: close" in head:
                 self.close_after = True
             if self.close_after or run.last >= run.deadline:
@@ -254,7 +299,13 @@ def _response_length(head: bytes, buf: bytearray, end: int) -> int | None:
     return body  # 204, 304, or no body
 
 
-async def _connection(run: _Run, host: str, port: int) -> None:
+async def drive(run: ClosedLoop, host: str, port: int, connections: int) -> None:
+    """Keep ``connections`` connections to ``host:port`` busy, one request in flight on each,
+    until the run's deadline: a connection closed or refused before then is made again."""
+    await asyncio.gather(*(_connection(run, host, port) for _ in range(connections)))
+
+
+async def _connection(run: ClosedLoop, host: str, port: int) -> None:
     loop = asyncio.get_running_loop()
     while time.monotonic() < run.deadline:
         done: asyncio.Future[None] = loop.create_future()
@@ -262,13 +313,24 @@ async def _connection(run: _Run, host: str, port: int) -> None:
             await loop.create_connection(functools.partial(_Client, run, done), host, port)
         except OSError:
             run.errors += 1
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(run.retry_pause)
             continue
+        grace = run.grace
+        limit = None if grace is None else max(0.0, run.deadline - time.monotonic()) + grace
         try:
-            async with asyncio.timeout(max(0.0, run.deadline - time.monotonic()) + 10.0):
+            async with asyncio.timeout(limit):
                 await done
         except TimeoutError:
             run.errors += 1
+
+
+def run_fast(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to the end on uvloop when it is installed, else on asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        return asyncio.run(coro)
+    return uvloop.run(coro)
 
 
 async def _generate(
@@ -283,7 +345,7 @@ async def _generate(
     request = ("\r\n".join(lines) + "\r\n\r\n").encode()
     started = time.monotonic()
     run = _Run(request, started + duration)
-    await asyncio.gather(*(_connection(run, host, port) for _ in range(connections)))
+    await drive(run, host, port, connections)
     elapsed = max(run.last, started + 1e-9) - started
     latencies = sorted(run.latencies)
 
@@ -315,13 +377,7 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=5.0)
     args = parser.parse_args()
     headers = dict(h.split(": ", 1) for h in args.header)
-    coro = _generate(args.url, headers, args.connections, args.duration)
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover
-        result = asyncio.run(coro)
-    else:
-        result = uvloop.run(coro)
+    result = run_fast(_generate(args.url, headers, args.connections, args.duration))
     print(json.dumps(result.to_json()))
     return 0
 

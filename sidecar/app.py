@@ -47,6 +47,7 @@ from sidecar.ops.emergency import Admin
 from sidecar.ops.metrics import Metrics
 from sidecar.ops.snapshot import SnapshotKeyError
 from sidecar.ops.status import StatusBoard, secret_rows, status_report
+from sidecar.ops.storeload import StoreLoadCollector
 from sidecar.ops.trail import AuditTrail
 from sidecar.ops.warmstart import Snapshotter, snapshot_key
 from sidecar.settings import ConfigError, Settings
@@ -195,9 +196,7 @@ def create_app(
         wall=clock.wall,
         backoff=(backoff.base, backoff.cap),
     )
-    clock.on_jump(cache.time_moved)
-    store.on_new_token(cache.token_changed)  # leases end with the token that made them
-    metrics.watch_ages(cache)
+    _watch(cache, store, clock, metrics, settings)
     tokens = _tokens(settings, audit, caller_token, admin_token, clock)
     snapshotter = _snapshotter(settings, key, cache, facts, audit, store, clock, metrics)
     verifier = Verifier(
@@ -414,6 +413,17 @@ def _lifecycle(sidecar: Sidecar) -> Any:
     return lifecycle
 
 
+def _watch(
+    cache: SecretCache, store: Store, clock: Clock, metrics: Metrics, settings: Settings
+) -> None:
+    """What the cache must hear of (time jumps, a new store token: leases end with the token
+    that made them), and what is read from it at scrape time."""
+    clock.on_jump(cache.time_moved)
+    store.on_new_token(cache.token_changed)
+    metrics.watch_ages(cache)
+    metrics.registry.register(StoreLoadCollector.of(settings, cache))
+
+
 def _say_store_load(settings: Settings) -> None:
     """One log line with what this configuration costs the store in steady state, and a
     warning when the named secrets alone need more than backend.rate_limit allows."""
@@ -428,7 +438,8 @@ def _say_store_load(settings: Settings) -> None:
     if load.over_budget:
         log.warning(
             "the configured secrets need more store requests than backend.rate_limit allows: "
-            "refresh-ahead will fall behind and reads wait for the budget; raise "
+            "refresh-ahead will fall behind (reads come first: serve_stale classes answer with "
+            "values past refresh_interval, fail_closed reads wait for the budget); raise "
             "backend.rate_limit.requests_per_second or the classes' refresh_interval",
             extra=facts,
         )

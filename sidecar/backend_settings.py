@@ -149,6 +149,9 @@ class BackendSettings(Strict):
     backoff: BackoffSettings = BackoffSettings()
     circuit_breaker: CircuitBreakerSettings = CircuitBreakerSettings()
     rate_limit: RateLimitSettings = RateLimitSettings()
+    # The requests/s the store is sized for (from its own load test), exported so a fleet-wide
+    # alert can compare the sidecars' summed load with it; 0: not known (no alert).
+    store_capacity: float = Field(default=0.0, ge=0, le=10_000_000)
     # The largest store reply read (decompressed); a larger one is refused as bad_response.
     max_response_size: ByteSize = ByteSize(4 * 1024 * 1024)
 

@@ -56,6 +56,11 @@ __all__ = [
 ]
 
 
+RETRY_PENDING = StoreUnavailable(
+    "retry_pending", detail="the store failed this secret lately; its retry is scheduled"
+)
+
+
 class SecretCache:
     """The read path behind both HTTP APIs: answers from memory while fresh, else from the store
     (one fetch per key), else during an outage as the class allows. Also holds the emergency
@@ -72,10 +77,15 @@ class SecretCache:
         rng: Callable[[], float] = random.random,
         refresh_ahead: tuple[float, float] = (0.75, 0.9),
         backoff: tuple[float, float] = (0.5, 30.0),
+        spread_load: bool = True,
     ) -> None:
         """``refresh_ahead``: a read secret is refreshed at this fraction of its refresh
         interval, drawn uniformly in the range, so a fleet does not refresh in lockstep.
-        ``backoff``: (base, cap) of the full-jitter delay before retrying a failed refresh."""
+        ``backoff``: (base, cap) of the full-jitter delay before retrying a failed refresh.
+        ``spread_load``: spread a fleet's store requests after a mass restart or an outage
+        (``Upkeep``: a first refresh drawn over a whole cycle; a long outage's retries over a
+        refresh interval, reads of stale values waiting for them); off only to measure what
+        that spares the store (the fleet simulator)."""
         self._backend = backend
         self._policy = policy
         self._listener: Listener = listener or Quiet()
@@ -99,6 +109,7 @@ class SecretCache:
             rng=rng,
             refresh_ahead=refresh_ahead,
             backoff=backoff,
+            spread_load=spread_load,
         )
         self._previous_leases = PreviousLeases()  # replaced credentials, while they retire
         self._retirer = LeaseRetirer(self._previous_leases, backend, self._listener, clock)
@@ -172,6 +183,14 @@ class SecretCache:
         now = self._clock()
         for entry in self._entries.values():
             yield entry.secret_class, now - entry.confirmed_at
+
+    def kept_fresh(self) -> Iterator[SecretClass]:
+        """The class of each value refresh-ahead keeps fresh now (preloaded, awaited, or read
+        within its refresh interval): what this sidecar asks of the store in steady state."""
+        now = self._clock()
+        for key, entry in self._entries.items():
+            if key[1] is None and self._upkeep.wanted(key, now):
+                yield entry.secret_class
 
     def leases(self) -> Iterator[tuple[SecretClass, float]]:
         """Each leased credential's class and seconds until its lease ends in the store."""
@@ -248,6 +267,11 @@ class SecretCache:
         stale_ok = entry is not None and entry.secret_class.may_serve_stale(
             now - entry.confirmed_at
         )
+        if stale_ok and self._upkeep.retrying(key, now):
+            # The store failed this key lately and its retry is scheduled (after an outage,
+            # spread over up to a refresh interval): the read gets the value held, as during
+            # the outage, rather than every read jumping that queue when the store is back.
+            return self._on_unavailable(key, entry, secret_class, RETRY_PENDING, Outcome.MISS)
         task, coalesced = self._start(key, Urgency.STALE_OK if stale_ok else Urgency.FOREGROUND)
         outcome = Outcome.COALESCED if coalesced else Outcome.MISS
         try:

@@ -193,7 +193,7 @@ class Fetcher:
             retire = self._rotations.track(path, secret_class, held, entry)
             if retire is not None:
                 self._upkeep.retire_at((path, None), retire)
-        self._store(key, entry)
+        self._store(key, entry, first=held is None or held.provisional)
         return entry
 
     def _hold(
@@ -317,8 +317,8 @@ class Fetcher:
             raise SecretNotFound(f"version {info.current} was deleted or destroyed")
         return info.current == held.secret.version
 
-    def _store(self, key: CacheKey, entry: Entry) -> None:
+    def _store(self, key: CacheKey, entry: Entry, *, first: bool) -> None:
         self._refusals.forget(key)
         entry.serial = self._upkeep.schedule.serial()
         self._entries.put(key, entry)
-        self._upkeep.held(key, entry)
+        self._upkeep.held(key, entry, first=first)

@@ -6,6 +6,7 @@ counted per secret: how many an app reads is not in the configuration."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sidecar.core.policy import Policy, is_literal
@@ -31,7 +32,8 @@ class Estimate:
     @property
     def over_budget(self) -> bool:
         """Do the named secrets alone need more than the budget allows? Then refresh-ahead
-        falls behind and reads turn into blocking revalidations queued for the budget."""
+        falls behind: refreshes are deferred and reads of values past their interval are
+        answered as their class allows (see ``sidecar.core.priority``)."""
         return self.known > self.budget
 
     def room(self, secret_class: str) -> int:
@@ -58,6 +60,13 @@ def estimate(policy: Policy, revocation_poll_interval: float | None, budget: flo
     return Estimate(literal, count, per_glob, poll, budget)
 
 
+def in_use(refresh_intervals: Iterable[float], revocation_poll_interval: float | None) -> float:
+    """What the values kept fresh now cost the store, requests/s in steady state: one check
+    per refresh cycle each (``refresh_intervals``: theirs, one per value), and the list polls."""
+    rate = sum(1.0 / (interval * MEAN_AHEAD) for interval in refresh_intervals)
+    return rate + (0.0 if revocation_poll_interval is None else 1.0 / revocation_poll_interval)
+
+
 def describe(load: Estimate) -> list[str]:
     """The estimate for people: what it is, and a warning when the budget is too small."""
     lines = [
@@ -73,8 +82,9 @@ def describe(load: Estimate) -> list[str]:
     if load.over_budget:
         lines.append(
             f"warning: the named secrets need {load.known:.2f} store requests/s, more than "
-            f"backend.rate_limit allows ({load.budget:g}/s): refresh-ahead falls behind and "
-            "reads wait for the budget; raise backend.rate_limit.requests_per_second or the "
-            "classes' refresh_interval"
+            f"backend.rate_limit allows ({load.budget:g}/s): refresh-ahead falls behind (reads "
+            "come first: serve_stale classes answer with values past refresh_interval, "
+            "fail_closed reads wait for the budget); raise "
+            "backend.rate_limit.requests_per_second or the classes' refresh_interval"
         )
     return lines

@@ -41,6 +41,7 @@ class Upkeep:
         rng: Callable[[], float],
         refresh_ahead: tuple[float, float],
         backoff: tuple[float, float],
+        spread_load: bool = True,
     ) -> None:
         """``start_fetch(key)``: the (coalesced) fetch of ``key`` and whether it was already
         under way. ``refresh_ahead``: the fraction of the refresh interval at which a read
@@ -57,16 +58,26 @@ class Upkeep:
         self._rng = rng
         self._ahead = refresh_ahead
         self._backoff = backoff
+        self._spread = spread_load
         self._preloaded: set[CacheKey] = set()  # preloaded: kept fresh whether read or not
         self._attempts: dict[CacheKey, int] = {}  # consecutive failed background fetches
+        self._retry_at: dict[CacheKey, float] = {}  # when a failed one is tried again
         self._background: set[asyncio.Task[Entry]] = set()
 
     # -- what the cache tells it --------------------------------------------------------
 
-    def held(self, key: CacheKey, entry: Entry) -> None:
+    def held(self, key: CacheKey, entry: Entry, *, first: bool = False) -> None:
         """A value from the store is held: refresh it ahead of its interval. (One item per
-        value: an expiry is scheduled only once the value stops being refreshed.)"""
+        value: an expiry is scheduled only once the value stops being refreshed.)
+
+        ``first``: the key was not held from the store before (new, or restored from a
+        snapshot); a refresh that succeeds after failures counts too. A fleet does those
+        together (a mass restart, the store back after an outage), and refresh-ahead's narrow
+        window would keep it bunched for many intervals: so the first refresh is drawn over
+        one whole mean cycle instead, and the fleet's checks are spread from the first one."""
         low, high = self._ahead
+        if self._spread and (first or key in self._attempts):
+            low = max(0.0, high - (low + high) / 2)
         fraction = low + (high - low) * self._rng()
         due = entry.confirmed_at + entry.secret_class.refresh_interval * fraction
         self.schedule.push(due, Due.REFRESH, key, entry.serial)
@@ -135,6 +146,11 @@ class Upkeep:
         entry = self._entries.get(key)
         return entry is not None and entry.provisional
 
+    def retrying(self, key: CacheKey, now: float) -> bool:
+        """Did the store fail ``key``'s last background fetch, with its retry still to come?"""
+        due = self._retry_at.get(key)
+        return self._spread and due is not None and due > now
+
     def wanted(self, key: CacheKey, now: float) -> bool:
         """Worth a store request: preloaded, awaited, or read within the refresh interval."""
         if key in self._preloaded or self._rotations.awaited(key):
@@ -147,6 +163,7 @@ class Upkeep:
         now = self._clock()
         for what, key, serial in self.schedule.due(now):
             if what is Due.FETCH:
+                self._retry_at.pop(key, None)
                 if self.wanted(key, now) or self._unconfirmed(key):
                     self._refresh_in_background(key)
                 continue
@@ -191,6 +208,7 @@ class Upkeep:
         exc = task.exception()
         if exc is None:
             self._attempts.pop(key, None)
+            self._retry_at.pop(key, None)
             return
         if isinstance(exc, Deferred):
             self._deferred(key, exc)
@@ -204,8 +222,18 @@ class Upkeep:
         attempt = self._attempts.get(key, 0)
         self._attempts[key] = attempt + 1
         base, cap = self._backoff
+        if (
+            self._spread
+            and held is not None
+            and held.secret_class.may_serve_stale(self._clock() - held.confirmed_at)
+        ):
+            # Reads are answered with the value held meanwhile, so a long outage may stretch
+            # the retries over a whole refresh interval: when the store comes back, a fleet's
+            # catch-up is then spread like its steady state, not bunched into the backoff cap.
+            cap = max(cap, held.secret_class.refresh_interval)
         delay = max(0.05, full_jitter(attempt, base, cap, self._rng))
-        self.schedule.push(self._clock() + delay, Due.FETCH, key)
+        self._retry_at[key] = self._clock() + delay
+        self.schedule.push(self._retry_at[key], Due.FETCH, key)
         log.warning(
             "background refresh failed; will retry",
             extra={

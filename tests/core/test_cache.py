@@ -470,25 +470,68 @@ async def test_unclassified_path_is_refused_without_asking_the_store(h: Harness)
 
 async def test_recently_read_entry_is_refreshed_ahead_of_time(h: Harness) -> None:
     await h.cache.get(APP)
-    # with rng 0.5 the refresh is due at (0.75 + 0.15 * 0.5) = 0.825 of the interval
-    assert h.cache.run_due() == pytest.approx(0.825 * REFRESH)
-
-    h.clock.advance(0.8 * REFRESH)
+    # A first value's refresh is drawn over one whole mean cycle, (0.9 - 0.825) .. 0.9 of the
+    # interval, so a fleet started together is spread at once: with rng 0.5, at 0.4875.
+    assert h.cache.run_due() == pytest.approx(0.4875 * REFRESH)
+    h.clock.advance(0.4875 * REFRESH)
     h.cache.run_due()
     await h.cache.settle()
-    assert len(h.backend.calls) == 1  # not due yet
+    assert len(h.backend.calls) == 2
+    h.clock.advance(0.1 * REFRESH)
+    await h.cache.get(APP)  # read again: wanted
+    refreshed_at = START + 0.4875 * REFRESH
+    # later ones at (0.75 + 0.15 * 0.5) = 0.825 of the interval
+    assert h.cache.run_due() == pytest.approx(refreshed_at + 0.825 * REFRESH - h.clock.now)
+
+    h.clock.now = refreshed_at + 0.8 * REFRESH
+    h.cache.run_due()
+    await h.cache.settle()
+    assert len(h.backend.calls) == 2  # not due yet
 
     h.backend.latest[APP] = 2
-    h.clock.now = START + 0.9 * REFRESH
+    h.clock.now = refreshed_at + 0.9 * REFRESH
     h.cache.run_due()
     await h.cache.settle()
-    assert h.backend.calls == [(APP, None), (APP, None)]
+    assert h.backend.calls == [(APP, None), (APP, None), (APP, None)]
 
     lookup = await h.cache.get(APP)
     assert lookup.outcome is Outcome.HIT  # the application never waited for the store
     assert lookup.entry.secret.version == 2
     assert lookup.age == 0.0
-    assert len(h.backend.calls) == 2
+    assert len(h.backend.calls) == 3
+
+
+async def test_without_the_first_cycle_spread_every_refresh_is_in_the_window() -> None:
+    clock = Clock()
+    cache = SecretCache(
+        FakeBackend(clock),
+        POLICY,
+        clock=lambda: clock.now,
+        wall=lambda: WALL_OFFSET + clock.now,
+        rng=lambda: 0.5,
+        spread_load=False,
+    )
+    await cache.get(APP)
+    assert cache.run_due() == pytest.approx(0.825 * REFRESH)
+    await cache.close()
+
+
+async def test_a_refresh_that_succeeds_after_failures_is_spread_like_a_first(h: Harness) -> None:
+    h.cache.preload([APP], jitter=0.0)
+    h.cache.run_due()
+    await h.cache.settle()
+    h.clock.advance(0.4875 * REFRESH)
+    h.backend.error = outage()
+    h.cache.run_due()  # the refresh fails: retried after a backoff
+    await h.cache.settle()
+    h.backend.error = None
+    retry = h.cache.run_due()
+    assert retry is not None
+    h.clock.advance(retry)
+    h.cache.run_due()
+    await h.cache.settle()
+    # the store is back: the next refresh is drawn over a whole cycle, as a first one
+    assert h.cache.run_due() == pytest.approx(0.4875 * REFRESH)
 
 
 async def test_entry_not_read_recently_is_not_refreshed(h: Harness) -> None:
@@ -1035,3 +1078,34 @@ async def test_a_rotation_after_a_purge_is_still_a_rotation() -> None:
     assert retired == [(1, 2), (2, 3)]
     await cache.settle()
     await cache.close()
+
+
+async def test_after_a_failed_refresh_stale_reads_wait_for_the_retry_not_the_store(
+    h: Harness,
+) -> None:
+    h.cache.preload([APP, CRITICAL], jitter=0.0)
+    h.cache.run_due()
+    await h.cache.settle()
+    h.backend.error = outage()
+    # the refreshes fail, and their retries back off, until both values are past their interval
+    while h.clock.now < START + REFRESH + 1:
+        h.clock.advance(h.cache.run_due() or 0.0)
+        h.cache.run_due()
+        await h.cache.settle()
+    assert (h.cache.run_due() or 0.0) > 0  # a retry still to come
+    h.backend.error = None  # the store is back, before the retries come due
+    asked = len(h.backend.calls)
+    # serve_stale: the value held, as during the outage; the read does not ask the store
+    lookup = await h.cache.get(APP)
+    assert lookup.outcome is Outcome.STALE
+    assert len(h.backend.calls) == asked
+    # fail_closed never gets an unconfirmed value: it asks
+    assert (await h.cache.get(CRITICAL)).outcome is Outcome.MISS
+    assert len(h.backend.calls) == asked + 1
+    # its retry comes (the background's own, spread): fresh again
+    for _ in range(5):
+        h.clock.advance(h.cache.run_due() or 0.0)
+        h.cache.run_due()
+        await h.cache.settle()
+    assert (APP, None) in h.backend.calls[asked + 1 :]
+    assert (await h.cache.get(APP)).outcome is Outcome.HIT

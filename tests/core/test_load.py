@@ -8,7 +8,7 @@ import dataclasses
 
 import pytest
 
-from sidecar.core.load import describe, estimate
+from sidecar.core.load import describe, estimate, in_use
 from sidecar.core.policy import OnOutage, Policy, Rule
 from tests.core.test_cache import make_class
 
@@ -36,3 +36,9 @@ def test_globs_are_counted_per_secret_and_the_list_polls_are_added():
     assert load.room("fast") == int((50 - load.known) / (1 / 1.65))
     shadowed = Policy([Rule("secret/**", FAST), Rule("secret/app/db", standard)])
     assert estimate(shadowed, None, 50.0).literal_count == 0  # the glob classifies it first
+
+
+def test_the_load_in_use_is_one_check_per_refresh_cycle_plus_the_list_polls():
+    assert in_use([60.0, 60.0, 300.0], None) == pytest.approx(2 / (0.825 * 60) + 1 / (0.825 * 300))
+    assert in_use([], 30.0) == pytest.approx(1 / 30)
+    assert in_use([], None) == 0.0

@@ -94,3 +94,24 @@ async def test_over_budget_reads_come_first_and_the_degradation_shows(
     else:
         # a fail_closed class never gets an unconfirmed value: its reads wait, first in line
         assert served_stale == 0 and stale == 0
+
+
+async def test_each_sidecar_exports_what_it_costs_the_store_and_the_capacity_set(
+    make_sidecar: SidecarFactory, openbao: DevOpenBao, uid: str
+) -> None:
+    for i in range(3):
+        openbao.kv_put(f"{uid}/load/s{i}", {"v": f"load-{uid}-{i}"})
+    client, sidecar = await make_sidecar(backend={"store_capacity": 4000})
+    gauge = "sidecar_store_load_expected_requests_per_second"
+    assert metric(sidecar, gauge) == 0.0  # nothing kept fresh yet
+    for i in range(3):
+        assert (await client.get(f"/secrets/secret/{uid}/load/s{i}", headers=AUTH)).status == 200
+    # three values read within their 60 s refresh_interval: kept fresh, one check per cycle each
+    assert metric(sidecar, gauge) == pytest.approx(3 / (0.825 * 60))
+    assert metric(sidecar, "sidecar_store_capacity_requests_per_second") == 4000
+    _, plain = await make_sidecar()
+    # not set: no capacity series at all (an alert must not compare with zero)
+    assert (
+        plain.metrics.registry.get_sample_value("sidecar_store_capacity_requests_per_second")
+        is None
+    )
