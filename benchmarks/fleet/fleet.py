@@ -121,6 +121,14 @@ class SimRun:
     convergence: dict[str, Any]
     wall_seconds: float = 0.0
     by_kind: Counter[str] = field(default_factory=Counter)
+    read_seconds: dict[str, Counter[int]] = field(default_factory=dict)
+
+    def reads_in(self, start: float, end: float) -> dict[str, int]:
+        """Sampled reads answered, stale and refused in [start, end)."""
+        return {
+            answer: sum(n for second, n in by_second.items() if start <= second < end)
+            for answer, by_second in self.read_seconds.items()
+        }
 
     def window(self, start: float, end: float) -> dict[str, float]:
         """Mean, peak and peak/mean of requests per second in [start, end)."""
@@ -189,13 +197,14 @@ async def _simulate(
         arrivals=[store.arrivals.get(s, 0) for s in range(seconds)],
         refused=[store.refused.get(s, 0) for s in range(seconds)],
         reads=fleet.reads,
+        read_seconds=fleet.read_seconds,
         unavailable=fleet.tally.unavailable,
         convergence=fleet.convergence(),
         by_kind=Counter(store.by_kind),
     )
 
 
-async def _progress(store: StoreModel, label: str, every: float = 20.0) -> None:
+async def _progress(store: StoreModel, label: str, every: float = 60.0) -> None:
     """A line per virtual minute: long simulations show they are moving, and how fast."""
     started = time.monotonic()
     loop = asyncio.get_running_loop()
@@ -205,7 +214,7 @@ async def _progress(store: StoreModel, label: str, every: float = 20.0) -> None:
         last = [store.arrivals.get(s, 0) for s in range(now - int(every), now)]
         print(
             f"    {label}: {now} virtual s in {time.monotonic() - started:.0f} s, "
-            f"{sum(last) / every:,.0f} store req/s this minute",
+            f"{sum(last) / every:,.0f} store req/s in the last minute",
             flush=True,
         )
 
@@ -223,6 +232,12 @@ class _Fleet:
         self.backend = spec.backend_settings()
         self.tally = Tally()
         self.reads: Counter[str] = Counter()
+        # answered / stale / refused, by second: a window's reads, not only the whole run's
+        self.read_seconds: dict[str, Counter[int]] = {
+            "answered": Counter(),
+            "stale": Counter(),
+            "refused": Counter(),
+        }
         self.rotations: dict[str, float] = {}
         self.pods: list[SimSidecar | None] = [None] * spec.sidecars
         self._starters: list[asyncio.Task[None]] = []
@@ -280,9 +295,15 @@ class _Fleet:
         try:
             lookup = await pod.cache.get(path)
         except StoreError as exc:
-            self.reads[f"refused:{exc.reason}"] += 1
+            self._count(f"refused:{exc.reason}")
             return
-        self.reads["stale" if lookup.outcome is Outcome.STALE else "answered"] += 1
+        self._count("stale" if lookup.outcome is Outcome.STALE else "answered")
+
+    def _count(self, answer: str) -> None:
+        self.reads[answer] += 1
+        self.read_seconds[answer.split(":", maxsplit=1)[0]][
+            int(asyncio.get_running_loop().time())
+        ] += 1
 
     async def read_forever(self) -> None:
         """Each second, ``READS_PER_SECOND`` reads of a random secret from a random pod."""
@@ -295,7 +316,7 @@ class _Fleet:
                     continue
                 path = self.paths[self.rng.randrange(len(self.paths))]
                 if pod.cache.hit(path) is not None:
-                    self.reads["answered"] += 1
+                    self._count("answered")
                     continue
                 task = asyncio.ensure_future(self._read(pod, path))
                 pending.add(task)

@@ -241,8 +241,10 @@ def _scenario(w: Any, scenario: str, runs: list[dict[str, Any]]) -> None:
 
 def _steady(w: Any, runs: list[dict[str, Any]]) -> None:
     w(
-        "Pods started at random moments over one minute (a fleet in service), 20 secrets each "
-        "in the mix above (`1 min`), or with every interval five times longer (`5 min`)."
+        "Pods started at random moments (a fleet in service: a rolling start over a minute, or "
+        "as long as the sizing rule below asks for so many pods), 20 secrets each in the mix "
+        "above (`1 min`), or with every interval five times longer (`5 min`). Reads are the "
+        "sampled application reads within the measured window."
     )
     w("")
     w(
@@ -252,12 +254,13 @@ def _steady(w: Any, runs: list[dict[str, Any]]) -> None:
     w("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in runs:
         x = r["in_window"]
-        sampled = max(r["reads_sampled"], 1)
+        reads = r["reads_in_window"]
+        sampled = max(sum(reads.values()), 1)
         w(
             f"| {r['label']} | {r['window'][0]:g}-{r['window'][1]:g} s | {r['estimate']:,.0f} "
             f"| {x['mean']:,.0f} | {x['peak']:,} | {x['peak_to_mean']:.2f} "
-            f"| {_pct(x['mean_of_capacity'])} | {_pct(r['reads_stale'] / sampled)} "
-            f"| {_pct(r['reads_refused'] / sampled)} |"
+            f"| {_pct(x['mean_of_capacity'])} | {_pct(reads['stale'] / sampled)} "
+            f"| {_pct(reads['refused'] / sampled)} |"
         )
     w("")
     w(
@@ -281,11 +284,18 @@ def _restart(w: Any, scenario: str, runs: list[dict[str, Any]]) -> None:
             f" at {first.get('restart_at', 0):g} s, each from its own snapshot (its "
             "values served at once, confirmed with the store within `startup_jitter`)"
             if warm
-            else " at 0 s, cold (nothing held; every secret fetched within `startup_jitter`, 3 s)"
+            else " at 0 s, cold (nothing held; every secret fetched within `startup_jitter`, "
+            "3 s by default)"
         )
         + ". *Before*: refresh-ahead as it was (every refresh in the 75-90 % window); "
-        "*after*: the first refresh of each value drawn over one whole mean cycle. "
-        f"Measured from {first['window'][0]:g} s to {first['window'][1]:g} s."
+        "*after*: the first refresh of each value drawn over one whole mean cycle"
+        + (
+            "; *after, jitter sized*: the same with `startup_jitter` set by the sizing rule "
+            "(twice pods x secrets / the store's data capacity)"
+            if any(r["label"] == "after, jitter sized" for r in runs)
+            else ""
+        )
+        + f". Measured from {first['window'][0]:g} s to {first['window'][1]:g} s."
     )
     w("")
     w(HEAD)
@@ -307,10 +317,12 @@ def _restart(w: Any, scenario: str, runs: list[dict[str, Any]]) -> None:
     w("")
     restart = first.get("restart_at", 0)
     for r in runs:
-        burst = max(r["series"][int(restart) : int(restart) + 10] or [0])
+        burst = max(r["series"][int(restart) : int(restart) + 60] or [0])
         w(
             f"- {r['label']}: the restart itself peaked at {burst:,} requests/s "
-            f"({_pct(burst / r['capacity'])} of capacity) during `startup_jitter`."
+            f"({_pct(burst / r['capacity'])} of capacity) within `startup_jitter` "
+            f"({r['startup_jitter']:g} s); {r['read_refused_first_minute']:,} sampled reads "
+            "were refused in its first minute."
         )
     w("")
 

@@ -222,15 +222,14 @@ class Upkeep:
         attempt = self._attempts.get(key, 0)
         self._attempts[key] = attempt + 1
         base, cap = self._backoff
-        if (
-            self._spread
-            and held is not None
-            and held.secret_class.may_serve_stale(self._clock() - held.confirmed_at)
-        ):
+        age = self._clock() - held.confirmed_at if held is not None else 0.0
+        if self._spread and held is not None and held.secret_class.may_serve_stale(age):
             # Reads are answered with the value held meanwhile, so a long outage may stretch
-            # the retries over a whole refresh interval: when the store comes back, a fleet's
-            # catch-up is then spread like its steady state, not bunched into the backoff cap.
-            cap = max(cap, held.secret_class.refresh_interval)
+            # the retries over a whole refresh interval (never past the value's end): when the
+            # store comes back, a fleet's catch-up is then spread like its steady state, not
+            # bunched into the backoff cap.
+            left = held.secret_class.max_cache_age - age
+            cap = max(cap, min(held.secret_class.refresh_interval, left))
         delay = max(0.05, full_jitter(attempt, base, cap, self._rng))
         self._retry_at[key] = self._clock() + delay
         self.schedule.push(self._retry_at[key], Due.FETCH, key)

@@ -1109,3 +1109,27 @@ async def test_after_a_failed_refresh_stale_reads_wait_for_the_retry_not_the_sto
         await h.cache.settle()
     assert (APP, None) in h.backend.calls[asked + 1 :]
     assert (await h.cache.get(APP)).outcome is Outcome.HIT
+
+
+async def test_a_long_outage_stretches_retries_of_servable_values_to_the_refresh_interval(
+    h: Harness,
+) -> None:
+    h.cache.preload([APP, CRITICAL], jitter=0.0)
+    h.cache.run_due()
+    await h.cache.settle()
+    h.backend.error = outage()
+    attempts: dict[str, list[float]] = {APP: [], CRITICAL: []}
+    last: dict[str, float] = {}
+    for _ in range(40):
+        h.clock.advance(h.cache.run_due() or 0.0)
+        before = len(h.backend.calls)
+        h.cache.run_due()
+        await h.cache.settle()
+        for path, _version in h.backend.calls[before:]:
+            if path in last:
+                attempts[path].append(h.clock.now - last[path])
+            last[path] = h.clock.now
+    # full jitter with rng 0.5 halves each delay: the serve_stale value's retries grow past the
+    # backoff cap (30 s) to its refresh_interval (60 s); the fail_closed one's stop at the cap
+    assert max(attempts[APP]) == pytest.approx(0.5 * REFRESH)
+    assert max(attempts[CRITICAL]) == pytest.approx(0.5 * 30.0)
