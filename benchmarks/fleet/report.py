@@ -165,6 +165,7 @@ def render(doc: dict[str, Any]) -> str:  # noqa: PLR0915 - one page, top to bott
     _shaping(w)
     _guidance(w, meta_cap)
     _limits(w)
+    _cost(w, runs)
     return "\n".join(out) + "\n"
 
 
@@ -288,7 +289,7 @@ def _restart(w: Any, scenario: str, runs: list[dict[str, Any]]) -> None:
             "3 s by default)"
         )
         + ". *Before*: refresh-ahead as it was (every refresh in the 75-90 % window); "
-        "*after*: the first refresh of each value drawn over one whole mean cycle"
+        "*after*: the first refresh of each value at a uniform point of one cycle"
         + (
             "; *after, jitter sized*: the same with `startup_jitter` set by the sizing rule "
             "(twice pods x secrets / the store's data capacity)"
@@ -395,11 +396,12 @@ def _shaping(w: Any) -> None:
     w("## What shapes the load")
     w("")
     w(
-        "- **A first refresh is drawn over one whole cycle.** A value fetched for the first "
-        "time (or restored from a snapshot, or refreshed after failures) is next refreshed at "
-        "a random point of one mean cycle (7.5-90 % of `refresh_interval`) instead of the "
-        "75-90 % window. Pods restarted together are then spread from their first refresh "
-        "on; with the window alone they stay bunched for many intervals (the *before* rows)."
+        "- **A first refresh comes at a uniform point of one cycle.** A value fetched for the "
+        "first time (or restored from a snapshot, or refreshed after failures) is next "
+        "refreshed at a uniform point of one refresh cycle (0-90 % of `refresh_interval`, about "
+        "when a pod in steady state would refresh next) instead of in the 75-90 % window. Pods "
+        "restarted together are then spread from their first refresh on; with the window "
+        "alone they stay bunched for many intervals (the *before* rows)."
     )
     w(
         "- **A long outage's retries spread over the refresh interval.** While a value is "
@@ -449,6 +451,24 @@ def _guidance(w: Any, meta_cap: float) -> None:
     w("")
 
 
+def _cost(w: Any, runs: list[dict[str, Any]]) -> None:
+    w("")
+    w("## What the simulation cost")
+    w("")
+    w(
+        "Virtual time skips the waiting, not the work: each simulated store request runs the "
+        "sidecar's own code. Wall-clock seconds per run on this machine, two at a time:"
+    )
+    w("")
+    w("| scenario | run | pods | virtual seconds | wall seconds | store requests simulated |")
+    w("|---|---|---:|---:|---:|---:|")
+    for r in runs:
+        w(
+            f"| {r['scenario']} | {r['label']} | {r['sidecars']:,} | {r['duration']:g} "
+            f"| {r['wall_seconds']:g} | {sum(r['series']):,} |"
+        )
+
+
 def _limits(w: Any) -> None:
     w("## What the model leaves out")
     w("")
@@ -459,7 +479,9 @@ def _limits(w: Any) -> None:
         "requests per sidecar per hour; the validation above counts them apart).\n"
         "- Application reads are a sample (200/s across the fleet): enough to see what reads "
         "get, not a model of any application's own rate.\n"
-        "- The capacity is this machine's, with the load generator on the same cores."
+        "- The capacity is this machine's, with the load generator on the same cores; it "
+        "varies by about a fifth between runs, and every figure relative to capacity moves "
+        "with it."
     )
 
 

@@ -138,7 +138,7 @@ def execute(run: Run, store: StoreModel) -> dict[str, Any]:
         duration=run.duration,
         rolling=run.rolling,
         events=run.events,
-        label=f"{run.scenario} {run.label}" if run.duration >= 200 else "",
+        label=f"{run.scenario} {run.label}" if run.spec.sidecars >= 1000 else "",
     )
     return summarise(run, result, time.perf_counter() - started)
 

@@ -73,12 +73,15 @@ class Upkeep:
         ``first``: the key was not held from the store before (new, or restored from a
         snapshot); a refresh that succeeds after failures counts too. A fleet does those
         together (a mass restart, the store back after an outage), and refresh-ahead's narrow
-        window would keep it bunched for many intervals: so the first refresh is drawn over
-        one whole mean cycle instead, and the fleet's checks are spread from the first one."""
+        window would keep it bunched for many intervals. So the first refresh comes at a
+        uniform point of one refresh cycle (a cycle drawn as usual): about the time left until
+        the next refresh in a fleet already in steady state, which makes the fleet's checks as
+        even as that at once (drawn uniformly over a window instead, the first refreshes leave
+        a ripple that lasts for intervals)."""
         low, high = self._ahead
-        if self._spread and (first or key in self._attempts):
-            low = max(0.0, high - (low + high) / 2)
         fraction = low + (high - low) * self._rng()
+        if self._spread and (first or key in self._attempts):
+            fraction *= self._rng()
         due = entry.confirmed_at + entry.secret_class.refresh_interval * fraction
         self.schedule.push(due, Due.REFRESH, key, entry.serial)
 
