@@ -106,7 +106,7 @@ bench: $(BENCH_STAMP)
 drill: $(BENCH_STAMP)
 	$(BIN)/python -m sidecar.dev.gameday docs/drill
 
-## fleet: the fleet simulator: the store model calibrated on a real OpenBao, checked against 16 real sidecars, then steady state, mass restarts, an outage and a rotation for fleets up to 10,000 pods: docs/fleet.md and its charts (about 10 minutes)
+## fleet: the fleet simulator: the store model calibrated on a real OpenBao, checked against 16 real sidecars, then steady state, mass restarts, an outage and a rotation for fleets up to 10,000 pods: docs/fleet.md and its charts (about 15 minutes on 2 cores)
 fleet: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.fleet --update-docs
 

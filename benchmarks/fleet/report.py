@@ -84,7 +84,7 @@ def render(doc: dict[str, Any]) -> str:  # noqa: PLR0915 - one page, top to bott
         f"{doc['seconds'] / 60:.1f} minutes. Every figure below is from that one run."
     )
     w("")
-    w("<!-- example: not run: make fleet takes about ten minutes and starts its own stores -->")
+    w("<!-- example: not run: make fleet takes about fifteen minutes and starts its own stores -->")
     w("```sh")
     w("make fleet")
     w("```")
@@ -398,8 +398,9 @@ def _shaping(w: Any) -> None:
     w(
         "- **A first refresh comes at a uniform point of one cycle.** A value fetched for the "
         "first time (or restored from a snapshot, or refreshed after failures) is next "
-        "refreshed at a uniform point of one refresh cycle (0-90 % of `refresh_interval`, about "
-        "when a pod in steady state would refresh next) instead of in the 75-90 % window. Pods "
+        "refreshed at a uniform point of one refresh cycle after a 5 % lead (5-95 % of "
+        "`refresh_interval`: when a pod in steady state would refresh next, and never right "
+        "after the value was confirmed) instead of in the 75-90 % window. Pods "
         "restarted together are then spread from their first refresh on; with the window "
         "alone they stay bunched for many intervals (the *before* rows)."
     )

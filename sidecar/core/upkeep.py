@@ -74,14 +74,16 @@ class Upkeep:
         snapshot); a refresh that succeeds after failures counts too. A fleet does those
         together (a mass restart, the store back after an outage), and refresh-ahead's narrow
         window would keep it bunched for many intervals. So the first refresh comes at a
-        uniform point of one refresh cycle (a cycle drawn as usual): about the time left until
-        the next refresh in a fleet already in steady state, which makes the fleet's checks as
-        even as that at once (drawn uniformly over a window instead, the first refreshes leave
-        a ripple that lasts for intervals)."""
+        uniform point of one refresh cycle (a cycle drawn as usual), after a short lead of
+        half the margin refresh-ahead leaves before the interval ends: the time left until the
+        next refresh in a fleet already in steady state, so the fleet's checks are as even as
+        that from the lead on (drawn uniformly over a window instead, the first refreshes
+        leave a ripple that lasts for intervals), and a value just confirmed is not checked
+        again at once."""
         low, high = self._ahead
         fraction = low + (high - low) * self._rng()
         if self._spread and (first or key in self._attempts):
-            fraction *= self._rng()
+            fraction = (1 - high) / 2 + fraction * self._rng()
         due = entry.confirmed_at + entry.secret_class.refresh_interval * fraction
         self.schedule.push(due, Due.REFRESH, key, entry.serial)
 

@@ -470,16 +470,16 @@ async def test_unclassified_path_is_refused_without_asking_the_store(h: Harness)
 
 async def test_recently_read_entry_is_refreshed_ahead_of_time(h: Harness) -> None:
     await h.cache.get(APP)
-    # A first value's refresh comes at a uniform point of one refresh cycle, so a fleet
-    # started together is spread at once: with rng 0.5, at 0.5 x 0.825 of the interval.
-    assert h.cache.run_due() == pytest.approx(0.4125 * REFRESH)
-    h.clock.advance(0.4125 * REFRESH)
+    # A first value's refresh comes at a uniform point of one refresh cycle after a lead of
+    # 5 %, so a fleet started together is spread at once: with rng 0.5, 0.05 + 0.5 x 0.825.
+    assert h.cache.run_due() == pytest.approx(0.4625 * REFRESH)
+    h.clock.advance(0.4625 * REFRESH)
     h.cache.run_due()
     await h.cache.settle()
     assert len(h.backend.calls) == 2
     h.clock.advance(0.1 * REFRESH)
     await h.cache.get(APP)  # read again: wanted
-    refreshed_at = START + 0.4125 * REFRESH
+    refreshed_at = START + 0.4625 * REFRESH
     # later ones at (0.75 + 0.15 * 0.5) = 0.825 of the interval
     assert h.cache.run_due() == pytest.approx(refreshed_at + 0.825 * REFRESH - h.clock.now)
 
@@ -520,7 +520,7 @@ async def test_a_refresh_that_succeeds_after_failures_is_spread_like_a_first(h: 
     h.cache.preload([APP], jitter=0.0)
     h.cache.run_due()
     await h.cache.settle()
-    h.clock.advance(0.4125 * REFRESH)
+    h.clock.advance(0.4625 * REFRESH)
     h.backend.error = outage()
     h.cache.run_due()  # the refresh fails: retried after a backoff
     await h.cache.settle()
@@ -531,7 +531,7 @@ async def test_a_refresh_that_succeeds_after_failures_is_spread_like_a_first(h: 
     h.cache.run_due()
     await h.cache.settle()
     # the store is back: the next refresh is drawn as a first one
-    assert h.cache.run_due() == pytest.approx(0.4125 * REFRESH)
+    assert h.cache.run_due() == pytest.approx(0.4625 * REFRESH)
 
 
 async def test_entry_not_read_recently_is_not_refreshed(h: Harness) -> None:
