@@ -243,7 +243,7 @@ def _scenario(w: Any, scenario: str, runs: list[dict[str, Any]]) -> None:
 def _steady(w: Any, runs: list[dict[str, Any]]) -> None:
     w(
         "Pods started at random moments (a fleet in service: a rolling start over a minute, or "
-        "as long as the sizing rule below asks for so many pods), 20 secrets each in the mix "
+        "as long as the sizing rule above asks for so many pods), 20 secrets each in the mix "
         "above (`1 min`), or with every interval five times longer (`5 min`). Reads are the "
         "sampled application reads within the measured window."
     )
