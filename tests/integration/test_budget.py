@@ -53,7 +53,12 @@ async def _read_at_random(client: Any, paths: list[str], seconds: float) -> list
 
 @pytest.mark.parametrize(("group", "class_name"), [("app", "standard"), ("payments", "payments")])
 async def test_over_budget_reads_come_first_and_the_degradation_shows(
-    make_sidecar: SidecarFactory, openbao: DevOpenBao, uid: str, group: str, class_name: str
+    make_sidecar: SidecarFactory,
+    openbao: DevOpenBao,
+    uid: str,
+    group: str,
+    class_name: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     paths = [f"secret/{uid}/{group}/s{i:02}" for i in range(SECRETS)]
     for i, path in enumerate(paths):
@@ -94,6 +99,9 @@ async def test_over_budget_reads_come_first_and_the_degradation_shows(
     else:
         # a fail_closed class never gets an unconfirmed value: its reads wait, first in line
         assert served_stale == 0 and stale == 0
+    # the degradation is logged by path and class, never with a value
+    assert "refresh-ahead is behind" in caplog.text
+    assert f"budget-{uid}-" not in caplog.text
 
 
 async def test_each_sidecar_exports_what_it_costs_the_store_and_the_capacity_set(
