@@ -1080,18 +1080,28 @@ async def test_a_rotation_after_a_purge_is_still_a_rotation() -> None:
     await cache.close()
 
 
-async def test_after_a_failed_refresh_stale_reads_wait_for_the_retry_not_the_store(
-    h: Harness,
-) -> None:
+async def _preloaded_store_down(h: Harness) -> None:
+    """APP (serve_stale) and CRITICAL (fail_closed) preloaded, then the store fails."""
     h.cache.preload([APP, CRITICAL], jitter=0.0)
     h.cache.run_due()
     await h.cache.settle()
     h.backend.error = outage()
+
+
+async def _next_due(h: Harness) -> None:
+    """Move to the next scheduled item and do it (and what it started)."""
+    h.clock.advance(h.cache.run_due() or 0.0)
+    h.cache.run_due()
+    await h.cache.settle()
+
+
+async def test_after_a_failed_refresh_stale_reads_wait_for_the_retry_not_the_store(
+    h: Harness,
+) -> None:
+    await _preloaded_store_down(h)
     # the refreshes fail, and their retries back off, until both values are past their interval
     while h.clock.now < START + REFRESH + 1:
-        h.clock.advance(h.cache.run_due() or 0.0)
-        h.cache.run_due()
-        await h.cache.settle()
+        await _next_due(h)
     assert (h.cache.run_due() or 0.0) > 0  # a retry still to come
     h.backend.error = None  # the store is back, before the retries come due
     asked = len(h.backend.calls)
@@ -1104,9 +1114,7 @@ async def test_after_a_failed_refresh_stale_reads_wait_for_the_retry_not_the_sto
     assert len(h.backend.calls) == asked + 1
     # its retry comes (the background's own, spread): fresh again
     for _ in range(5):
-        h.clock.advance(h.cache.run_due() or 0.0)
-        h.cache.run_due()
-        await h.cache.settle()
+        await _next_due(h)
     assert (APP, None) in h.backend.calls[asked + 1 :]
     assert (await h.cache.get(APP)).outcome is Outcome.HIT
 
@@ -1114,10 +1122,7 @@ async def test_after_a_failed_refresh_stale_reads_wait_for_the_retry_not_the_sto
 async def test_a_long_outage_stretches_retries_of_servable_values_to_the_refresh_interval(
     h: Harness,
 ) -> None:
-    h.cache.preload([APP, CRITICAL], jitter=0.0)
-    h.cache.run_due()
-    await h.cache.settle()
-    h.backend.error = outage()
+    await _preloaded_store_down(h)
     attempts: dict[str, list[float]] = {APP: [], CRITICAL: []}
     last: dict[str, float] = {}
     for _ in range(40):
