@@ -82,7 +82,9 @@ class Upkeep:
         again at once."""
         low, high = self._ahead
         fraction = low + (high - low) * self._rng()
-        if self._spread and (first or key in self._attempts):
+        # (Not a leased credential: its refresh renews or replaces it, and an early one would
+        # issue credentials before their time; its timing is its lease's.)
+        if self._spread and entry.secret.lease_id is None and (first or key in self._attempts):
             fraction = (1 - high) / 2 + fraction * self._rng()
         due = entry.confirmed_at + entry.secret_class.refresh_interval * fraction
         self.schedule.push(due, Due.REFRESH, key, entry.serial)
